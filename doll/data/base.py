@@ -1,0 +1,97 @@
+"""The one small interface every data set format implements.
+
+A format module (``doll/data/<name>.py``) defines a :class:`DatasetFormat` subclass
+whose :meth:`DatasetFormat.items` reads the folder the user unpacked (``root``) and
+returns :class:`Item` records. Nothing here decodes pixels; see
+:mod:`doll.data.images` for that and :mod:`doll.data.arrays` for the cached,
+resized arrays that training reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from doll.errors import DollError
+
+# CheXpert's 14 observations, in the CSV's column order.
+CHEXPERT_CLASSES = [
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+]
+# The 13 findings that have a location (everything but "No Finding").
+FINDINGS = CHEXPERT_CLASSES[1:]
+# JSRT/SCR anatomy; "left" is the patient's left, i.e. the image's right half.
+JSRT_STRUCTURES = ["left lung", "right lung", "heart", "left clavicle", "right clavicle"]
+
+
+@dataclass
+class Item:
+    """One image of a data set.
+
+    ``labels`` holds one value per class of the format: 1 positive, 0 negative,
+    -1 uncertain, NaN not mentioned. ``masks`` maps a structure or class name to a
+    mask file (absent structures are simply missing). ``boxes`` maps a class to a
+    list of ``(x, y, w, h)`` boxes in the image's own pixel grid.
+    """
+
+    id: str
+    image: Path
+    split: str = "train"
+    patient: str = ""
+    labels: np.ndarray | None = None
+    masks: dict[str, Path] = field(default_factory=dict)
+    boxes: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+class DatasetFormat:
+    """A data set as distributed. Subclasses set the class attributes and ``items``."""
+
+    name: str = ""
+    classes: list[str] = []  # image-level label names ([] if the format has none)
+    structures: list[str] = []  # mask names ([] if the format has no masks)
+    splits: tuple[str, ...] = ("train", "valid", "test")
+
+    def __init__(self, root: str | Path, **options):
+        self.root = Path(root).expanduser().resolve()
+        self.options = options
+        if not self.root.exists():
+            raise DollError(f"data root {self.root} does not exist; pass the folder you unpacked with --root")
+        if not self.root.is_dir():
+            raise DollError(f"data root {self.root} is not a folder; pass the folder you unpacked with --root")
+
+    def items(self, split: str | None = None) -> list[Item]:
+        """All items, or those of one split. Raises DollError on unreadable layouts."""
+        raise NotImplementedError
+
+    # helpers for subclasses -------------------------------------------------
+    def inside(self, path: str | Path, base: Path | None = None) -> Path:
+        """Resolve ``path`` under ``base`` (default: the root) and refuse to leave it."""
+        base = (base or self.root).resolve()
+        full = (base / path).resolve()
+        if base != full and base not in full.parents:
+            raise DollError(f"path {path!r} points outside the data root {base}; the index file is corrupt or hostile")
+        return full
+
+    def require(self, path: Path, what: str) -> Path:
+        if not path.exists():
+            raise DollError(f"{what} not found at {path}; is --root the folder of the {self.name} download?")
+        return path
+
+
+def select_split(items: list[Item], split: str | None) -> list[Item]:
+    return items if split is None else [it for it in items if it.split == split]

@@ -1,0 +1,84 @@
+"""Decoding and preprocessing shared by every format.
+
+Rules (documented in the README, versioned by ``PREPROCESS_VERSION`` so caches
+invalidate when they change):
+
+* any bit depth (8, 12, 16 bit PNG/JPEG, JSRT raw), colour converted to one channel;
+* per-image robust normalisation: the 0.5th and 99.5th intensity percentiles map
+  to 0 and 255 (clipped), so 12-bit and 8-bit images look alike;
+* resize to a square ``size`` x ``size`` (aspect ratio is not kept: chest X-rays
+  are close to square and every published pipeline squashes them); area
+  interpolation for images, nearest neighbour for masks.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from doll.errors import DollError
+
+PREPROCESS_VERSION = 1
+LOW_PCT, HIGH_PCT = 0.5, 99.5
+
+JSRT_RAW_SHAPE = (2048, 2048)
+
+
+def read_jsrt_raw(path: Path) -> np.ndarray:
+    """JSRT ``*.IMG``: headerless big-endian uint16, 2048x2048, 12 bits; shown as 4095 - raw."""
+    raw = np.fromfile(path, dtype=">u2")
+    if raw.size != JSRT_RAW_SHAPE[0] * JSRT_RAW_SHAPE[1]:
+        raise DollError(f"{path} has {raw.size} pixels, a JSRT .IMG has 2048x2048; the file is truncated or not JSRT")
+    img = raw.reshape(JSRT_RAW_SHAPE).astype(np.int32)
+    return (4095 - np.clip(img, 0, 4095)).astype(np.uint16)
+
+
+def read_raw(path: str | Path) -> np.ndarray:
+    """Decode an image file to a 2-D array of its native dtype (no normalisation)."""
+    path = Path(path)
+    if path.suffix.upper() == ".IMG":
+        return read_jsrt_raw(path)
+    if path.suffix.lower() == ".gif":  # OpenCV cannot read GIF (SCR masks are GIFs)
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("L"))
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
+            raise DollError(f"cannot read image {path}: {exc}") from None
+    data = np.fromfile(path, dtype=np.uint8) if path.exists() else None
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH) if data is not None and data.size else None
+    if img is None:
+        raise DollError(f"cannot read image {path}: missing, empty or not an image")
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = img[:, :, :3]
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return img
+
+
+def normalise(img: np.ndarray) -> np.ndarray:
+    """Robust per-image normalisation to uint8 (percentiles 0.5 / 99.5)."""
+    img = img.astype(np.float32)
+    lo, hi = np.percentile(img, [LOW_PCT, HIGH_PCT])
+    if hi - lo < 1e-6:
+        return np.zeros(img.shape, np.uint8)
+    return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """Read, normalise and resize: uint8 (size, size)."""
+    img = normalise(read_raw(path))
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def load_mask(path: str | Path, size: int) -> np.ndarray:
+    """Read a mask (any nonzero pixel is foreground): uint8 0/1 (size, size), nearest neighbour."""
+    m = read_raw(path)
+    m = (m > 0).astype(np.uint8)
+    return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def image_shape(path: str | Path) -> tuple[int, int]:
+    return read_raw(path).shape[:2]
