@@ -80,11 +80,10 @@ class DatasetFormat:
 
     # helpers for subclasses -------------------------------------------------
     def inside(self, path: str | Path, base: Path | None = None) -> Path:
-        """Resolve ``path`` under ``base`` (default: the root) and refuse to leave it."""
-        base = (base or self.root).resolve()
-        full = (base / path).resolve()
-        if base != full and base not in full.parents:
-            raise DollError(f"path {path!r} points outside the data root {base}; the index file is corrupt or hostile")
+        """Join ``path`` to ``base`` (default: the root); refuse a result outside the root."""
+        full = ((base or self.root) / path).resolve()
+        if self.root != full and self.root not in full.parents:
+            raise DollError(f"path {str(path)!r} points outside the data root {self.root}; the index file is corrupt or hostile")
         return full
 
     def require(self, path: Path, what: str) -> Path:

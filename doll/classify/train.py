@@ -1,0 +1,126 @@
+"""Stage 1: an ensemble of multi-label chest X-ray classifiers trained on image labels."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from doll.data import labels_of, load_split
+from doll.data.dataset import NORMALISATION, ArrayDataset
+from doll.data.labels import apply_policy
+from doll.errors import DollError
+from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier
+from doll.train import distributed as dist
+from doll.train.engine import Engine, EngineSettings, predict_all
+from doll.train.losses import masked_bce
+from doll.train.metrics import auroc_per_class
+from doll.utils import check_positive, prepare_out_dir, resolve_device, write_json
+
+
+@dataclass
+class ClassifierSettings:
+    dataset: str = "phantom"
+    root: str = ""
+    out: str = "artifacts/classifiers"
+    arch: str = "resnet18"  # one architecture, or several separated by commas (cycled over members)
+    members: int = 2
+    image_size: int = 64
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 2e-3
+    uncertain: str = "ignore"
+    blank: str = "ignore"
+    views: str = "frontal"
+    valid_fraction: float = 0.0  # >0: carve this fraction of patients from train as validation
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+class ClassificationTask:
+    def __init__(self, classes: list[str]):
+        self.classes = classes
+
+    def loss(self, model, batch):
+        return masked_bce(model(batch["image"]), batch["target"], batch["weight"])
+
+    def predict(self, model, batch):
+        prob = torch.sigmoid(model(batch["image"]).float())
+        return {"prob": prob.cpu().numpy(), "target": batch["target"].cpu().numpy(),
+                "weight": batch["weight"].cpu().numpy()}
+
+    def metrics(self, out):
+        p = np.clip(out["prob"], 1e-7, 1 - 1e-7)
+        bce = -(out["target"] * np.log(p) + (1 - out["target"]) * np.log(1 - p)) * out["weight"]
+        return {"auroc": auroc_per_class(out["prob"], out["target"], out["weight"], self.classes)["mean"],
+                "loss": float(bce.sum() / max(out["weight"].sum(), 1))}
+
+
+def member_archs(arch: str, members: int) -> list[str]:
+    archs = [a.strip() for a in arch.split(",") if a.strip()]
+    for a in archs:
+        if a not in CLASSIFIER_ARCHS:
+            raise DollError(f"unknown --arch {a!r}; choose one of {', '.join(CLASSIFIER_ARCHS)}")
+    return [archs[i % len(archs)] for i in range(members)]
+
+
+def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> dict:
+    """Train ``members`` classifiers; returns (and writes to ``out/metrics.json``) their metrics."""
+    s = settings or ClassifierSettings(**kwargs)
+    check_positive(members=s.members, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size)
+    archs = member_archs(s.arch, s.members)
+    resolve_device(s.device)
+    t0 = time.time()
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
+    dist.barrier()
+    opts = {"views": s.views, "valid_from_train": s.valid_fraction, "seed": s.seed}
+    fmt, train = load_split(s.dataset, s.root, "train", s.image_size, progress=s.progress, **opts)
+    _, val = load_split(s.dataset, s.root, "valid", s.image_size, progress=s.progress, **opts)
+    classes = list(fmt.classes)
+    if not classes:
+        raise DollError(f"dataset {s.dataset!r} has no image labels to train classifiers on")
+    y_train, w_train = apply_policy(labels_of(train, len(classes)), s.uncertain, s.blank, s.seed)
+    y_val, w_val = apply_policy(labels_of(val, len(classes)), "ignore", "ignore")
+    if w_train.sum() == 0:
+        raise DollError("every training label is uncertain or blank under this policy; try --uncertain zeros")
+    write_json(out / "config.json", {"command": "train-classifiers", **asdict(s), "classes": classes,
+                                     "member_archs": archs, "n_train": len(train.items), "n_valid": len(val.items)})
+    train_set = ArrayDataset(train.images, y_train, w_train, augment=True, seed=s.seed)
+    val_set = ArrayDataset(val.images, y_val, w_val)
+    task = ClassificationTask(classes)
+    members, probs = [], []
+    for m, arch in enumerate(archs):
+        seed = s.seed + m
+        torch.manual_seed(seed)
+        model = build_classifier(arch, len(classes))
+        settings = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed, device=s.device,
+                                  num_workers=s.num_workers, monitor="val_auroc", monitor_mode="max",
+                                  progress=s.progress)
+        train_set.seed = seed
+        folder = out / f"member_{m}"
+        folder.mkdir(exist_ok=True)
+        ck = {"kind": "classifier", "arch": arch, "classes": classes, "in_channels": 1, "image_size": s.image_size,
+              "normalisation": NORMALISATION, "seed": seed, "dataset": s.dataset, "uncertain": s.uncertain}
+        engine = Engine(model, task, settings, folder, ck)
+        metrics = engine.fit(train_set, val_set, resume=s.resume)
+        from doll.models.checkpoint import load_into  # best weights, not the last epoch's
+
+        load_into(engine.model, folder)
+        pred = predict_all(engine.model, task, val_set, s.batch_size, engine.device)
+        probs.append(pred["prob"])
+        members.append({"name": folder.name, "arch": arch, "seed": seed, "best_epoch": metrics["best_epoch"],
+                        "val_auroc": auroc_per_class(pred["prob"], y_val, w_val, classes)["mean"],
+                        "history": metrics["history"]})
+    ens = auroc_per_class(np.mean(probs, axis=0), y_val, w_val, classes)
+    result = {"command": "train-classifiers", "mean_auroc": ens["mean"], "per_class_auroc": ens["per_class"],
+              "members": members, "n_train": len(train.items), "n_valid": len(val.items),
+              "seconds": round(time.time() - t0, 2)}
+    if dist.is_main():
+        write_json(out / "metrics.json", result)
+    return result

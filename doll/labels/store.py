@@ -1,0 +1,159 @@
+"""The DoLL label file (HDF5), format version 1.
+
+Datasets (N images, C classes, H x W pixels):
+
+=============  =====================  ==============================================
+``saliency``   uint8 (N, C, H, W)     distilled saliency 0-255; chunked per image, gzip
+``targets``    bool (N, C)            which classes were explained for each image
+``labels``     float32 (N, C)         the image labels (1, 0, -1 uncertain, NaN unknown)
+``probs``      float32 (N, C)         the ensemble's predicted probabilities
+``images``     uint8 (N, H, W)        the preprocessed images (pretraining needs only this file)
+``paths``      str (N,)               image ids (paths relative to the data root)
+``done``       bool (N,)              row finished
+=============  =====================  ==============================================
+
+Attributes: ``format`` = "doll-labels", ``format_version`` = 1, ``classes`` (JSON list),
+``method``, ``settings`` (JSON), ``label_rule``, ``classifiers`` (JSON: folder, arch,
+sha256 of each member's weights), ``image_size``, ``dataset``, ``tool_version``.
+
+While a run is in progress, finished blocks of rows live as atomically written
+``.npz`` files in ``<file>.parts/``; ``--resume`` skips the blocks already there and the
+final file is assembled from them (and renamed into place) at the end, so a killed run
+never leaves a half-written ``.h5`` behind. Several processes (torchrun) write blocks
+into the same parts folder; ``doll labels merge`` joins shards made on separate machines.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from doll.errors import DollError
+from doll.utils import atomic_path, tool_version
+
+FORMAT, FORMAT_VERSION = "doll-labels", 1
+ROW_DATASETS = ("saliency", "targets", "labels", "probs", "images", "paths", "done")
+
+
+def write_label_file(path: str | Path, rows: dict[str, np.ndarray], attrs: dict) -> None:
+    """Write a complete label file atomically from full arrays (``rows`` keyed as above)."""
+    path = Path(path)
+    n, c, h, w = rows["saliency"].shape
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("saliency", data=rows["saliency"], chunks=(1, c, h, w), compression="gzip",
+                             compression_opts=4, shuffle=True)
+            f.create_dataset("images", data=rows["images"], chunks=(1, h, w), compression="gzip", compression_opts=4)
+            for key in ("targets", "labels", "probs", "done"):
+                f.create_dataset(key, data=rows[key])
+            f.create_dataset("paths", data=np.array(rows["paths"], dtype=object), dtype=h5py.string_dtype())
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["tool_version"] = tool_version()
+            for k, v in attrs.items():
+                f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+
+
+class LabelFile:
+    """Read-only access to a DoLL label file; validates format and version on open."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DollError(f"label file {self.path} does not exist; make one with `doll explain`")
+        try:
+            self.f = h5py.File(self.path, "r")
+        except OSError:
+            raise DollError(f"{self.path} is not an HDF5 file (corrupt, or not made by doll)") from None
+        fmt = self.f.attrs.get("format")
+        if fmt != FORMAT:
+            self.f.close()
+            raise DollError(f"{self.path} is not a DoLL label file (format {fmt!r}, expected {FORMAT!r})")
+        version = int(self.f.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            self.f.close()
+            raise DollError(f"{self.path} has label format version {version}; this doll reads version {FORMAT_VERSION}")
+        missing = [k for k in ROW_DATASETS if k not in self.f]
+        if missing:
+            self.f.close()
+            raise DollError(f"{self.path} lacks the dataset(s) {', '.join(missing)}; the file is damaged")
+        self.done = self.f["done"][:]
+        if not self.done.any():
+            self.f.close()
+            raise DollError(f"{self.path} has no finished rows; finish it with `doll explain --resume`")
+
+    def attr(self, key: str, default=None):
+        v = self.f.attrs.get(key, default)
+        if isinstance(v, str) and v[:1] in "[{":
+            return json.loads(v)
+        return v
+
+    @property
+    def classes(self) -> list[str]:
+        return self.attr("classes")
+
+    @property
+    def label_rule(self) -> str:
+        return self.attr("label_rule")
+
+    def __len__(self):
+        return len(self.done)
+
+    def __getitem__(self, key):
+        return self.f[key]
+
+    def paths(self) -> list[str]:
+        return [p.decode() if isinstance(p, bytes) else p for p in self.f["paths"][:]]
+
+    def close(self):
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def info(self) -> dict:
+        n, c, h, w = self.f["saliency"].shape
+        return {"path": str(self.path), "format_version": int(self.f.attrs["format_version"]),
+                "tool_version": self.attr("tool_version"), "rows": n, "done": int(self.done.sum()),
+                "classes": self.classes, "image_size": [h, w], "method": self.attr("method"),
+                "settings": self.attr("settings"), "label_rule": self.label_rule,
+                "targets_per_class": dict(zip(self.classes, self.f["targets"][:].sum(axis=0).tolist())),
+                "classifiers": self.attr("classifiers"), "dataset": self.attr("dataset")}
+
+
+class PartsWriter:
+    """Blocks of finished rows as atomic ``.npz`` files, for resuming and sharding."""
+
+    def __init__(self, folder: str | Path, settings: dict, resume: bool):
+        self.folder = Path(folder)
+        settings_file = self.folder / "settings.json"
+        if self.folder.exists() and settings_file.exists():
+            previous = json.loads(settings_file.read_text())
+            if not resume:
+                raise DollError(f"{self.folder} holds an unfinished run; pass --resume to continue it or --overwrite")
+            if previous != json.loads(json.dumps(settings)):
+                changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+                raise DollError(f"--resume with different settings ({', '.join(changed)}); use the first run's settings")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(settings_file) as tmp:
+            tmp.write_text(json.dumps(settings, sort_keys=True))
+
+    def block_file(self, block: int) -> Path:
+        return self.folder / f"block_{block:07d}.npz"
+
+    def has(self, block: int) -> bool:
+        return self.block_file(block).exists()
+
+    def write(self, block: int, **arrays) -> None:
+        with atomic_path(self.block_file(block)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+    def read(self, block: int) -> dict[str, np.ndarray]:
+        with np.load(self.block_file(block), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}

@@ -1,0 +1,133 @@
+"""Small shared helpers: atomic files, JSON, devices, seeds, run folders."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from doll.errors import DollError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
+
+    A crash (or ``kill -9``) at any moment leaves either the old file or the new one,
+    never a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dfd = os.open(path.parent, os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if exc.errno == 28:  # ENOSPC
+            raise DollError(f"disk full while writing {path}; free space or choose another --out") from None
+        raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(obj):
+    if dataclasses.is_dataclass(obj):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return None if math.isnan(f) or math.isinf(f) else f
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically (NaN becomes null, numpy types become Python types)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DollError(f"--device {device} asked for a GPU but none is available; use --device cpu")
+        dev = torch.device(device)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DollError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) present")
+        return dev
+    raise DollError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = "config.json") -> Path:
+    """Create ``out``; refuse a folder that already holds a run unless resuming or overwriting."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DollError(f"--out {out} is a file; choose a folder")
+    holds_run = out.is_dir() and any(out.iterdir())
+    if holds_run and not (resume or overwrite):
+        raise DollError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if holds_run and overwrite and not resume:
+        if not (out / marker).exists() and not (out / "metrics.json").exists():
+            raise DollError(f"{out} is not empty and does not look like a doll run; refusing to delete it with --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def check_positive(**values) -> None:
+    for name, v in values.items():
+        if v is not None and v <= 0:
+            raise DollError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+
+def check_fraction(label_fraction: float) -> None:
+    if not (0 < label_fraction <= 1):
+        raise DollError(f"--label-fraction must be in (0, 1], got {label_fraction}")
+
+
+def tool_version() -> str:
+    from doll import __version__
+
+    return __version__
