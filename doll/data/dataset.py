@@ -19,7 +19,7 @@ NORMALISATION = {"scale": 1 / 255, "mean": MEAN, "std": STD}
 
 def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W) -> normalised float32 (..., 1, H, W)."""
-    x = torch.as_tensor(np.ascontiguousarray(images_u8), dtype=torch.float32).div_(255.0)
+    x = torch.tensor(np.asarray(images_u8), dtype=torch.float32).div_(255.0)
     return x.sub_(MEAN).div_(STD).unsqueeze(-3)
 
 
@@ -36,6 +36,8 @@ def augment(img: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator)
     x = np.clip((x - 0.5) * rng.uniform(0.9, 1.1) + 0.5 + rng.uniform(-0.1, 0.1), 0, 1)
     out = (x * 255).round().astype(np.uint8)
     if masks is not None:
+        if masks.dtype == np.float16:  # OpenCV does not warp float16
+            masks = masks.astype(np.float32)
         masks = np.stack([cv2.warpAffine(k, m, (s, s), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
                           for k in masks])
     return out, masks

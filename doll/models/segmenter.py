@@ -10,18 +10,23 @@ from doll.errors import DollError
 ENCODERS = ("resnet18", "resnet34", "resnet50", "densenet121")
 
 
-def build_pspnet(encoder: str, num_classes: int, **kwargs) -> nn.Module:
+def build_pspnet(encoder: str, num_classes: int) -> nn.Module:
     if encoder not in ENCODERS:
         raise DollError(f"unknown --encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
-    return smp.PSPNet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=num_classes, **kwargs)
+    return smp.PSPNet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=num_classes)
+
+
+def smp_config(model: nn.Module) -> dict:
+    """The keys segmentation_models_pytorch.from_pretrained needs, for config.json."""
+    return {"_model_class": type(model).__name__, **dict(getattr(model, "_hub_mixin_config", {}) or {})}
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """A fresh segmentation head with ``num_classes`` outputs (same upsampling)."""
-    old = model.segmentation_head
-    conv = old[0]
-    up = old[1]
-    scale = getattr(up, "scale_factor", 1) or 1
+    conv, up = model.segmentation_head[0], model.segmentation_head[1]
+    scale = int(getattr(up, "scale_factor", 1) or 1)
     model.segmentation_head = SegmentationHead(conv.in_channels, num_classes, kernel_size=conv.kernel_size[0],
-                                               upsampling=int(scale))
+                                               upsampling=scale)
+    if hasattr(model, "_hub_mixin_config"):
+        model._hub_mixin_config = {**model._hub_mixin_config, "classes": num_classes}
     return model

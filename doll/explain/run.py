@@ -1,0 +1,199 @@
+"""Stage 2: explain every classifier of an ensemble and distil the maps into a DoLL label file."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from doll.data import labels_of, load_split
+from doll.data.dataset import to_tensor
+from doll.errors import DollError
+from doll.explain.base import make_explainer
+from doll.explain.distill import DEFAULT_RULE, check_rule, distill
+from doll.labels.store import PartsWriter, write_label_file
+from doll.models.checkpoint import load_into, read_config
+from doll.models.classifier import build_classifier
+from doll.train import distributed as dist
+from doll.utils import check_positive, resolve_device, write_json
+
+TARGET_MODES = ("positive", "predicted", "all")
+NOT_LOCALISED = ("No Finding",)  # classes never explained unless --classes names them
+
+
+@dataclass
+class ExplainSettings:
+    classifiers: str = "artifacts/classifiers"
+    dataset: str = "phantom"
+    root: str = ""
+    out: str = "artifacts/doll_labels.h5"
+    split: str = "train"
+    method: str = "ig"
+    steps: int = 16
+    baseline: str = "zero"
+    targets: str = "positive"
+    target_threshold: float = 0.5
+    classes: str = ""  # comma-separated subset; default all but "No Finding"
+    sign: str = "positive"
+    smooth: float = 0.03
+    label_rule: str = DEFAULT_RULE
+    batch_size: int = 64  # interpolated images per forward pass
+    block: int = 64  # images per resumable block
+    image_size: int = 0  # 0: the classifiers' own size
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_ensemble(folder: str | Path, device: torch.device):
+    """The members (``member_*`` folders, or one checkpoint folder) of a classifier ensemble."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DollError(f"--classifiers {folder} does not exist; train some with `doll train-classifiers`")
+    dirs = sorted(p for p in folder.glob("member_*") if p.is_dir()) or [folder]
+    members = []
+    for d in dirs:
+        cfg = read_config(d, kind="classifier")["doll"]
+        model = build_classifier(cfg["arch"], len(cfg["classes"]))
+        load_into(model, d)
+        members.append((model.to(device).eval(), cfg, {"folder": d.name, "arch": cfg["arch"],
+                                                      "sha256": _sha256(d / "model.safetensors")}))
+    classes = members[0][1]["classes"]
+    for _, cfg, info in members[1:]:
+        if cfg["classes"] != classes:
+            raise DollError(f"ensemble members disagree on classes ({info['folder']}); train them together")
+    return members, classes
+
+
+def select_targets(raw: np.ndarray, probs: np.ndarray, mode: str, threshold: float, allowed: np.ndarray) -> list[list[int]]:
+    if mode == "positive":
+        chosen = raw == 1
+    elif mode == "predicted":
+        chosen = probs >= threshold
+    elif mode == "all":
+        chosen = np.ones_like(probs, bool)
+    else:
+        raise DollError(f"unknown --targets {mode!r}; choose one of {', '.join(TARGET_MODES)}")
+    chosen &= allowed[None, :]
+    return [np.flatnonzero(row).tolist() for row in chosen]
+
+
+def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
+    """Write the DoLL label file ``out``; returns (and writes to ``<out>.metrics.json``) run metrics."""
+    s = settings or ExplainSettings(**kwargs)
+    check_positive(steps=s.steps, batch_size=s.batch_size, block=s.block)
+    check_rule(s.label_rule)
+    if s.targets not in TARGET_MODES:
+        raise DollError(f"unknown --targets {s.targets!r}; choose one of {', '.join(TARGET_MODES)}")
+    out = Path(s.out)
+    if out.suffix not in (".h5", ".hdf5"):
+        raise DollError(f"--out {out} should be a .h5 file")
+    if out.exists() and not s.overwrite:
+        raise DollError(f"{out} already exists; pass --overwrite to replace it")
+    t0 = time.time()
+    device = dist.init(resolve_device(s.device))
+    members, classes = load_ensemble(s.classifiers, device)
+    size = s.image_size or members[0][1]["image_size"]
+    explainer = make_explainer(s.method, steps=s.steps, baseline=s.baseline, batch_size=s.batch_size, seed=s.seed)
+    fmt, arrays = load_split(s.dataset, s.root, s.split or None, size, progress=s.progress and dist.is_main())
+    if list(fmt.classes) != list(classes):
+        raise DollError(f"the classifiers know {len(classes)} classes ({', '.join(classes[:3])}...) but dataset "
+                        f"{s.dataset!r} has {len(fmt.classes)} ({', '.join(fmt.classes[:3])}...); use matching data")
+    wanted = [c.strip() for c in s.classes.split(",") if c.strip()] or [c for c in classes if c not in NOT_LOCALISED]
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        raise DollError(f"--classes names unknown class(es) {', '.join(unknown)}; known: {', '.join(classes)}")
+    allowed = np.array([c in wanted for c in classes])
+    raw = labels_of(arrays, len(classes))
+    n = len(arrays.items)
+
+    # ensemble probabilities (cheap: one forward per image and member)
+    probs = np.zeros((n, len(classes)), np.float32)
+    with torch.no_grad():
+        for i in range(0, n, s.batch_size):
+            x = to_tensor(arrays.images[i:i + s.batch_size]).to(device)
+            probs[i:i + len(x)] = np.mean([torch.sigmoid(m(x).float()).cpu().numpy() for m, _, _ in members], axis=0)
+    targets = select_targets(raw, probs, s.targets, s.target_threshold, allowed)
+
+    run_settings = {k: v for k, v in asdict(s).items() if k not in ("out", "resume", "overwrite", "progress", "device")}
+    run_settings["members"] = [info for _, _, info in members]
+    if s.overwrite and not s.resume:
+        shutil.rmtree(Path(str(out) + ".parts"), ignore_errors=True)
+    parts = PartsWriter(str(out) + ".parts", run_settings, resume=s.resume) if dist.is_main() else None
+    dist.barrier()
+    if parts is None:
+        parts = PartsWriter.__new__(PartsWriter)
+        parts.folder = Path(str(out) + ".parts")
+    blocks = list(range((n + s.block - 1) // s.block))
+    mine = [b for b in blocks if b % max(1, dist.world_size() if dist.active() else 1) == (dist.rank() if dist.active() else 0)]
+    todo = [b for b in mine if not parts.has(b)]
+    bar = tqdm(total=sum(min(s.block, n - b * s.block) for b in todo), desc=f"explaining ({s.method})",
+               unit="img", disable=not (s.progress and dist.is_main()))
+    for b in todo:
+        completeness: list[float] = []
+        lo, hi = b * s.block, min(n, (b + 1) * s.block)
+        x = to_tensor(arrays.images[lo:hi]).to(device)
+        tg = targets[lo:hi]
+        per_member = []
+        for model, _, _ in members:
+            explainer.stats.clear()
+            per_member.append(explainer.attribute(model, x, tg))
+            completeness += explainer.stats.get("completeness_rel_error", [])
+        sal = np.zeros((hi - lo, len(classes), size, size), np.uint8)
+        tmask = np.zeros((hi - lo, len(classes)), bool)
+        for j in range(hi - lo):
+            if tg[j]:
+                sal[j, tg[j]] = distill([maps[j] for maps in per_member], s.sign, s.smooth)
+                tmask[j, tg[j]] = True
+        parts.write(b, saliency=sal, targets=tmask, completeness=np.array(completeness, np.float32))
+        bar.update(hi - lo)
+    bar.close()
+    dist.barrier()
+
+    metrics = {"command": "explain", "images": n, "targets": int(sum(map(len, targets))),
+               "targets_per_class": dict(zip(classes, np.array([[c in t for c in range(len(classes))] for t in targets]).sum(0).tolist() if n else [])),
+               "method": s.method, "steps": s.steps, "members": len(members), "label_rule": s.label_rule}
+    if dist.is_main():
+        sal = np.zeros((n, len(classes), size, size), np.uint8)
+        tmask = np.zeros((n, len(classes)), bool)
+        comp = []
+        for b in blocks:
+            if not parts.has(b):
+                raise DollError(f"block {b} of the run is missing; run again with --resume")
+            z = parts.read(b)
+            lo = b * s.block
+            sal[lo:lo + len(z["saliency"])] = z["saliency"]
+            tmask[lo:lo + len(z["targets"])] = z["targets"]
+            comp.append(z["completeness"])
+        comp = np.concatenate(comp) if comp else np.zeros(0)
+        if s.method.startswith("ig") and len(comp):
+            metrics["completeness_rel_error"] = {"median": float(np.median(comp)), "p90": float(np.quantile(comp, 0.9)),
+                                                 "max": float(comp.max())}
+        attrs = {"classes": classes, "method": s.method, "settings": run_settings, "label_rule": s.label_rule,
+                 "classifiers": run_settings["members"], "image_size": size, "dataset": s.dataset,
+                 "root": str(fmt.root), "split": s.split}
+        write_label_file(out, {"saliency": sal, "targets": tmask, "labels": raw, "probs": probs,
+                               "images": np.asarray(arrays.images), "paths": [it.id for it in arrays.items],
+                               "done": np.ones(n, bool)}, attrs)
+        shutil.rmtree(parts.folder, ignore_errors=True)
+        metrics["seconds"] = round(time.time() - t0, 2)
+        metrics["seconds_per_image"] = round(metrics["seconds"] / max(n, 1), 4)
+        write_json(str(out) + ".config.json", {"command": "explain", **asdict(s)})
+        write_json(str(out) + ".metrics.json", metrics)
+    dist.barrier()
+    return metrics

@@ -1,0 +1,215 @@
+"""Stage 4: fine-tune a (DoLL-pretrained) PSPNet on a small real segmentation task.
+
+Tasks and the structures they segment (multi-label: structures may overlap):
+
+* ``jsrt``: left lung, right lung, heart, left clavicle, right clavicle (JSRT/SCR; the
+  official two folds: train on ``--fold``, test on the other);
+* ``lung``: the lung fields (left + right merged where a data set has them apart);
+* ``covid``: the infection masks (QaTa-COV19, COVID-QU-Ex).
+
+The test split is ``test`` when the data set has one, else ``valid``. Validation IoU and
+Dice on it are recorded every epoch (the training-efficiency curve); the reported
+model is the last epoch's (no selection on the test split).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from doll.data import JSRT_STRUCTURES, load_arrays, open_dataset
+from doll.data.dataset import NORMALISATION, ArrayDataset
+from doll.errors import DollError
+from doll.models.adapters import set_mode
+from doll.models.checkpoint import load_into, read_config
+from doll.models.segmenter import build_pspnet, replace_head, smp_config
+from doll.pretrain.train import SegmentationTask
+from doll.train import distributed as dist
+from doll.train.engine import Engine, EngineSettings, predict_all
+from doll.train.metrics import segmentation_scores
+from doll.utils import check_fraction, check_positive, prepare_out_dir, resolve_device, write_json
+
+TASKS = ("jsrt", "lung", "covid", "seg4cls")
+LUNGS = ("lungs", ["left lung", "right lung"])
+
+
+@dataclass
+class FinetuneSettings:
+    task: str = "jsrt"
+    dataset: str = "jsrt"
+    root: str = ""
+    init: str = "random"  # a `doll pretrain` folder, "random", or "imagenet:/path/to/weights"
+    out: str = "artifacts/finetune"
+    mode: str = "full"  # full | adapter | head
+    label_fraction: float = 1.0
+    encoder: str = "resnet34"  # for random / imagenet init (a pretrain folder fixes its own)
+    image_size: int = 0  # 0: the pretrained network's size, else 256
+    fold: int = 1
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    seeds: int = 1
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+class FinetuneTask(SegmentationTask):
+    def metrics(self, out):
+        scores = segmentation_scores(out["pred"], out["truth"], self.names)
+        return {"iou": scores["mean_iou"], "dice": scores["mean_dice"]}
+
+
+def task_structures(task: str, available: list[str]) -> list[tuple[str, list[str]]]:
+    """(output name, source structures OR-ed together) for a task on a data set."""
+    if task == "jsrt":
+        missing = [s for s in JSRT_STRUCTURES if s not in available]
+        if missing:
+            raise DollError(f"--task jsrt needs masks for {', '.join(missing)}; use --dataset jsrt")
+        return [(s, [s]) for s in JSRT_STRUCTURES]
+    if task == "lung":
+        if "lungs" in available:
+            return [("lungs", ["lungs"])]
+        if all(s in available for s in LUNGS[1]):
+            return [LUNGS]
+        raise DollError(f"--task lung needs lung masks; this data set has {', '.join(available) or 'none'}")
+    if task == "covid":
+        if "infection" in available:
+            return [("infection", ["infection"])]
+        raise DollError("--task covid needs infection masks; use --dataset qata or covidqu")
+    raise DollError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def load_task_data(s: FinetuneSettings, size: int):
+    fmt = open_dataset(s.dataset, s.root, fold=s.fold)
+    outputs = task_structures(s.task, list(fmt.structures))
+    sources = sorted({src for _, srcs in outputs for src in srcs})
+    test_split = "test" if fmt.items("test") else "valid"
+    data = {}
+    for split in ("train", test_split):
+        items = [it for it in fmt.items(split) if any(src in it.masks for src in sources)]
+        if not items:
+            raise DollError(f"{s.dataset} at {fmt.root} has no {split} images with {s.task} masks")
+        arr = load_arrays(items, size, sources, progress=s.progress and dist.is_main())
+        masks = np.stack([np.max(arr.masks[:, [sources.index(x) for x in srcs]], axis=1) for _, srcs in outputs], 1)
+        data[split] = (arr.images, masks, arr.items)
+    return [name for name, _ in outputs], data["train"], data[test_split], test_split
+
+
+def load_imagenet_encoder(model, path: str) -> int:
+    """Copy matching encoder weights from a local file (safetensors or plain state dict)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DollError(f"--init imagenet:{path}: no such file (weights are never downloaded; name a local file)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise DollError(f"refusing to load {p}: not a plain state dict ({type(exc).__name__})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = model.encoder.state_dict()
+    matched = {}
+    for k, v in state.items():
+        k = k.removeprefix("module.").removeprefix("encoder.")
+        if k in own:
+            if v.ndim == 4 and v.shape[1] == 3 and own[k].shape[1] == 1:
+                v = v.sum(dim=1, keepdim=True)
+            if v.shape == own[k].shape:
+                matched[k] = v
+    if not matched:
+        raise DollError(f"no weight in {p} matches the {model.encoder.__class__.__name__} encoder")
+    model.encoder.load_state_dict(matched, strict=False)
+    return len(matched)
+
+
+def build_model(s: FinetuneSettings, n_out: int):
+    """The network to fine-tune and a description of its initialisation."""
+    if s.init == "random":
+        return build_pspnet(s.encoder, n_out), {"init": "random", "encoder": s.encoder}
+    if s.init.startswith("imagenet:"):
+        model = build_pspnet(s.encoder, n_out)
+        n = load_imagenet_encoder(model, s.init.split(":", 1)[1])
+        return model, {"init": s.init, "encoder": s.encoder, "matched_tensors": n}
+    cfg = read_config(s.init, kind="segmenter")["doll"]
+    model = build_pspnet(cfg["encoder"], len(cfg["classes"]))
+    load_into(model, s.init)
+    replace_head(model, n_out)
+    return model, {"init": str(s.init), "encoder": cfg["encoder"], "pretrain_classes": cfg["classes"],
+                   "image_size": cfg.get("image_size")}
+
+
+def _one_seed(s: FinetuneSettings, names, train, test, size: int, out: Path) -> dict:
+    torch.manual_seed(s.seed)
+    images, masks, items = train
+    n = len(images)
+    k = max(1, int(round(s.label_fraction * n)))
+    subset = np.sort(np.random.default_rng(s.seed).permutation(n)[:k])
+    model, init_info = build_model(s, len(names))
+    params = set_mode(model, s.mode, size)
+    task = FinetuneTask(names, background_weight=1.0, dice_weight=0.5)
+    train_set = ArrayDataset(images, masks=masks, augment=True, seed=s.seed, indices=subset)
+    test_set = ArrayDataset(test[0], masks=test[1])
+    # with very few masks an epoch is one step: scale epochs so every run takes ~the same number of steps
+    es = EngineSettings(epochs=s.epochs, batch_size=min(s.batch_size, k), lr=s.lr, seed=s.seed, device=s.device,
+                        num_workers=s.num_workers, monitor="epoch", monitor_mode="max", progress=s.progress)
+    ck = {"kind": "segmenter", "stage": "finetune", "task": s.task, "classes": names, "mode": s.mode,
+          "in_channels": 1, "image_size": size, "normalisation": NORMALISATION, **init_info,
+          "run": {"command": "finetune", **asdict(s)}}
+    engine = Engine(model, task, es, out, ck, smp_config(model))
+    hist = engine.fit(train_set, test_set, resume=s.resume)
+    pred = predict_all(engine.model, task, test_set, s.batch_size, engine.device)
+    scores = segmentation_scores(pred["pred"], pred["truth"], names)
+    return {"seed": s.seed, "n_train": int(k), "train_ids": [items[i].id for i in subset][:50], **params,
+            **scores, "curve": [{"epoch": r["epoch"], "val_iou": r.get("val_iou"), "val_dice": r.get("val_dice")}
+                                for r in hist["history"]]}
+
+
+def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
+    s = settings or FinetuneSettings(**kwargs)
+    if s.task == "seg4cls":
+        from doll.tasks.seg4cls import seg4cls
+
+        return seg4cls(s)
+    if s.task not in TASKS:
+        raise DollError(f"unknown --task {s.task!r}; choose one of {', '.join(TASKS)}")
+    check_fraction(s.label_fraction)
+    check_positive(epochs=s.epochs, batch_size=s.batch_size, seeds=s.seeds)
+    resolve_device(s.device)
+    if s.init not in ("random",) and not s.init.startswith("imagenet:"):
+        init_size = read_config(s.init, kind="segmenter")["doll"].get("image_size")
+    else:
+        init_size = None
+    size = s.image_size or init_size or 256
+    t0 = time.time()
+    names, train, test, test_split = load_task_data(s, size)
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, marker="run.json") if dist.is_main() else Path(s.out)
+    write_json(out / "run.json", {"command": "finetune", **asdict(s), "image_size": size})
+    runs = []
+    for r in range(s.seeds):
+        sub = replace(s, seed=s.seed + r)
+        runs.append(_one_seed(sub, names, train, test, size, out / f"seed_{sub.seed}" if s.seeds > 1 else out / "model"))
+    ious = [r["mean_iou"] for r in runs]
+    result = {"command": "finetune", "task": s.task, "dataset": s.dataset, "init": s.init, "mode": s.mode,
+              "label_fraction": s.label_fraction, "image_size": size, "test_split": test_split,
+              "n_train_total": len(train[0]), "n_train": runs[0]["n_train"], "n_test": len(test[0]),
+              "structures": names, "mean_iou": float(np.mean(ious)), "mean_iou_std": float(np.std(ious)),
+              "mean_dice": float(np.mean([r["mean_dice"] for r in runs])),
+              "per_structure": runs[0]["per_structure"] if s.seeds == 1 else {
+                  n: {"iou": float(np.mean([r["per_structure"][n]["iou"] for r in runs])),
+                      "dice": float(np.mean([r["per_structure"][n]["dice"] for r in runs]))} for n in names},
+              "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"],
+              "runs": runs, "seconds": round(time.time() - t0, 2)}
+    if dist.is_main():
+        write_json(out / "metrics.json", result)
+        write_json(out / "config.json", {"command": "finetune", **asdict(s), "image_size": size})
+    return result
