@@ -1,0 +1,37 @@
+"""`doll train-classifiers`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
+
+
+@app.command("train-classifiers")
+def train_classifiers(
+    dataset: str = typer.Option("phantom", "--dataset", help="Data set with image labels: chexpert, nih, phantom, covidqu, folder, ..."),
+    root: Path = typer.Option(..., "--root", help="The folder you unpacked the data set into."),
+    out: Path = typer.Option(Path("artifacts/classifiers"), "--out", help="Output folder (one member_<i>/ folder per classifier)."),
+    arch: str = typer.Option("resnet18", "--arch", help="resnet18, resnet34, resnet50, densenet121 or efficientnet_b0; several, comma-separated, are cycled over the members."),
+    members: int = typer.Option(2, "--members", help="Number of classifiers in the ensemble (seeds seed, seed+1, ...)."),
+    image_size: int = typer.Option(64, "--image-size", help="Images are resized to this square size."),
+    epochs: int = typer.Option(8, "--epochs", help="Training epochs per member."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per batch (lower it if the GPU runs out of memory)."),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, warm-up then cosine)."),
+    uncertain: str = typer.Option("ignore", "--uncertain", help="Uncertain (-1) labels: ignore (left out of the loss), zeros, ones or lsr."),
+    blank: str = typer.Option("ignore", "--blank", help="Blank (not mentioned) labels: ignore or zeros."),
+    views: str = typer.Option("frontal", "--views", help="CheXpert views: frontal, lateral or all."),
+    valid_fraction: float = typer.Option(0.0, "--valid-fraction", help="Carve this fraction of patients from train as validation (0: use the data set's own validation split)."),
+    num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
+    device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
+):
+    """Stage 1: train an ensemble of multi-label classifiers on image labels; reports per-class AUROC on the validation split. Writes model.safetensors + config.json per member."""
+    from doll.classify.train import train_classifiers as run
+
+    result = run(dataset=dataset, root=str(root), out=str(out), arch=arch, members=members, image_size=image_size,
+                 epochs=epochs, batch_size=batch_size, lr=lr, uncertain=uncertain, blank=blank, views=views,
+                 valid_fraction=valid_fraction, num_workers=num_workers, device=device, seed=seed, resume=resume,
+                 overwrite=overwrite, progress=not quiet)
+    emit(result, keys=("mean_auroc", "n_train", "n_valid", "seconds"))
+    typer.echo(f"metrics: {out / 'metrics.json'}")

@@ -1,0 +1,53 @@
+"""`doll data phantom | check`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from doll_cli.main import QUIET, emit
+
+data_app = typer.Typer(help="Make and check data sets.", no_args_is_help=True)
+
+
+@data_app.command("phantom")
+def phantom(
+    out: Path = typer.Option(..., "--out", help="Folder to write the phantom data set into."),
+    n: int = typer.Option(200, "--n", help="Number of chest images (CheXpert layout)."),
+    size: int = typer.Option(128, "--size", help="Image side in pixels (32 or more)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
+    n_anatomy: int = typer.Option(0, "--n-anatomy", help="Images in the JSRT-layout anatomy set (0: max(20, n/2))."),
+    noise: float = typer.Option(0.05, "--noise", help="Fraction of training labels flipped."),
+    uncertain: float = typer.Option(0.05, "--uncertain", help="Fraction of training labels written as -1 (uncertain)."),
+    blank: float = typer.Option(0.1, "--blank", help="Fraction of negative training labels left blank."),
+    confound: float = typer.Option(0.0, "--confound", help="Fraction of pneumothorax images that also get a chest tube."),
+    quiet: bool = QUIET,
+):
+    """Write synthetic chest X-rays with ground truth, in the real layouts: CheXpert (train.csv, valid.csv, patient/study/view folders) plus finding masks, and the anatomy in the JSRT PNG layout (anatomy/images, anatomy/masks/<structure>)."""
+    from doll.data.phantom import make_phantoms
+
+    summary = make_phantoms(out, n=n, size=size, seed=seed, n_anatomy=n_anatomy or None, noise=noise,
+                            uncertain=uncertain, blank=blank, confound=confound, progress=not quiet)
+    typer.echo(f"wrote {n} images to {out} (use --dataset phantom --root {out}; "
+               f"anatomy: --dataset jsrt --root {out / 'anatomy'})")
+    return summary
+
+
+@data_app.command("check")
+def check(
+    dataset: str = typer.Option(..., "--dataset", help="chexpert, nih, jsrt, montgomery, shenzhen, qata, covidqu, phantom or folder."),
+    root: Path = typer.Option(..., "--root", help="The folder you unpacked the data set into."),
+    decode: int = typer.Option(200, "--decode", help="Decode this many images (spread over the set) to find corrupt files; 0 = all."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    quiet: bool = QUIET,
+):
+    """Validate a data set in place: counts per split, label statistics, masks, missing and unreadable files. Exits 1 when problems are found."""
+    from doll.data.check import check_dataset, format_report
+
+    report = check_dataset(dataset, str(root), decode=decode, progress=not quiet)
+    if as_json:
+        emit(report, as_json=True)
+    else:
+        typer.echo(format_report(report))
+    if not report["ok"]:
+        raise typer.Exit(1)

@@ -1,0 +1,111 @@
+"""`doll explain`, `doll evaluate-labels`, `doll show`, `doll labels info|merge|export`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
+
+labels_app = typer.Typer(help="Inspect, merge and export DoLL label files.", no_args_is_help=True)
+
+
+@app.command("explain")
+def explain(
+    classifiers: Path = typer.Option(..., "--classifiers", help="Output folder of `doll train-classifiers`."),
+    dataset: str = typer.Option("phantom", "--dataset", help="The data set to label (same classes as the classifiers)."),
+    root: Path = typer.Option(..., "--root", help="The folder you unpacked the data set into."),
+    out: Path = typer.Option(Path("artifacts/doll_labels.h5"), "--out", help="The DoLL label file to write (.h5)."),
+    method: str = typer.Option("ig", "--method", help="ig (Integrated Gradients), ig-smooth or gradcam."),
+    split: str = typer.Option("train", "--split", help="Which split to label: train, valid, test, or '' for all."),
+    steps: int = typer.Option(16, "--steps", help="IG integration steps (Gauss-Legendre)."),
+    baseline: str = typer.Option("zero", "--baseline", help="IG baseline: zero (black image), blur or mean."),
+    targets: str = typer.Option("positive", "--targets", help="Classes to explain per image: positive (its positive labels), predicted or all."),
+    target_threshold: float = typer.Option(0.5, "--target-threshold", help="Probability above which a class counts as predicted."),
+    classes: str = typer.Option("", "--classes", help="Comma-separated classes to explain (default: all but No Finding)."),
+    smooth: float = typer.Option(0.03, "--smooth", help="Gaussian smoothing sigma as a fraction of the image size."),
+    label_rule: str = typer.Option("otsu", "--label-rule", help="Saliency -> pixel label: otsu, quantile:Q or threshold:T."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Interpolated images per forward pass (sets peak memory)."),
+    image_size: int = typer.Option(0, "--image-size", help="Image size (0: the classifiers' own)."),
+    device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
+):
+    """Stage 2: explain every classifier with Integrated Gradients, ensemble and distil the maps into per-class saliency and pixel labels, all in one HDF5 file. Resumable."""
+    from doll.explain.run import explain as run
+
+    result = run(classifiers=str(classifiers), dataset=dataset, root=str(root), out=str(out), method=method,
+                 split=split, steps=steps, baseline=baseline, targets=targets, target_threshold=target_threshold,
+                 classes=classes, smooth=smooth, label_rule=label_rule, batch_size=batch_size, image_size=image_size,
+                 device=device, seed=seed, resume=resume, overwrite=overwrite, progress=not quiet)
+    emit(result, keys=("images", "targets", "seconds", "seconds_per_image"))
+    typer.echo(f"labels: {out}  metrics: {out}.metrics.json")
+
+
+@app.command("evaluate-labels")
+def evaluate_labels(
+    labels: Path = typer.Option(..., "--labels", help="A DoLL label file."),
+    dataset: str = typer.Option("", "--dataset", help="Data set with ground-truth masks (default: the one the file was made from)."),
+    root: Path = typer.Option(None, "--root", help="Its folder (default: the one the file was made from)."),
+    label_rule: str = typer.Option("", "--label-rule", help="Override the file's label rule."),
+    out: Path = typer.Option(None, "--out", help="Where to write metrics.json (default: next to the label file)."),
+    as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
+    quiet: bool = QUIET,
+):
+    """Pseudo-label quality against ground-truth masks: IoU, Dice, top-k IoU and pointing game per class and mean, next to a random-map baseline."""
+    from doll.labels.evaluate import evaluate_labels as run
+    from doll.utils import write_json
+
+    result = run(str(labels), dataset=dataset, root=str(root) if root else "", label_rule=label_rule,
+                 progress=not quiet)
+    target = out / "metrics.json" if out else Path(str(labels) + ".evaluation.json")
+    write_json(target, result)
+    emit(result, as_json=as_json, keys=("mean_iou", "random_iou", "pairs", "label_rule"))
+    if not as_json:
+        typer.echo(f"metrics: {target}")
+
+
+@app.command("show")
+def show(
+    labels: Path = typer.Option(..., "--labels", help="A DoLL label file."),
+    index: int = typer.Option(0, "--index", help="Row of the file to show."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    classes: str = typer.Option("", "--classes", help="Comma-separated classes (default: those explained for the image)."),
+):
+    """Overlay of one image's pseudo labels (contours) and saliency, class by class."""
+    from doll.report.overlay import show_labels
+
+    result = show_labels(str(labels), index, str(out), classes)
+    typer.echo(f"wrote {out} ({result['path']}: {', '.join(result['classes']) or 'no explained class'})")
+
+
+@labels_app.command("info")
+def info(labels: Path = typer.Argument(..., help="A DoLL label file.")):
+    """Format version, rows, classes, method and settings of a label file."""
+    from doll.labels.tools import info as run
+
+    emit(run(str(labels)), as_json=True)
+
+
+@labels_app.command("merge")
+def merge(
+    inputs: list[Path] = typer.Argument(..., help="Label files (shards of one run) to join."),
+    out: Path = typer.Option(..., "--out", help="The merged file."),
+    overwrite: bool = OVERWRITE,
+):
+    """Join label files made on separate machines into one (rows deduplicated by path)."""
+    from doll.labels.tools import merge as run
+
+    emit(run([str(p) for p in inputs], str(out), overwrite), keys=("out", "rows"))
+
+
+@labels_app.command("export")
+def export(
+    labels: Path = typer.Argument(..., help="A DoLL label file."),
+    out: Path = typer.Option(..., "--out", help="Folder for images/, masks/<class>/ and labels.csv."),
+    fmt: str = typer.Option("png", "--format", help="Export format: png."),
+    label_rule: str = typer.Option("", "--label-rule", help="Override the file's label rule."),
+    quiet: bool = QUIET,
+):
+    """Export pixel labels as PNG masks (one per class per image) plus a CSV, for tools that do not read HDF5."""
+    from doll.labels.tools import export as run
+
+    emit(run(str(labels), str(out), fmt, label_rule, progress=not quiet), keys=("out", "masks"))

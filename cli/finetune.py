@@ -1,0 +1,39 @@
+"""`doll finetune`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
+
+
+@app.command("finetune")
+def finetune(
+    task: str = typer.Option(..., "--task", help="jsrt (lungs, heart, clavicles), lung (lung fields), covid (infection) or seg4cls."),
+    dataset: str = typer.Option(..., "--dataset", help="jsrt, montgomery, shenzhen, qata, covidqu, folder, ..."),
+    root: Path = typer.Option(..., "--root", help="The folder you unpacked the data set into."),
+    init: str = typer.Option("random", "--init", help="A `doll pretrain` output folder, random, or imagenet:/path/to/local/weights."),
+    out: Path = typer.Option(Path("artifacts/finetune"), "--out", help="Output folder."),
+    mode: str = typer.Option("full", "--mode", help="full (all weights), adapter (frozen network + small adapters + new head) or head (new head only)."),
+    label_fraction: float = typer.Option(1.0, "--label-fraction", help="Fraction of the training masks to use, in (0, 1] (at least one image)."),
+    encoder: str = typer.Option("resnet34", "--encoder", help="Encoder for random/imagenet init (a pretrain folder brings its own)."),
+    image_size: int = typer.Option(0, "--image-size", help="Square image size (0: the pretrained network's, else 256)."),
+    fold: int = typer.Option(1, "--fold", help="JSRT: train on this official fold (1 or 2), test on the other."),
+    epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per batch."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
+    seeds: int = typer.Option(1, "--seeds", help="Repeat with this many seeds and report mean and std."),
+    num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
+    device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
+):
+    """Stage 4: fine-tune a (DoLL-pretrained) PSPNet on a small real segmentation task; reports per-structure IoU and Dice on the held-out split and the per-epoch curve."""
+    from doll.tasks.finetune import finetune as run
+
+    result = run(task=task, dataset=dataset, root=str(root), init=init, out=str(out), mode=mode,
+                 label_fraction=label_fraction, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs,
+                 batch_size=batch_size, lr=lr, seeds=seeds, num_workers=num_workers, device=device, seed=seed,
+                 resume=resume, overwrite=overwrite, progress=not quiet)
+    emit(result, keys=("mean_iou", "mean_iou_std", "mean_dice", "n_train", "n_test", "trainable_params",
+                       "total_params", "seconds"))
+    typer.echo(f"metrics: {out / 'metrics.json'}")

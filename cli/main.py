@@ -1,0 +1,92 @@
+"""The ``doll`` command: a thin Typer layer that parses options and calls the library.
+
+Exit codes: 0 success; 2 bad usage or bad input (one line ``error: ...`` on stderr, no
+traceback unless ``--debug``); 1 an internal error; 130 interrupted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import typer
+
+from doll.errors import DollError
+
+app = typer.Typer(
+    name="doll",
+    help="DoLL: turn image-level chest X-ray labels into pixel-level pseudo labels, pretrain a "
+         "segmenter on them and fine-tune it on small real tasks. Start with `doll demo --quick`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Options shared by all commands, so users learn them once.
+DEVICE = typer.Option("auto", "--device", help="auto (GPU if present), cpu, cuda or cuda:N.")
+SEED = typer.Option(0, "--seed", help="Random seed: the same seed gives the same result on the same machine.")
+QUIET = typer.Option(False, "--quiet", help="No progress bars.")
+RESUME = typer.Option(False, "--resume", help="Continue an interrupted run in --out from where it stopped.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace a previous run in --out.")
+
+
+def emit(result: dict, as_json: bool = False, keys: tuple[str, ...] = ()) -> None:
+    """Print a command's result: the chosen keys (or all of it as JSON)."""
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    shown = {k: result[k] for k in keys if k in result} if keys else result
+    for k, v in shown.items():
+        typer.echo(f"{k}: {round(v, 4) if isinstance(v, float) else v}")
+
+
+def _register() -> None:
+    # registration order is the order `doll --help` lists the commands in
+    from doll_cli import demo, data, classify, explain, pretrain, finetune  # noqa: F401
+
+    app.add_typer(data.data_app, name="data")
+    app.add_typer(explain.labels_app, name="labels")
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DOLL_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    _register()
+    try:
+        app(args=argv, prog_name="doll", standalone_mode=False)
+    except DollError as exc:
+        if debug:
+            raise
+        _fail(str(exc).splitlines()[0], 2)
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun with --resume to continue where it stopped", 130)
+    except Exception as exc:  # noqa: BLE001 - click's exceptions (vendored by newer typer), then the rest
+        kinds = {c.__name__ for c in type(exc).__mro__}
+        if "NoArgsIsHelpError" in kinds:  # `doll` or `doll data` alone: the help was shown
+            sys.exit(0)
+        if "UsageError" in kinds:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
+            _fail(f"{exc.format_message()}{hint}", 2)
+        if "Exit" in kinds:
+            sys.exit(getattr(exc, "exit_code", 0))
+        if "Abort" in kinds:
+            _fail("interrupted; rerun with --resume to continue where it stopped", 130)
+        if debug:
+            raise
+        if "OutOfMemoryError" in kinds or "out of memory" in str(exc).lower():
+            _fail("out of GPU memory; run again with half the --batch-size (and --resume)", 2)
+        if isinstance(exc, OSError) and exc.errno == 28:
+            _fail(f"disk full ({exc.filename or 'while writing'}); free space or choose another --out", 2)
+        _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback and report it)", 1)
+
+
+if __name__ == "__main__":
+    main()

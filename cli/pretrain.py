@@ -1,0 +1,34 @@
+"""`doll pretrain`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
+
+
+@app.command("pretrain")
+def pretrain(
+    labels: Path = typer.Option(..., "--labels", help="A DoLL label file made by `doll explain`."),
+    out: Path = typer.Option(Path("artifacts/pretrain"), "--out", help="Output folder (loadable with segmentation_models_pytorch.from_pretrained)."),
+    encoder: str = typer.Option("resnet34", "--encoder", help="PSPNet encoder: resnet18, resnet34, resnet50 or densenet121."),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
+    label_rule: str = typer.Option("", "--label-rule", help="Override the file's rule: otsu, quantile:Q or threshold:T."),
+    soft: bool = typer.Option(False, "--soft", help="Train on the soft saliency instead of hard labels."),
+    background_weight: float = typer.Option(0.1, "--background-weight", help="Loss weight of background pixels."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Last fraction of the file's rows used for validation."),
+    num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
+    device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
+):
+    """Stage 3: pretrain a whole PSPNet (encoder and decoder) on DoLL pseudo labels."""
+    from doll.pretrain.train import pretrain as run
+
+    result = run(labels=str(labels), out=str(out), encoder=encoder, epochs=epochs, batch_size=batch_size, lr=lr,
+                 label_rule=label_rule, soft=soft, background_weight=background_weight, val_fraction=val_fraction,
+                 num_workers=num_workers, device=device, seed=seed, resume=resume, overwrite=overwrite,
+                 progress=not quiet)
+    emit(result, keys=("val_iou", "best_epoch", "n_train", "n_val", "seconds"))
+    typer.echo(f"metrics: {out / 'metrics.json'}")

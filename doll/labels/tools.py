@@ -1,0 +1,84 @@
+"""``doll labels info | merge | export``."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from doll.errors import DollError
+from doll.explain.distill import apply_rule
+from doll.labels.store import LabelFile, write_label_file
+from doll.utils import atomic_path, write_json
+
+
+def info(path: str) -> dict:
+    with LabelFile(path) as lf:
+        return lf.info()
+
+
+def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
+    """Join label files made on separate machines (same classes, method and settings) row-wise."""
+    if not inputs:
+        raise DollError("name the label files to merge")
+    if Path(out).exists() and not overwrite:
+        raise DollError(f"{out} already exists; pass --overwrite to replace it")
+    rows: dict[str, list] = {}
+    attrs = None
+    seen: set[str] = set()
+    for p in inputs:
+        with LabelFile(p) as lf:
+            mine = {k: lf.attr(k) for k in ("classes", "method", "settings", "label_rule", "image_size", "dataset")}
+            if attrs is None:
+                attrs = {**mine, "classifiers": lf.attr("classifiers"), "root": lf.attr("root"), "split": lf.attr("split")}
+            elif any(attrs[k] != mine[k] for k in mine):
+                bad = [k for k in mine if attrs[k] != mine[k]]
+                raise DollError(f"{p} differs from {inputs[0]} in {', '.join(bad)}; only shards of one run can be merged")
+            keep = lf.done.copy()
+            paths = lf.paths()
+            for i, q in enumerate(paths):
+                if q in seen:
+                    keep[i] = False
+                seen.add(q)
+            for k in ("saliency", "targets", "labels", "probs", "images", "done"):
+                rows.setdefault(k, []).append(lf[k][:][keep])
+            rows.setdefault("paths", []).append(np.array(paths, dtype=object)[keep])
+    merged = {k: np.concatenate(v) for k, v in rows.items()}
+    merged["paths"] = merged["paths"].tolist()
+    write_label_file(out, merged, attrs)
+    return {"command": "labels merge", "inputs": inputs, "out": out, "rows": len(merged["done"])}
+
+
+def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress: bool = True) -> dict:
+    """One PNG mask (0/255) per explained class per image, ``masks/<class>/<row>.png``, plus
+    ``labels.csv`` (row, path, image labels, probabilities) and ``images/<row>.png``."""
+    if fmt != "png":
+        raise DollError(f"unknown --format {fmt!r}; only png is supported")
+    out_dir = Path(out)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    count = 0
+    with LabelFile(path) as lf:
+        classes, rule, paths = lf.classes, label_rule or lf.label_rule, lf.paths()
+        targets, labels, probs = lf["targets"][:], lf["labels"][:], lf["probs"][:]
+        for i in tqdm(range(len(lf)), desc="exporting", disable=not progress, leave=False):
+            if not lf.done[i]:
+                continue
+            name = f"{i:07d}.png"
+            cv2.imwrite(str(out_dir / "images" / name), lf["images"][i])
+            sal = lf["saliency"][i]
+            for c in np.flatnonzero(targets[i]):
+                d = out_dir / "masks" / classes[c]
+                d.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(d / name), apply_rule(sal[c], rule).astype(np.uint8) * 255)
+                count += 1
+        with atomic_path(out_dir / "labels.csv") as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["row", "path", *classes, *[f"prob {c}" for c in classes]])
+            for i in np.flatnonzero(lf.done):
+                w.writerow([f"{i:07d}", paths[i], *["" if np.isnan(v) else v for v in labels[i]],
+                            *[f"{p:.4f}" for p in probs[i]]])
+    result = {"command": "labels export", "out": str(out_dir), "masks": count, "label_rule": rule}
+    write_json(out_dir / "export.json", result)
+    return result

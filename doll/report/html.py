@@ -1,0 +1,125 @@
+"""The demo's ``report.html``: numbers, curves (inline SVG) and overlay pictures (PNG files)."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+from doll.data import load_split
+from doll.explain.distill import apply_rule
+from doll.labels.store import LabelFile
+from doll.models.checkpoint import load_into, read_config
+from doll.models.adapters import set_mode
+from doll.models.segmenter import build_pspnet
+from doll.data.dataset import to_tensor
+from doll.report.overlay import overlay, write_png
+from doll.utils import atomic_path
+
+
+def svg_curves(curves: dict[str, list[float]], width: int = 420, height: int = 220) -> str:
+    """A minimal line chart (validation IoU per epoch) without a plotting dependency."""
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e"]
+    n = max(len(c) for c in curves.values())
+    pad = 30
+    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" style="background:#fff">',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{width - 5}" y2="{height - pad}" stroke="#444"/>',
+             f'<line x1="{pad}" y1="5" x2="{pad}" y2="{height - pad}" stroke="#444"/>',
+             f'<text x="{width / 2}" y="{height - 5}" font-size="11" text-anchor="middle">epoch</text>',
+             f'<text x="2" y="12" font-size="11">IoU 1</text><text x="2" y="{height - pad}" font-size="11">0</text>']
+    for k, (name, ys) in enumerate(curves.items()):
+        pts = " ".join(f"{pad + (width - pad - 10) * i / max(1, n - 1):.1f},"
+                       f"{(height - pad) - (height - pad - 10) * (y or 0):.1f}" for i, y in enumerate(ys))
+        parts.append(f'<polyline fill="none" stroke="{colours[k % 4]}" stroke-width="2" points="{pts}"/>')
+        parts.append(f'<text x="{width - 150}" y="{20 + 14 * k}" font-size="12" fill="{colours[k % 4]}">'
+                     f'{html.escape(name)}</text>')
+    return "".join(parts) + "</svg>"
+
+
+def _label_panels(out_dir: Path, labels: str, data: Path, count: int = 4) -> list[str]:
+    files = []
+    with LabelFile(labels) as lf:
+        classes = lf.classes
+        _, arrays = load_split(lf.attr("dataset"), lf.attr("root"), lf.attr("split") or None,
+                               int(lf.attr("image_size")), structures=classes, progress=False)
+        by_id = {it.id: i for i, it in enumerate(arrays.items)}
+        rows = [i for i in range(len(lf)) if lf["targets"][i].any()][:count]
+        for i in rows:
+            ks = np.flatnonzero(lf["targets"][i])[:3]
+            sal = lf["saliency"][i]
+            j = by_id.get(lf.paths()[i])
+            gt = [arrays.masks[j, k] for k in ks] if j is not None else []
+            panel = overlay(lf["images"][i], gt, [classes[k] for k in ks], [sal[k] for k in ks])
+            labelled = overlay(lf["images"][i], [apply_rule(sal[k], lf.label_rule) for k in ks], [], None)
+            name = f"labels_{i}.png"
+            write_png(out_dir / "figures" / name, np.concatenate([panel, labelled], axis=1))
+            files.append((name, ", ".join(classes[k] for k in ks)))
+    return files
+
+
+def _prediction_panels(out_dir: Path, data: Path, count: int = 4) -> list[str]:
+    files = []
+    for name in ("doll_init", "random_init"):
+        folder = out_dir / f"finetune_{name}" / "model"
+        cfg = read_config(folder, kind="segmenter")["doll"]
+        model = build_pspnet(cfg["encoder"], len(cfg["classes"]))
+        set_mode(model, cfg["mode"], cfg["image_size"])
+        load_into(model, folder)
+        model.eval()
+        _, arrays = load_split("jsrt", str(data / "anatomy"), "test", cfg["image_size"], structures=cfg["classes"],
+                               progress=False)
+        import torch
+
+        with torch.no_grad():
+            pred = (model(to_tensor(arrays.images[:count])) > 0).numpy()
+        rows = [np.concatenate([overlay(arrays.images[i], list(arrays.masks[i]), cfg["classes"]),
+                                overlay(arrays.images[i], list(pred[i]), cfg["classes"])], axis=1)
+                for i in range(min(count, len(pred)))]
+        write_png(out_dir / "figures" / f"pred_{name}.png", np.concatenate(rows, axis=0))
+        files.append(f"pred_{name}.png")
+    return files
+
+
+def write_report(out_dir: Path, report: dict, labels: str, data: Path) -> None:
+    label_figs = _label_panels(out_dir, labels, data)
+    pred_figs = _prediction_panels(out_dir, data)
+    ft = report["finetune"]
+    curves = {f"DoLL init ({ft['doll_init']['mean_iou']:.3f})": [c["val_iou"] for c in ft["doll_init"]["curve"]],
+              f"random init ({ft['random_init']['mean_iou']:.3f})": [c["val_iou"] for c in ft["random_init"]["curve"]]}
+    lab = report["labels"]
+    rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{v['iou']:.3f}</td><td>{v['topk_iou']:.3f}</td>"
+                   f"<td>{v['pointing']:.2f}</td><td>{v['n']}</td></tr>"
+                   for c, v in sorted(read_label_quality(out_dir).items()))
+    structs = "".join(f"<tr><td>{html.escape(s)}</td><td>{ft['doll_init']['per_structure'][s]['iou']:.3f}</td>"
+                      f"<td>{ft['random_init']['per_structure'][s]['iou']:.3f}</td></tr>"
+                      for s in ft["doll_init"]["per_structure"])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DoLL demo report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 10px;text-align:left}}
+img{{image-rendering:pixelated;max-width:100%}}</style></head><body>
+<h1>DoLL demo report</h1>
+<p>{'Quick' if report['quick'] else 'Full'} run on synthetic phantoms, {report['seconds']} s.
+Plan: {html.escape(str(report['plan']))}</p>
+<h2>1. Classifiers</h2><p>Ensemble mean AUROC on the validation split: <b>{report['classifiers']['mean_auroc']:.3f}</b></p>
+<h2>2. DoLL labels (Integrated Gradients, distilled)</h2>
+<p>Mean IoU of the pseudo labels vs the phantoms' ground-truth finding masks: <b>{lab['mean_iou']:.3f}</b>
+(random map, same rule: {lab['random_iou']:.3f}); top-k IoU {lab['mean']['topk_iou']:.3f}
+(random {lab['random']['topk_iou']:.3f}); pointing game {lab['mean']['pointing']:.2f}
+(random {lab['random']['pointing']:.2f}). Label rule: {html.escape(lab['label_rule'])}.</p>
+<table><tr><th>class</th><th>IoU</th><th>top-k IoU</th><th>pointing</th><th>n</th></tr>{rows}</table>
+<p>Left: image with ground-truth contours and the saliency per explained class; right: the pseudo labels.</p>
+{''.join(f'<p>{html.escape(c)}<br><img src="figures/{f}"></p>' for f, c in label_figs)}
+<h2>3. Pretraining</h2><p>PSPNet validation IoU against held-out pseudo labels: {report['pretrain']['val_iou']}</p>
+<h2>4. Fine-tuning on the phantom anatomy with {ft['n_train']} masks ({ft['label_fraction']:.0%})</h2>
+<p><b>{html.escape(ft['verdict'])}</b>. Test images: {ft['n_test']}.</p>
+{svg_curves(curves)}
+<table><tr><th>structure</th><th>DoLL init IoU</th><th>random init IoU</th></tr>{structs}</table>
+{''.join(f'<p>{f[5:-4]} (left: ground truth, right: prediction)<br><img src="figures/{f}"></p>' for f in pred_figs)}
+</body></html>"""
+    with atomic_path(out_dir / "report.html") as tmp:
+        tmp.write_text(page)
+
+
+def read_label_quality(out_dir: Path) -> dict:
+    import json
+
+    return json.loads((out_dir / "label_quality.json").read_text())["per_class"]
