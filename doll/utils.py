@@ -49,13 +49,13 @@ def atomic_path(path: str | Path):
         raise
 
 
-def _jsonable(obj):
+def jsonable(obj):
     if dataclasses.is_dataclass(obj):
-        return _jsonable(dataclasses.asdict(obj))
+        return jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, (np.floating, float)):
@@ -64,14 +64,14 @@ def _jsonable(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     return obj
 
 
 def write_json(path: str | Path, obj) -> None:
     """Write JSON atomically (NaN becomes null, numpy types become Python types)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+        tmp.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
 
 
 def read_json(path: str | Path) -> dict:

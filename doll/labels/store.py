@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from doll.errors import DollError
-from doll.utils import atomic_path, tool_version
+from doll.utils import atomic_path, jsonable, tool_version
 
 FORMAT, FORMAT_VERSION = "doll-labels", 1
 ROW_DATASETS = ("saliency", "targets", "labels", "probs", "images", "paths", "done")
@@ -53,7 +53,9 @@ def write_label_file(path: str | Path, rows: dict[str, np.ndarray], attrs: dict)
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["tool_version"] = tool_version()
             for k, v in attrs.items():
-                f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+                if isinstance(v, np.generic):
+                    v = v.item()
+                f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(jsonable(v))
 
 
 class LabelFile:

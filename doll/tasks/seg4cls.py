@@ -1,0 +1,605 @@
+"""Segmentation for classification (``doll finetune --task seg4cls``).
+
+Train a segmenter on a *few* pixel-labelled images, then turn its probability maps
+into image labels with a summarizing function g(.), and compare against a plain
+classifier and a multitask (Y-Net style) network trained in the same run.
+
+Data
+  * test split: ``test`` when the data set has one, else ``valid``;
+  * validation split (choosing t/tau and training the summarizers; the classifier's and
+    the multitask net's model selection): ``valid`` when it exists and differs from the
+    test split, else a seeded 20 % of the training *patients* (taken out of train);
+  * classes: the data set's image classes that have a mask structure of the same name
+    (phantom: the 13 findings). Otherwise a known alias (``infection`` masks <->
+    ``COVID-19`` images: COVID-QU-Ex, QaTa), or, when the data set has exactly one
+    structure and one class, that pair. Anything else is a DollError;
+  * masks for the segmenter: a seeded ``--label-fraction`` of the training images (at
+    least one); image labels: all training images. A class map counts as labelled
+    where its mask file exists, where the image label is 0 (empty mask), and always on
+    the phantom (a finding without a mask file is absent there);
+  * raw labels 1 / 0 / -1 / NaN; -1 and NaN are left out of every AUROC and loss.
+
+Methods (``metrics.json`` keys)
+  * ``seg4cls_rule``: per class, t in {0.3, 0.5, 0.7, 0.9} and tau (pixels) in {1} and
+    the 0, 10, ..., 90 % quantiles of the validation positives' pixel counts; an image is
+    positive when at least tau pixels have probability > t; (t, tau) maximise balanced
+    accuracy on validation. The continuous score for AUROC is the number of pixels with
+    probability > t (so AUROC depends on t, not on tau);
+  * ``seg4cls_linear``: per class, logistic regression on its probability map average-
+    pooled to 8x8;
+  * ``seg4cls_pool-linear``: per class, [max, mean, top-1 % mean] -> logistic regression;
+  * ``seg4cls_cnn-mask``: a tiny CNN on all (C, H, W) probability maps -> C logits.
+  The trained summarizers learn from the *validation* split's image labels (masked BCE,
+  AdamW, 200 steps of up to 64 images): the segmenter's maps on its own training images
+  would be over-confident. Choose some with ``settings.summarizer`` ("all" or a comma
+  list; FinetuneSettings has no such field, so the default is all of them).
+  * ``classifier``: torchvision ``--encoder`` (resnet18 if not a classifier arch)
+    trained on all training image labels; the best validation-AUROC epoch is kept;
+  * ``multitask``: the same PSPNet plus global-average-pool(last encoder feature) ->
+    linear, trained on seg loss (only on the masked subset) + masked BCE (all images).
+
+Reported on the test split: AUROC per class and mean; recall at a per-class threshold
+giving 90 % specificity on the test negatives, by ground-truth lesion-area tercile and
+by location (upper/middle/lower third x image-left/right half, from the mask
+centroid), pooled over classes; the segmenter's IoU (prob > 0.5) on test positives;
+on the phantom, the robust Pneumothorax AUROC (positives without chest tube vs
+negatives with one; ``findings/ground_truth.csv``; images without a ground-truth row
+count as without tube).
+
+Image size: ``--image-size``, else the pretrained network's, else the phantom's own
+size (phantom), else 256.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from doll.data import labels_of, load_split, open_dataset
+from doll.data.dataset import NORMALISATION, ArrayDataset
+from doll.errors import DollError
+from doll.models.adapters import set_mode
+from doll.models.checkpoint import load_into, read_config
+from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier
+from doll.models.segmenter import smp_config
+from doll.pretrain.train import SegmentationTask
+from doll.tasks.finetune import FinetuneSettings, build_model
+from doll.train import distributed as dist
+from doll.train.engine import Engine, EngineSettings, predict_all
+from doll.train.losses import masked_bce, multilabel_seg_loss
+from doll.train.metrics import auroc, auroc_per_class
+from doll.utils import check_fraction, check_positive, prepare_out_dir, resolve_device, write_json
+
+SUMMARIZERS = ("rule", "linear", "pool-linear", "cnn-mask")
+RULE_T = (0.3, 0.5, 0.7, 0.9)
+RULE_Q = tuple(np.round(np.arange(0, 1.0, 0.1), 2))
+ALIASES = {"infection": ("COVID-19", "COVID", "covid", "Covid-19")}  # mask structure -> image class(es)
+VAL_FRACTION = 0.2
+SPECIFICITY = 0.9
+
+
+# ----------------------------------------------------------------------------- data
+def class_structure_pairs(classes: list[str], structures: list[str]) -> list[tuple[str, int, str]]:
+    """(output name, image-class index, mask structure) for every class that has a mask."""
+    pairs = [(c, i, c) for i, c in enumerate(classes) if c in structures]
+    if pairs:
+        return pairs
+    for st in structures:
+        for alias in ALIASES.get(st, ()):
+            if alias in classes:
+                pairs.append((alias, classes.index(alias), st))
+    if pairs:
+        return pairs
+    if len(structures) == 1 and len(classes) == 1:
+        return [(classes[0], 0, structures[0])]
+    return []
+
+
+def _split_names(fmt) -> tuple[str, str | None]:
+    def has(split):
+        try:
+            return bool(fmt.items(split))
+        except DollError:
+            return False
+
+    test = "test" if has("test") else "valid"
+    if not has(test):
+        raise DollError(f"{fmt.name} at {fmt.root} has neither a test nor a valid split to evaluate on")
+    val = "valid" if test != "valid" and has("valid") else None
+    return test, val
+
+
+def _patient_holdout(pats: list[str], fraction: float, seed: int) -> np.ndarray:
+    """Boolean (N,) mask of a seeded ``fraction`` of the patients (at least one, never all)."""
+    uniq = sorted(set(pats))
+    if len(uniq) < 2:
+        raise DollError("too few training images to carve a validation split; use a larger data set")
+    k = min(len(uniq) - 1, max(1, int(round(fraction * len(uniq)))))
+    chosen = set(np.random.default_rng(seed).permutation(uniq)[:k].tolist())
+    return np.array([p in chosen for p in pats])
+
+
+class _Part:
+    """One split: images, masks (N, K, S, S), mask validity (N, K), raw labels (N, K), ids."""
+
+    def __init__(self, images, masks, mask_ok, raw, ids, patients):
+        self.images, self.masks, self.mask_ok, self.raw, self.ids = images, masks, mask_ok, raw, ids
+        self.patients = patients
+
+    def take(self, sel):
+        idx = np.flatnonzero(sel)
+        return _Part(np.asarray(self.images[idx]), np.asarray(self.masks[idx]), self.mask_ok[idx], self.raw[idx],
+                     [self.ids[i] for i in idx], [self.patients[i] for i in idx])
+
+    def targets(self):
+        """(targets, weights): raw 1 -> 1, 0 -> 0, -1 / NaN -> weight 0."""
+        known = (self.raw == 1) | (self.raw == 0)
+        return (self.raw == 1).astype(np.float32), known.astype(np.float32)
+
+    def __len__(self):
+        return len(self.images)
+
+
+def load_parts(s: FinetuneSettings, size: int):
+    fmt = open_dataset(s.dataset, s.root)
+    classes, structures = list(fmt.classes), list(fmt.structures)
+    pairs = class_structure_pairs(classes, structures)
+    if not pairs:
+        raise DollError(f"--task seg4cls needs image classes that have masks of the same name; {s.dataset} has classes "
+                        f"[{', '.join(classes) or 'none'}] and masks [{', '.join(structures) or 'none'}]")
+    test_split, val_split = _split_names(fmt)
+    sources = [st for _, _, st in pairs]
+    cls_idx = [i for _, i, _ in pairs]
+    phantom = s.dataset == "phantom"
+
+    def part(split):
+        _, arr = load_split(s.dataset, s.root, split, size, structures=sources, progress=s.progress and dist.is_main())
+        raw = labels_of(arr, len(classes))[:, cls_idx]
+        has = np.asarray(arr.has_mask, bool)
+        mask_ok = np.ones_like(has) if phantom else (has | (raw == 0))
+        return _Part(arr.images, arr.masks, mask_ok.astype(np.float32), raw, [it.id for it in arr.items],
+                     [it.patient or it.id for it in arr.items])
+
+    train = part("train")
+    test = part(test_split)
+    if val_split is not None:
+        val = part(val_split)
+        val_desc = val_split
+    else:
+        hold = _patient_holdout(train.patients, VAL_FRACTION, s.seed)
+        val, train = train.take(hold), train.take(~hold)
+        val_desc = f"{int(VAL_FRACTION * 100)}% of train patients (seed {s.seed})"
+    if not ((train.raw == 1) | (train.raw == 0)).any():
+        raise DollError(f"{s.dataset} has no image labels in its training split for {', '.join(p[0] for p in pairs)}")
+    return [p[0] for p in pairs], sources, train, val, test, test_split, val_desc
+
+
+# ----------------------------------------------------------------------------- tasks and models
+class ProbSegTask(SegmentationTask):
+    """Segmentation whose predictions are the per-class probability maps."""
+
+    def predict(self, model, batch):
+        return {"prob": torch.sigmoid(model(batch["image"]).float()).cpu().numpy().astype(np.float16)}
+
+    def metrics(self, out):
+        return {}
+
+
+class YNet(nn.Module):
+    """PSPNet + a classification head on the encoder's last feature (Y-Net style)."""
+
+    def __init__(self, seg: nn.Module, n_classes: int):
+        super().__init__()
+        self.seg = seg
+        self.cls_head = nn.Linear(seg.encoder.out_channels[-1], n_classes)
+
+    def forward(self, x):
+        feats = self.seg.encoder(x)
+        masks = self.seg.segmentation_head(self.seg.decoder(feats))
+        return masks, self.cls_head(feats[-1].float().mean(dim=(2, 3)))
+
+
+class _MTDataset(ArrayDataset):
+    def __init__(self, *a, seg_weight=None, **kw):
+        super().__init__(*a, **kw)
+        self.seg_weight = seg_weight
+
+    def __getitem__(self, i):
+        sample = super().__getitem__(i)
+        sample["seg_weight"] = torch.as_tensor(self.seg_weight[int(self.indices[i])], dtype=torch.float32)
+        return sample
+
+
+class MultitaskTask:
+    def __init__(self, classes, dice_weight: float = 0.5):
+        self.classes, self.dw = classes, dice_weight
+
+    def loss(self, model, batch):
+        seg, cls = model(batch["image"])
+        return (multilabel_seg_loss(seg, batch["mask"], 1.0, self.dw, batch["seg_weight"])
+                + masked_bce(cls, batch["target"], batch["weight"]))
+
+    def predict(self, model, batch):
+        _, cls = model(batch["image"])
+        return {"prob": torch.sigmoid(cls.float()).cpu().numpy(), "target": batch["target"].cpu().numpy(),
+                "weight": batch["weight"].cpu().numpy()}
+
+    def metrics(self, out):
+        return {"auroc": auroc_per_class(out["prob"], out["target"], out["weight"], self.classes)["mean"]}
+
+
+class _ClsTask(MultitaskTask):
+    def loss(self, model, batch):
+        return masked_bce(model(batch["image"]), batch["target"], batch["weight"])
+
+    def predict(self, model, batch):
+        prob = torch.sigmoid(model(batch["image"]).float())
+        return {"prob": prob.cpu().numpy(), "target": batch["target"].cpu().numpy(),
+                "weight": batch["weight"].cpu().numpy()}
+
+
+# ----------------------------------------------------------------------------- summarizers
+def rule_counts(prob: np.ndarray, t: float) -> np.ndarray:
+    """(N, C) number of pixels with probability > t."""
+    return (np.asarray(prob, np.float32) > t).sum(axis=(2, 3)).astype(np.float64)
+
+
+def _balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    pos, neg = y == 1, y == 0
+    return 0.5 * (pred[pos].mean() + (~pred[neg]).mean())
+
+
+def fit_rule(prob: np.ndarray, raw: np.ndarray) -> list[dict]:
+    """Per class, the (t, tau) with the best validation balanced accuracy (see the module doc)."""
+    out = []
+    counts = {t: rule_counts(prob, t) for t in RULE_T}
+    for c in range(prob.shape[1]):
+        y = raw[:, c]
+        if not ((y == 1).any() and (y == 0).any()):
+            out.append({"t": 0.5, "tau": 1.0, "val_balanced_accuracy": None, "fallback": True})
+            continue
+        best = None
+        for t in RULE_T:
+            n = counts[t][:, c]
+            taus = sorted({1.0, *(max(1.0, math.ceil(v)) for v in np.quantile(n[y == 1], RULE_Q))})
+            for tau in taus:
+                ba = _balanced_accuracy(n >= tau, y)
+                if best is None or ba > best["val_balanced_accuracy"] + 1e-12:
+                    best = {"t": t, "tau": float(tau), "val_balanced_accuracy": float(ba), "fallback": False}
+        out.append(best)
+    return out
+
+
+def apply_rule(prob: np.ndarray, params: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, decisions): pixel counts above each class's t, and count >= tau."""
+    scores = np.stack([rule_counts(prob[:, c:c + 1], p["t"])[:, 0] for c, p in enumerate(params)], 1)
+    return scores, scores >= np.array([p["tau"] for p in params])[None]
+
+
+def _features(prob: torch.Tensor, kind: str) -> torch.Tensor:
+    """(N, C, F) per-class features of the probability maps."""
+    if kind == "linear":
+        return F.adaptive_avg_pool2d(prob, 8).flatten(2)
+    flat = prob.flatten(2)
+    k = max(1, int(round(0.01 * flat.shape[-1])))
+    return torch.stack([flat.amax(-1), flat.mean(-1), flat.topk(k, dim=-1).values.mean(-1)], -1)
+
+
+class PerClassLinear(nn.Module):
+    def __init__(self, n_classes: int, n_features: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(n_classes, n_features))
+        self.b = nn.Parameter(torch.zeros(n_classes))
+
+    def forward(self, x):  # (N, C, F)
+        return (x * self.w).sum(-1) + self.b
+
+
+class MaskCNN(nn.Module):
+    def __init__(self, n_classes: int, width: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(n_classes, width, 3, 2, 1), nn.ReLU(), nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, 2, 1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+            nn.Linear(2 * width, n_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def train_summarizer(kind: str, prob: np.ndarray, raw: np.ndarray, seed: int = 0, steps: int = 200):
+    """Fit a trained summarizer on (N, C, H, W) maps and raw labels; returns a scoring function."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the models are tiny: more threads only add overhead
+    try:
+        return _train_summarizer(kind, prob, raw, seed, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_summarizer(kind, prob, raw, seed, steps):
+    torch.manual_seed(seed)
+    x = torch.as_tensor(np.asarray(prob, np.float32))
+    y = torch.as_tensor((raw == 1).astype(np.float32))
+    w = torch.as_tensor(((raw == 1) | (raw == 0)).astype(np.float32))
+    C = x.shape[1]
+    if kind == "cnn-mask":
+        model, feat = MaskCNN(C), (lambda p: p)
+    else:
+        f0 = _features(x[:1], kind)
+        model, feat = PerClassLinear(C, f0.shape[-1]), (lambda p: _features(p, kind))
+    fx = feat(x)
+    mu = fx.mean(0, keepdim=True) if kind != "cnn-mask" else 0.0
+    sd = fx.std(0, keepdim=True).clamp_min(1e-3) if kind != "cnn-mask" and len(fx) > 1 else 1.0
+    opt = torch.optim.AdamW(model.parameters(), lr=0.02 if kind != "cnn-mask" else 0.005, weight_decay=1e-2)
+    bs = 64
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randperm(len(x), generator=g)[:bs]
+        loss = masked_bce(model((fx[idx] - mu) / sd), y[idx], w[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+    def score(p: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.sigmoid(model((feat(torch.as_tensor(np.asarray(p, np.float32))) - mu) / sd)).numpy()
+
+    return score
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _aurocs(scores: np.ndarray, raw: np.ndarray, names: list[str]) -> dict:
+    known = ((raw == 1) | (raw == 0)).astype(np.float32)
+    return auroc_per_class(scores, np.nan_to_num(raw), known, names)
+
+
+def conditioned_recall(scores: np.ndarray, test) -> dict | None:
+    """Recall at 90 % specificity on the test negatives, by lesion-area tercile and location."""
+    raw, masks, ok = test.raw, test.masks, test.mask_ok
+    H, W = masks.shape[-2:]
+    rows = []  # (detected, area fraction, cy, cx)
+    for c in range(raw.shape[1]):
+        neg = scores[raw[:, c] == 0, c]
+        if not len(neg):
+            continue
+        thr = np.quantile(neg, SPECIFICITY, method="higher")
+        for i in np.flatnonzero((raw[:, c] == 1) & (ok[:, c] > 0)):
+            m = np.asarray(masks[i, c]) > 0
+            if not m.any():
+                continue
+            ys, xs = np.nonzero(m)
+            rows.append((bool(scores[i, c] > thr), m.mean(), ys.mean() / H, xs.mean() / W))
+    if not rows:
+        return None
+    det = np.array([r[0] for r in rows])
+    area = np.array([r[1] for r in rows])
+    edges = np.quantile(area, [1 / 3, 2 / 3])
+    tercile = np.digitize(area, edges, right=True)
+
+    def cell(sel):
+        return {"recall": float(det[sel].mean()) if sel.any() else None, "n": int(sel.sum())}
+
+    size = {name: cell(tercile == k) for k, name in enumerate(("small", "medium", "large"))}
+    size["edges_area_fraction"] = [float(e) for e in edges]
+    row = np.minimum((np.array([r[2] for r in rows]) * 3).astype(int), 2)
+    side = np.array([r[3] for r in rows]) >= 0.5
+    loc = {f"{v}_{h}": cell((row == k) & (side == s))
+           for k, v in enumerate(("upper", "middle", "lower")) for s, h in ((False, "image_left"), (True, "image_right"))}
+    return {"specificity": SPECIFICITY, "overall": cell(np.ones(len(det), bool)), "by_size": size, "by_location": loc}
+
+
+def segmenter_iou(prob: np.ndarray, test, names: list[str]) -> dict:
+    per = {}
+    for c, name in enumerate(names):
+        ious = []
+        for i in np.flatnonzero(test.mask_ok[:, c] > 0):
+            t = np.asarray(test.masks[i, c]) > 0
+            if not t.any():
+                continue
+            p = np.asarray(prob[i, c], np.float32) > 0.5
+            ious.append((p & t).sum() / max((p | t).sum(), 1))
+        per[name] = float(np.mean(ious)) if ious else None
+    vals = [v for v in per.values() if v is not None]
+    return {"per_class": per, "mean": float(np.mean(vals)) if vals else None}
+
+
+def chest_tubes(root: str, ids: list[str]) -> np.ndarray | None:
+    """(N,) bool chest tube per test image from the phantom's ground truth, or None."""
+    path = Path(root) / "findings" / "ground_truth.csv"
+    if not path.is_file():
+        return None
+    tube: dict[str, bool] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if "chest_tube" not in (reader.fieldnames or []):
+            return None
+        for row in reader:
+            p = row["Path"].strip()
+            v = row["chest_tube"].strip() in ("1", "1.0", "True", "true")
+            for key in (p, p.split("/", 1)[-1]):
+                tube[key] = tube.get(key, False) or v
+    return np.array([tube.get(i, tube.get(i.split("/", 1)[-1], False)) for i in ids])
+
+
+def robust_pneumothorax(methods: dict, test, names: list[str], root: str) -> dict | None:
+    if "Pneumothorax" not in names:
+        return None
+    tube = chest_tubes(root, test.ids)
+    if tube is None:
+        return None
+    c = names.index("Pneumothorax")
+    y = test.raw[:, c]
+    keep = ((y == 1) & ~tube) | ((y == 0) & tube)
+    out = {"n_pos_without_tube": int(((y == 1) & ~tube).sum()), "n_neg_with_tube": int(((y == 0) & tube).sum()),
+           "auroc": {}}
+    for m, sc in methods.items():
+        out["auroc"][m] = auroc(sc[keep, c], (y[keep] == 1).astype(int)) if keep.any() else math.nan
+    return out
+
+
+# ----------------------------------------------------------------------------- the run
+def _engine_settings(s, epochs, batch_size, monitor="epoch"):
+    return EngineSettings(epochs=epochs, batch_size=batch_size, lr=s.lr, seed=s.seed, device=s.device,
+                          num_workers=s.num_workers, monitor=monitor, monitor_mode="max", progress=s.progress)
+
+
+def _image_size(s: FinetuneSettings) -> int:
+    if s.image_size:
+        check_positive(image_size=s.image_size)
+        return s.image_size
+    if s.init != "random" and not s.init.startswith("imagenet:"):
+        size = read_config(s.init, kind="segmenter")["doll"].get("image_size")
+        if size:
+            return int(size)
+    if s.dataset == "phantom":
+        meta = Path(s.root) / "phantom.json"
+        if meta.is_file():
+            try:
+                return int(json.loads(meta.read_text()).get("size") or 256)
+            except (OSError, ValueError):
+                pass
+    return 256
+
+
+def _summarizer_choice(s) -> list[str]:
+    value = str(getattr(s, "summarizer", "all") or "all")
+    if value == "all":
+        return list(SUMMARIZERS)
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in chosen if v not in SUMMARIZERS]
+    if bad or not chosen:
+        raise DollError(f"unknown --summarizer {value!r}; choose all or some of {', '.join(SUMMARIZERS)}")
+    return chosen
+
+
+def seg4cls(s: FinetuneSettings) -> dict:
+    check_fraction(s.label_fraction)
+    check_positive(epochs=s.epochs, batch_size=s.batch_size)
+    resolve_device(s.device)
+    chosen = _summarizer_choice(s)
+    if s.seeds != 1:
+        raise DollError("--task seg4cls runs one seed; use --seed N and repeat the command for more")
+    t0 = time.time()
+    torch.manual_seed(s.seed)
+    size = _image_size(s)
+    names, sources, train, val, test, test_split, val_desc = load_parts(s, size)
+    C = len(names)
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
+    config = {"command": "finetune", **asdict(s), "summarizers": chosen, "image_size": size, "classes": names,
+              "mask_structures": sources, "test_split": test_split, "validation": val_desc}
+    if dist.is_main():
+        write_json(out / "config.json", config)
+
+    # -- 1. segmenter on a few masks
+    n = len(train)
+    k = max(1, int(round(s.label_fraction * n)))
+    subset = np.sort(np.random.default_rng(s.seed).permutation(n)[:k])
+    seg_idx = np.repeat(subset, 2) if k == 1 else subset  # BatchNorm needs two samples per batch
+    model, init_info = build_model(s, C)
+    params = set_mode(model, s.mode, size)
+    seg_task = ProbSegTask(names, background_weight=1.0, dice_weight=0.5)
+    seg_train = ArrayDataset(train.images, train.mask_ok, train.mask_ok, masks=train.masks, augment=True,
+                             seed=s.seed, indices=seg_idx)
+    ck = {"kind": "segmenter", "stage": "finetune", "task": "seg4cls", "classes": names, "mode": s.mode,
+          "in_channels": 1, "image_size": size, "normalisation": NORMALISATION, **init_info,
+          "run": {"command": "finetune", **asdict(s)}}
+    engine = Engine(model, seg_task, _engine_settings(s, s.epochs, min(s.batch_size, len(seg_idx))),
+                    out / "segmenter", ck, smp_config(model))
+    engine.fit(seg_train, None, resume=s.resume)
+    bs = s.batch_size
+    prob_val = predict_all(engine.model, seg_task, ArrayDataset(val.images), bs, engine.device)["prob"]
+    prob_test = predict_all(engine.model, seg_task, ArrayDataset(test.images), bs, engine.device)["prob"]
+
+    scores: dict[str, np.ndarray] = {}
+    details: dict[str, dict] = {}
+    if "rule" in chosen:
+        rule = fit_rule(prob_val, val.raw)
+        sc, dec = apply_rule(prob_test, rule)
+        scores["seg4cls_rule"] = sc
+        y = test.raw
+        test_ba = {}
+        for c, name in enumerate(names):
+            yc = y[:, c]
+            test_ba[name] = float(_balanced_accuracy(dec[:, c], yc)) if (yc == 1).any() and (yc == 0).any() else None
+        details["seg4cls_rule"] = {"score": "pixels with probability > t",
+                                   "thresholds": {name: rule[c] for c, name in enumerate(names)},
+                                   "test_balanced_accuracy": test_ba}
+    for kind in ("linear", "pool-linear", "cnn-mask"):
+        if kind in chosen:
+            if not ((val.raw == 1) | (val.raw == 0)).any():
+                raise DollError("the validation split has no known image labels to train the summarizers on")
+            f = train_summarizer(kind, prob_val, val.raw, seed=s.seed)
+            scores[f"seg4cls_{kind}"] = f(prob_test)
+            details[f"seg4cls_{kind}"] = {"trained_on": f"validation image labels ({val_desc}, n={len(val)})"}
+
+    # -- 2. plain classifier on all training image labels
+    y_tr, w_tr = train.targets()
+    y_va, w_va = val.targets()
+    y_te, w_te = test.targets()
+    arch = s.encoder if s.encoder in CLASSIFIER_ARCHS else "resnet18"
+    if s.init != "random" and not s.init.startswith("imagenet:"):
+        enc = read_config(s.init, kind="segmenter")["doll"].get("encoder")
+        arch = enc if enc in CLASSIFIER_ARCHS else "resnet18"
+    torch.manual_seed(s.seed)
+    clf = build_classifier(arch, C)
+    cls_task = _ClsTask(names)
+    val_cls = ArrayDataset(val.images, y_va, w_va)
+    test_cls = ArrayDataset(test.images, y_te, w_te)
+    ce = Engine(clf, cls_task, _engine_settings(s, s.epochs, bs, "val_auroc"), out / "classifier",
+                {"kind": "classifier", "arch": arch, "classes": names, "in_channels": 1, "image_size": size,
+                 "normalisation": NORMALISATION, "seed": s.seed, "dataset": s.dataset})
+    ce.fit(ArrayDataset(train.images, y_tr, w_tr, augment=True, seed=s.seed), val_cls, resume=s.resume)
+    load_into(ce.model, out / "classifier")
+    scores["classifier"] = predict_all(ce.model, cls_task, test_cls, bs, ce.device)["prob"]
+    details["classifier"] = {"arch": arch, "n_train": n}
+
+    # -- 3. multitask (Y-Net style)
+    torch.manual_seed(s.seed)
+    seg2, _ = build_model(s, C)
+    set_mode(seg2, s.mode, size)
+    ynet = YNet(seg2, C)
+    seg_w = np.zeros_like(train.mask_ok)
+    seg_w[subset] = train.mask_ok[subset]
+    mt_task = MultitaskTask(names)
+    me = Engine(ynet, mt_task, _engine_settings(s, s.epochs, bs, "val_auroc"), out / "multitask",
+                {**ck, "kind": "multitask"})
+    me.fit(_MTDataset(train.images, y_tr, w_tr, masks=train.masks, augment=True, seed=s.seed, seg_weight=seg_w),
+           _MTDataset(val.images, y_va, w_va, masks=val.masks, seg_weight=np.zeros_like(val.mask_ok)),
+           resume=s.resume)
+    load_into(me.model, out / "multitask")
+    scores["multitask"] = predict_all(me.model, mt_task, _MTDataset(test.images, y_te, w_te, masks=test.masks,
+                                                                    seg_weight=np.zeros_like(test.mask_ok)),
+                                      bs, me.device)["prob"]
+    details["multitask"] = {"n_masks": int(k), "n_images": n}
+
+    # -- 4. metrics
+    methods = {}
+    for m, sc in scores.items():
+        a = _aurocs(sc, test.raw, names)
+        methods[m] = {"auroc": a["per_class"], "mean_auroc": a["mean"],
+                      "conditioned_recall": conditioned_recall(sc, test), **details.get(m, {})}
+    seg_iou = segmenter_iou(prob_test, test, names)
+    result = {"command": "finetune", "task": "seg4cls", "dataset": s.dataset, "init": s.init, "mode": s.mode,
+              "label_fraction": s.label_fraction, "image_size": size, "test_split": test_split,
+              "validation": val_desc, "classes": names, "mask_structures": sources,
+              "n_train": n, "n_masks": int(k), "n_val": len(val), "n_test": len(test),
+              "mask_ids": [train.ids[i] for i in subset][:50],
+              "mean_auroc": {m: v["mean_auroc"] for m, v in methods.items()},
+              "mean_iou": seg_iou["mean"], "segmenter": {"iou_on_test_positives": seg_iou, **params},
+              "methods": methods, "robust_pneumothorax": None, "seconds": None}
+    if s.dataset == "phantom":
+        result["robust_pneumothorax"] = robust_pneumothorax(scores, test, names, s.root)
+    result["seconds"] = round(time.time() - t0, 2)
+    if dist.is_main():
+        write_json(out / "metrics.json", result)
+    return result

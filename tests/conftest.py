@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny phantoms and one run of the pipeline through the CLI."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DOLL_CACHE", str(Path(__file__).resolve().parent.parent / "artifacts" / "cache-tests"))
+
+SIZE = 32
+
+
+def cli(*args: str) -> None:
+    """Run `doll ARGS` in-process; a non-zero exit raises SystemExit."""
+    from doll_cli.main import main
+
+    main([*map(str, args), "--quiet"] if args and args[0] not in ("labels", "show") else list(map(str, args)))
+
+
+def cli_exit(capsys, *args: str) -> tuple[int, str]:
+    """Run `doll ARGS`, return (exit code, stderr)."""
+    from doll_cli.main import main
+
+    code = 0
+    try:
+        main(list(map(str, args)))
+    except SystemExit as exc:
+        code = exc.code or 0
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    cli("data", "phantom", "--out", root, "--n", 64, "--size", SIZE, "--seed", 0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pipeline(phantom, tmp_path_factory) -> dict[str, Path]:
+    """Stages 1-3 through the CLI, once per session (tiny settings)."""
+    out = tmp_path_factory.mktemp("pipeline")
+    paths = {"phantom": phantom, "classifiers": out / "cls", "labels": out / "labels.h5", "pretrain": out / "pre"}
+    cli("train-classifiers", "--dataset", "phantom", "--root", phantom, "--out", paths["classifiers"],
+        "--members", 2, "--epochs", 2, "--image-size", SIZE, "--batch-size", 16)
+    cli("explain", "--classifiers", paths["classifiers"], "--dataset", "phantom", "--root", phantom,
+        "--out", paths["labels"], "--steps", 4)
+    cli("pretrain", "--labels", paths["labels"], "--out", paths["pretrain"], "--encoder", "resnet18",
+        "--epochs", 2, "--batch-size", 8)
+    return paths

@@ -1,0 +1,41 @@
+"""benchmarks/explain_speed.py: runs, prints one JSON object, agrees with Captum, compares to a baseline.
+
+One subprocess only (the imports alone take seconds on a small CPU): the run is given a
+``--baseline-json`` 1000x faster than anything real, so the same output checks the
+fields, the agreement with Captum, ``baseline_ratio`` and the slowdown warning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "explain_speed.py"
+TINY = ["--arch", "resnet18", "--image-size", "32", "--images", "1", "--targets", "3", "--steps", "4",
+        "--device", "cpu"]
+FIELDS = ("doll_s_per_image", "captum_naive_s_per_image", "captum_batched_s_per_image", "speedup_vs_naive",
+          "speedup_vs_batched", "max_rel_diff", "peak_rss_mb", "device", "arch", "image_size", "targets", "steps",
+          "torch", "threads", "baseline_ratio")
+
+
+def test_explain_speed_tiny(tmp_path):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"doll_s_per_image": 1e-6}))
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny tensors: threads only add contention on a shared CPU
+    proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--baseline-json", str(baseline)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stdout  # exactly one JSON object on stdout
+    out = json.loads(lines[0])
+    missing = [f for f in FIELDS if f not in out]
+    assert not missing, missing
+    assert out["max_rel_diff"] <= 1e-4
+    assert out["device"] == "cpu" and out["arch"] == "resnet18" and out["threads"] == 1
+    assert (out["image_size"], out["targets"], out["steps"]) == (32, 3, 4)
+    for f in ("doll_s_per_image", "captum_naive_s_per_image", "captum_batched_s_per_image", "peak_rss_mb"):
+        assert out[f] > 0
+    assert out["baseline_ratio"] > 1000  # any real run takes well over 1 ms per image
+    assert "slower than the baseline" in proc.stderr

@@ -1,0 +1,134 @@
+"""Each stage through the CLI on tiny phantoms: outputs, shapes, values, round trips."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import SIZE, cli
+from doll.data.base import CHEXPERT_CLASSES
+
+
+def read(p):
+    return json.loads(p.read_text())
+
+
+def test_classifiers_write_members_metrics_and_safetensors(pipeline):
+    out = pipeline["classifiers"]
+    m = read(out / "metrics.json")
+    assert 0.0 <= m["mean_auroc"] <= 1.0
+    assert set(m["per_class_auroc"]) == set(CHEXPERT_CLASSES)
+    assert len(m["members"]) == 2 and m["members"][0]["seed"] != m["members"][1]["seed"]
+    assert read(out / "config.json")["members"] == 2
+    for k in (0, 1):
+        cfg = read(out / f"member_{k}" / "config.json")["doll"]
+        assert cfg["kind"] == "classifier" and cfg["classes"] == CHEXPERT_CLASSES and cfg["image_size"] == SIZE
+        assert (out / f"member_{k}" / "model.safetensors").exists()
+        assert len(read(out / f"member_{k}" / "metrics.json")["history"]) == 2
+
+
+def test_explain_writes_a_complete_label_file(pipeline):
+    with h5py.File(pipeline["labels"], "r") as f:
+        n = f["saliency"].shape[0]
+        assert f["saliency"].shape == (n, 14, SIZE, SIZE) and f["saliency"].dtype == np.uint8
+        assert f["images"].shape == (n, SIZE, SIZE)
+        assert f["labels"].shape == f["probs"].shape == f["targets"].shape == (n, 14)
+        assert f["done"][:].all()
+        assert f.attrs["format"] == "doll-labels" and f.attrs["format_version"] == 1
+        assert json.loads(f.attrs["classes"]) == CHEXPERT_CLASSES
+        assert json.loads(f.attrs["settings"])["steps"] == 4
+        targets, labels, sal = f["targets"][:], f["labels"][:], f["saliency"][:]
+        # positive targets by default; No Finding never explained; unexplained maps are empty
+        assert (targets <= (labels == 1)).all() and not targets[:, 0].any()
+        assert sal[~targets].max() == 0 and sal[targets].max() > 0
+        probs = f["probs"][:]
+        assert ((probs >= 0) & (probs <= 1)).all()
+    assert read(pipeline["labels"].with_name("labels.h5.metrics.json"))["images"] == n
+
+
+def test_evaluate_labels_beats_random_map(pipeline, capsys):
+    cli("evaluate-labels", "--labels", pipeline["labels"], "--json")
+    result = json.loads(capsys.readouterr().out)
+    assert result["pairs"] > 10
+    assert 0 <= result["mean_iou"] <= 1 and 0 <= result["random_iou"] <= 1
+    assert result["mean"]["topk_iou"] > result["random"]["topk_iou"]
+
+
+def test_show_writes_png_overlay(pipeline, tmp_path):
+    import cv2
+
+    out = tmp_path / "overlay.png"
+    with h5py.File(pipeline["labels"], "r") as f:
+        row = int(np.flatnonzero(f["targets"][:].any(axis=1))[0])
+        k = int(f["targets"][row].sum())
+    cli("show", "--labels", pipeline["labels"], "--index", row, "--out", out)
+    img = cv2.imread(str(out))
+    assert img.shape[1] == img.shape[0] * (1 + k)  # the image, then one heat map per explained class
+
+
+def test_labels_info_export_merge(pipeline, tmp_path, capsys):
+    cli("labels", "info", pipeline["labels"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["done"] == info["rows"] and info["method"] == "ig"
+    cli("labels", "export", pipeline["labels"], "--out", tmp_path / "exp")
+    csv_rows = (tmp_path / "exp" / "labels.csv").read_text().splitlines()
+    assert len(csv_rows) == info["rows"] + 1
+    assert sum(1 for _ in (tmp_path / "exp" / "masks").rglob("*.png")) == sum(info["targets_per_class"].values())
+    cli("labels", "merge", pipeline["labels"], pipeline["labels"], "--out", tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5", "r") as a, h5py.File(pipeline["labels"], "r") as b:
+        assert a["saliency"].shape == b["saliency"].shape  # duplicates dropped
+        assert np.array_equal(a["saliency"][:], b["saliency"][:])
+
+
+def test_pretrained_pspnet_loads_with_smp(pipeline):
+    import segmentation_models_pytorch as smp
+
+    model = smp.from_pretrained(str(pipeline["pretrain"]))
+    cfg = read(pipeline["pretrain"] / "config.json")
+    assert cfg["encoder_weights"] is None and cfg["in_channels"] == 1
+    n_classes = len(cfg["doll"]["classes"])
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, n_classes, SIZE, SIZE)
+    assert read(pipeline["pretrain"] / "metrics.json")["finished"]
+
+
+@pytest.mark.parametrize("mode", ["full", "adapter", "head"])
+def test_finetune_modes_from_doll_init(pipeline, tmp_path, mode):
+    out = tmp_path / mode
+    cli("finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy",
+        "--init", pipeline["pretrain"], "--mode", mode, "--label-fraction", 0.5, "--epochs", 2, "--out", out)
+    m = read(out / "metrics.json")
+    assert set(m["per_structure"]) == {"left lung", "right lung", "heart", "left clavicle", "right clavicle"}
+    assert 0 <= m["mean_iou"] <= 1 and 0 <= m["mean_dice"] <= 1
+    assert m["n_train"] == max(1, round(0.5 * m["n_train_total"]))
+    assert len(m["runs"][0]["curve"]) == 2
+    if mode == "full":
+        assert m["trainable_params"] == m["total_params"]
+    else:
+        assert m["trainable_params"] < 0.2 * m["total_params"]
+
+
+def test_adapter_mode_leaves_pretrained_weights_untouched(pipeline, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ad"
+    cli("finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy",
+        "--init", pipeline["pretrain"], "--mode", "adapter", "--epochs", 2, "--out", out)
+    before = load_file(str(pipeline["pretrain"] / "model.safetensors"))
+    after = load_file(str(out / "model" / "model.safetensors"))
+    shared = [k for k in before if not k.startswith("segmentation_head")]
+    assert shared and all(torch.equal(before[k], after[k]) for k in shared)
+    adapters = [k for k in after if k.startswith("adapters")]
+    assert adapters and any(after[k].abs().sum() > 0 for k in adapters if k.endswith("up.weight"))
+
+
+def test_finetune_learns_on_phantom_anatomy(phantom, tmp_path):
+    """From random init with all masks, a few epochs must clearly beat an empty prediction."""
+    cli("finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", phantom / "anatomy", "--init", "random",
+        "--encoder", "resnet18", "--image-size", SIZE, "--epochs", 8, "--lr", 3e-3, "--out", tmp_path / "r")
+    m = read(tmp_path / "r" / "metrics.json")
+    lungs = (m["per_structure"]["left lung"]["iou"] + m["per_structure"]["right lung"]["iou"]) / 2
+    assert lungs > 0.4, m["per_structure"]

@@ -1,0 +1,154 @@
+"""Segmentation for classification (`doll finetune --task seg4cls`) on a small phantom."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from doll.data.phantom import make_phantoms
+from doll.errors import DollError
+from doll.tasks.seg4cls import (SUMMARIZERS, apply_rule, class_structure_pairs, conditioned_recall, fit_rule,
+                                train_summarizer)
+from doll.train.metrics import auroc
+
+METHODS = [f"seg4cls_{k}" for k in SUMMARIZERS] + ["classifier", "multitask"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(monkeypatch, cache):
+    monkeypatch.setenv("DOLL_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    p = tmp_path_factory.mktemp("phantom")
+    make_phantoms(p, n=60, size=32, seed=0, confound=0.5, progress=False)
+    return p
+
+
+def _argv(root, out, dataset="phantom", extra=()):
+    return ["finetune", "--task", "seg4cls", "--dataset", dataset, "--root", str(root), "--init", "random",
+            "--encoder", "resnet18", "--epochs", "2", "--label-fraction", "0.5", "--out", str(out), "--quiet",
+            "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def run(phantom, cache, tmp_path_factory):
+    from doll_cli.main import main
+
+    out = tmp_path_factory.mktemp("run") / "seg4cls"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DOLL_CACHE", str(cache))
+        main(_argv(phantom, out))
+    return out
+
+
+def test_cli_writes_all_methods(run):
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["command"] == "finetune" and m["task"] == "seg4cls"
+    assert set(m["mean_auroc"]) == set(METHODS)
+    assert len(m["classes"]) == 13 and "No Finding" not in m["classes"]
+    for name in METHODS:
+        meth = m["methods"][name]
+        for v in [meth["mean_auroc"], *meth["auroc"].values()]:
+            assert v is None or 0.0 <= v <= 1.0
+        cr = meth["conditioned_recall"]
+        assert cr is None or set(cr["by_size"]) >= {"small", "medium", "large"}
+    rule = m["methods"]["seg4cls_rule"]["thresholds"]
+    assert set(rule) == set(m["classes"])
+    for r in rule.values():
+        assert r["t"] in (0.3, 0.5, 0.7, 0.9) and r["tau"] >= 1
+    # the masks: half of the training images (the validation patients are carved out of train)
+    assert m["n_masks"] == round(0.5 * m["n_train"]) and m["n_val"] > 0 and m["test_split"] == "valid"
+    iou = m["segmenter"]["iou_on_test_positives"]["mean"]
+    assert iou is None or 0.0 <= iou <= 1.0
+    assert "auroc" in m["robust_pneumothorax"]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["task"] == "seg4cls" and cfg["label_fraction"] == 0.5 and cfg["summarizers"] == list(SUMMARIZERS)
+    assert (run / "segmenter" / "model.safetensors").exists()
+
+
+def test_cli_rejects_dataset_without_class_masks(phantom, tmp_path, capsys):
+    from doll_cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(phantom / "anatomy", tmp_path / "o", dataset="jsrt"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_cli_rejects_bad_fraction(phantom, tmp_path, capsys):
+    from doll_cli.main import main
+
+    argv = _argv(phantom, tmp_path / "o")
+    argv[argv.index("--label-fraction") + 1] = "0"
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "label-fraction" in capsys.readouterr().err
+
+
+def test_class_structure_pairs():
+    assert class_structure_pairs(["No Finding", "Edema"], ["Edema", "Fracture"]) == [("Edema", 1, "Edema")]
+    assert class_structure_pairs(["COVID-19", "Non-COVID", "Normal"], ["infection", "lungs"]) == [
+        ("COVID-19", 0, "infection")]
+    assert class_structure_pairs(["Nodule"], ["left lung", "right lung"]) == []
+
+
+def _blobs(n=40, size=24, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 2).astype(np.float32)
+    prob = rng.uniform(0, 0.2, (n, 1, size, size)).astype(np.float32)
+    for i in np.flatnonzero(y):
+        r = rng.integers(2, 5)
+        cy, cx = rng.integers(6, size - 6, 2)
+        prob[i, 0, cy - r:cy + r, cx - r:cx + r] = rng.uniform(0.75, 1.0)
+    return prob, y[:, None]
+
+
+def test_rule_summarizer_on_blobs():
+    prob, raw = _blobs()
+    (p,) = fit_rule(prob, raw)
+    assert p["t"] >= 0.3 and 1 <= p["tau"] <= 16 and p["val_balanced_accuracy"] == 1.0
+    test_prob, test_raw = _blobs(seed=1)
+    scores, decisions = apply_rule(test_prob, [p])
+    assert auroc(scores[:, 0], test_raw[:, 0]) == 1.0
+    assert (decisions[:, 0] == (test_raw[:, 0] == 1)).all()
+    # unknown labels are ignored, a class without positives falls back to defaults
+    raw2 = raw.copy()
+    raw2[:5] = np.nan
+    assert fit_rule(prob, raw2)[0]["val_balanced_accuracy"] == 1.0
+    assert fit_rule(prob, np.zeros_like(raw))[0]["fallback"] is True
+
+
+def test_trained_summarizers_and_recall_on_blobs():
+    prob, raw = _blobs()
+    test_prob, test_raw = _blobs(seed=1)
+    # pooling is translation invariant; the 8x8 linear map must learn where blobs are, so it is weaker
+    for kind, least in (("pool-linear", 0.9), ("linear", 0.6), ("cnn-mask", 0.6)):
+        score = train_summarizer(kind, prob, raw, steps=100)
+        assert auroc(score(test_prob)[:, 0], test_raw[:, 0]) > least, kind
+
+    class T:  # a test split: the blobs are the ground-truth masks
+        pass
+
+    t = T()
+    t.raw, t.masks, t.mask_ok = test_raw, (test_prob > 0.5).astype(np.uint8), np.ones_like(test_raw)
+    cr = conditioned_recall(test_prob.max(axis=(2, 3)), t)
+    assert cr["overall"]["recall"] == 1.0 and cr["overall"]["n"] == int(test_raw.sum())
+
+
+def test_bad_summarizer_choice(phantom, tmp_path):
+    from doll.tasks.finetune import FinetuneSettings
+    from doll.tasks.seg4cls import seg4cls
+
+    s = FinetuneSettings(task="seg4cls", dataset="phantom", root=str(phantom), out=str(tmp_path / "o"))
+    s.summarizer = "magic"
+    with pytest.raises(DollError, match="summarizer"):
+        seg4cls(s)
