@@ -1,0 +1,188 @@
+"""Bad input, everywhere: one line `error: ...`, exit code 2, no traceback (docs/errors.md lists these)."""
+from __future__ import annotations
+
+import errno
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import cli_exit
+
+
+def expect_error(capsys, fragment: str, *args) -> str:
+    code, err = cli_exit(capsys, *args)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2, err
+    assert lines and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err
+    assert fragment in lines[-1], lines[-1]
+    return lines[-1]
+
+
+@pytest.fixture()
+def broken_chexpert(phantom, tmp_path):
+    """A copy of the phantom's CheXpert folder to break in various ways."""
+    src = phantom / "CheXpert-v1.0-phantom"
+    dst = tmp_path / "CheXpert-v1.0-small"
+    shutil.copytree(src, dst)
+    for csv in ("train.csv", "valid.csv"):
+        p = dst / csv
+        p.write_text(p.read_text().replace("CheXpert-v1.0-phantom/", "CheXpert-v1.0-small/"))
+    return dst
+
+
+def test_missing_root(capsys, tmp_path):
+    expect_error(capsys, "does not exist", "train-classifiers", "--dataset", "chexpert", "--root", tmp_path / "nope")
+
+
+def test_empty_root(capsys, tmp_path):
+    expect_error(capsys, "no train.csv", "train-classifiers", "--dataset", "chexpert", "--root", tmp_path)
+    expect_error(capsys, "not a phantom data set", "train-classifiers", "--dataset", "phantom", "--root", tmp_path)
+
+
+def test_unknown_dataset(capsys, tmp_path):
+    expect_error(capsys, "unknown dataset 'cxr'", "train-classifiers", "--dataset", "cxr", "--root", tmp_path)
+
+
+def test_csv_without_required_column(capsys, broken_chexpert, tmp_path):
+    p = broken_chexpert / "train.csv"
+    p.write_text(p.read_text().replace("Cardiomegaly", "Cardio"))
+    expect_error(capsys, "lacks the column(s) Cardiomegaly", "train-classifiers", "--dataset", "chexpert",
+                 "--root", broken_chexpert, "--out", tmp_path / "o")
+
+
+def test_label_value_out_of_range(capsys, broken_chexpert, tmp_path):
+    p = broken_chexpert / "train.csv"
+    lines = p.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[6] = "2.0"
+    lines[1] = ",".join(cells)
+    p.write_text("\n".join(lines) + "\n")
+    expect_error(capsys, "label value '2.0'", "train-classifiers", "--dataset", "chexpert",
+                 "--root", broken_chexpert, "--out", tmp_path / "o")
+
+
+def test_every_image_unreadable(capsys, broken_chexpert, tmp_path):
+    for jpg in broken_chexpert.rglob("*.jpg"):
+        jpg.write_bytes(b"not an image")
+    expect_error(capsys, "none of the", "train-classifiers", "--dataset", "chexpert", "--root", broken_chexpert,
+                 "--out", tmp_path / "o")
+
+
+@pytest.mark.parametrize("option,value", [("--epochs", 0), ("--batch-size", -1), ("--members", 0)])
+def test_non_positive_numbers(capsys, phantom, tmp_path, option, value):
+    expect_error(capsys, "must be positive", "train-classifiers", "--root", phantom, "--out", tmp_path / "o",
+                 option, value)
+
+
+def test_non_positive_steps(capsys, pipeline, tmp_path):
+    expect_error(capsys, "--steps must be positive", "explain", "--classifiers", pipeline["classifiers"],
+                 "--root", pipeline["phantom"], "--out", tmp_path / "l.h5", "--steps", 0)
+
+
+@pytest.mark.parametrize("fraction", [0, 1.5, -0.1])
+def test_label_fraction_outside_range(capsys, phantom, tmp_path, fraction):
+    expect_error(capsys, "--label-fraction must be in (0, 1]", "finetune", "--task", "jsrt", "--dataset", "jsrt",
+                 "--root", phantom / "anatomy", "--label-fraction", fraction, "--out", tmp_path / "o")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["explain", "--method", "lime"], "unknown --method 'lime'"),
+    (["finetune", "--task", "liver", "--dataset", "jsrt"], "unknown --task 'liver'"),
+    (["finetune", "--task", "jsrt", "--dataset", "jsrt", "--mode", "lora"], "unknown --mode 'lora'"),
+    (["train-classifiers", "--arch", "vgg11"], "unknown --arch 'vgg11'"),
+    (["finetune", "--task", "jsrt", "--dataset", "jsrt", "--encoder", "vit"], "unknown --encoder 'vit'"),
+    (["pretrain", "--encoder", "vit"], "unknown --encoder 'vit'"),
+])
+def test_unknown_choices(capsys, pipeline, tmp_path, args, fragment):
+    extra = {"explain": ["--classifiers", pipeline["classifiers"], "--root", pipeline["phantom"], "--out", tmp_path / "l.h5"],
+             "finetune": ["--root", pipeline["phantom"] / "anatomy", "--out", tmp_path / "o"],
+             "train-classifiers": ["--root", pipeline["phantom"], "--out", tmp_path / "o"],
+             "pretrain": ["--labels", pipeline["labels"], "--out", tmp_path / "o"]}[args[0]]
+    expect_error(capsys, fragment, *args, *extra)
+
+
+def test_label_file_from_another_tool_or_version(capsys, pipeline, tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.zeros(3)
+    expect_error(capsys, "not a DoLL label file", "pretrain", "--labels", other, "--out", tmp_path / "o")
+    newer = tmp_path / "newer.h5"
+    shutil.copy(pipeline["labels"], newer)
+    with h5py.File(newer, "a") as f:
+        f.attrs["format_version"] = 99
+    expect_error(capsys, "version 99", "pretrain", "--labels", newer, "--out", tmp_path / "o")
+    text = tmp_path / "text.h5"
+    text.write_text("hello")
+    expect_error(capsys, "not an HDF5 file", "labels", "info", text)
+
+
+def test_label_file_without_finished_rows(capsys, pipeline, tmp_path):
+    empty = tmp_path / "empty.h5"
+    shutil.copy(pipeline["labels"], empty)
+    with h5py.File(empty, "a") as f:
+        f["done"][:] = False
+    expect_error(capsys, "no finished rows", "pretrain", "--labels", empty, "--out", tmp_path / "o")
+
+
+def test_init_pointing_at_nothing(capsys, phantom, tmp_path):
+    expect_error(capsys, "does not exist", "finetune", "--task", "jsrt", "--dataset", "jsrt", "--root",
+                 phantom / "anatomy", "--init", tmp_path / "missing", "--out", tmp_path / "o")
+    expect_error(capsys, "never downloaded", "finetune", "--task", "jsrt", "--dataset", "jsrt", "--root",
+                 phantom / "anatomy", "--init", "imagenet:" + str(tmp_path / "w.pth"), "--out", tmp_path / "o")
+
+
+def test_output_holding_another_run(capsys, pipeline):
+    expect_error(capsys, "already holds a run", "train-classifiers", "--root", pipeline["phantom"],
+                 "--out", pipeline["classifiers"])
+    expect_error(capsys, "already exists", "explain", "--classifiers", pipeline["classifiers"], "--root",
+                 pipeline["phantom"], "--out", pipeline["labels"])
+
+
+def test_cuda_without_gpu(capsys, phantom, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    expect_error(capsys, "asked for a GPU", "train-classifiers", "--root", phantom, "--out", tmp_path / "o",
+                 "--device", "cuda")
+
+
+def test_out_of_memory_and_disk_full_messages(capsys, phantom, tmp_path, monkeypatch):
+    import torch
+
+    import doll.classify.train as stage
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(stage, "train_classifiers", oom)
+    expect_error(capsys, "--batch-size", "train-classifiers", "--root", phantom, "--out", tmp_path / "o")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "model.safetensors"))
+
+    monkeypatch.setattr(stage, "train_classifiers", full)
+    expect_error(capsys, "disk full", "train-classifiers", "--root", phantom, "--out", tmp_path / "o")
+
+
+def test_disk_full_during_atomic_write_leaves_no_file(tmp_path, monkeypatch):
+    import os
+
+    from doll.errors import DollError
+    from doll.utils import write_json
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(DollError, match="disk full"):
+        write_json(tmp_path / "metrics.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_usage_errors_are_one_line(capsys):
+    expect_error(capsys, "No such option", "train-classifiers", "--bogus")
+    expect_error(capsys, "Missing option", "finetune")
