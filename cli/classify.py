@@ -33,5 +33,4 @@ def train_classifiers(
                  epochs=epochs, batch_size=batch_size, lr=lr, uncertain=uncertain, blank=blank, views=views,
                  valid_fraction=valid_fraction, num_workers=num_workers, device=device, seed=seed, resume=resume,
                  overwrite=overwrite, progress=not quiet)
-    emit(result, keys=("mean_auroc", "n_train", "n_valid", "seconds"))
-    typer.echo(f"metrics: {out / 'metrics.json'}")
+    emit(result, keys=("mean_auroc", "n_train", "n_valid", "seconds"), footer=f"metrics: {out / 'metrics.json'}")

@@ -24,6 +24,7 @@ def finetune(
     batch_size: int = typer.Option(8, "--batch-size", help="Images per batch."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
     seeds: int = typer.Option(1, "--seeds", help="Repeat with this many seeds and report mean and std."),
+    summarizer: str = typer.Option("all", "--summarizer", help="seg4cls: how a mask becomes an image label: rule, linear, pool-linear, cnn-mask (comma-separated) or all."),
     num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
 ):
@@ -32,8 +33,7 @@ def finetune(
 
     result = run(task=task, dataset=dataset, root=str(root), init=init, out=str(out), mode=mode,
                  label_fraction=label_fraction, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs,
-                 batch_size=batch_size, lr=lr, seeds=seeds, num_workers=num_workers, device=device, seed=seed,
+                 batch_size=batch_size, lr=lr, seeds=seeds, summarizer=summarizer, num_workers=num_workers, device=device, seed=seed,
                  resume=resume, overwrite=overwrite, progress=not quiet)
     emit(result, keys=("mean_iou", "mean_iou_std", "mean_dice", "n_train", "n_test", "trainable_params",
-                       "total_params", "seconds"))
-    typer.echo(f"metrics: {out / 'metrics.json'}")
+                       "total_params", "seconds"), footer=f"metrics: {out / 'metrics.json'}")

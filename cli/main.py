@@ -31,14 +31,18 @@ RESUME = typer.Option(False, "--resume", help="Continue an interrupted run in --
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a previous run in --out.")
 
 
-def emit(result: dict, as_json: bool = False, keys: tuple[str, ...] = ()) -> None:
-    """Print a command's result: the chosen keys (or all of it as JSON)."""
+def emit(result: dict, as_json: bool = False, keys: tuple[str, ...] = (), footer: str = "") -> None:
+    """Print a command's result: the chosen keys (or all of it as JSON). Only rank 0 under torchrun."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return
     shown = {k: result[k] for k in keys if k in result} if keys else result
     for k, v in shown.items():
         typer.echo(f"{k}: {round(v, 4) if isinstance(v, float) else v}")
+    if footer:
+        typer.echo(footer)
 
 
 def _register() -> None:

@@ -30,5 +30,4 @@ def pretrain(
                  label_rule=label_rule, soft=soft, background_weight=background_weight, val_fraction=val_fraction,
                  num_workers=num_workers, device=device, seed=seed, resume=resume, overwrite=overwrite,
                  progress=not quiet)
-    emit(result, keys=("val_iou", "best_epoch", "n_train", "n_val", "seconds"))
-    typer.echo(f"metrics: {out / 'metrics.json'}")
+    emit(result, keys=("val_iou", "best_epoch", "n_train", "n_val", "seconds"), footer=f"metrics: {out / 'metrics.json'}")

@@ -8,7 +8,7 @@ import pytest
 
 from doll.data.phantom import make_phantoms
 from doll.errors import DollError
-from doll.tasks.seg4cls import (SUMMARIZERS, apply_rule, class_structure_pairs, conditioned_recall, fit_rule,
+from doll.tasks.seg4cls import (SUMMARIZERS, apply_summary_rule, class_structure_pairs, conditioned_recall, fit_summary_rule,
                                 train_summarizer)
 from doll.train.metrics import auroc
 
@@ -114,17 +114,17 @@ def _blobs(n=40, size=24, seed=0):
 
 def test_rule_summarizer_on_blobs():
     prob, raw = _blobs()
-    (p,) = fit_rule(prob, raw)
+    (p,) = fit_summary_rule(prob, raw)
     assert p["t"] >= 0.3 and 1 <= p["tau"] <= 16 and p["val_balanced_accuracy"] == 1.0
     test_prob, test_raw = _blobs(seed=1)
-    scores, decisions = apply_rule(test_prob, [p])
+    scores, decisions = apply_summary_rule(test_prob, [p])
     assert auroc(scores[:, 0], test_raw[:, 0]) == 1.0
     assert (decisions[:, 0] == (test_raw[:, 0] == 1)).all()
     # unknown labels are ignored, a class without positives falls back to defaults
     raw2 = raw.copy()
     raw2[:5] = np.nan
-    assert fit_rule(prob, raw2)[0]["val_balanced_accuracy"] == 1.0
-    assert fit_rule(prob, np.zeros_like(raw))[0]["fallback"] is True
+    assert fit_summary_rule(prob, raw2)[0]["val_balanced_accuracy"] == 1.0
+    assert fit_summary_rule(prob, np.zeros_like(raw))[0]["fallback"] is True
 
 
 def test_trained_summarizers_and_recall_on_blobs():

@@ -12,6 +12,7 @@ from doll.data import labels_of, load_split
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.labels import apply_policy
 from doll.errors import DollError
+from doll.models.checkpoint import load_into
 from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
@@ -75,13 +76,14 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     s = settings or ClassifierSettings(**kwargs)
     check_positive(members=s.members, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size)
     archs = member_archs(s.arch, s.members)
-    resolve_device(s.device)
+    dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     t0 = time.time()
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
     dist.barrier()
     opts = {"views": s.views, "valid_from_train": s.valid_fraction, "seed": s.seed}
-    fmt, train = load_split(s.dataset, s.root, "train", s.image_size, progress=s.progress, **opts)
-    _, val = load_split(s.dataset, s.root, "valid", s.image_size, progress=s.progress, **opts)
+    show = s.progress and dist.is_main()
+    fmt, train = load_split(s.dataset, s.root, "train", s.image_size, progress=show, **opts)
+    _, val = load_split(s.dataset, s.root, "valid", s.image_size, progress=show, **opts)
     classes = list(fmt.classes)
     if not classes:
         raise DollError(f"dataset {s.dataset!r} has no image labels to train classifiers on")
@@ -89,8 +91,9 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     y_val, w_val = apply_policy(labels_of(val, len(classes)), "ignore", "ignore")
     if w_train.sum() == 0:
         raise DollError("every training label is uncertain or blank under this policy; try --uncertain zeros")
-    write_json(out / "config.json", {"command": "train-classifiers", **asdict(s), "classes": classes,
-                                     "member_archs": archs, "n_train": len(train.items), "n_valid": len(val.items)})
+    if dist.is_main():
+        write_json(out / "config.json", {"command": "train-classifiers", **asdict(s), "classes": classes,
+                                         "member_archs": archs, "n_train": len(train.items), "n_valid": len(val.items)})
     train_set = ArrayDataset(train.images, y_train, w_train, augment=True, seed=s.seed)
     val_set = ArrayDataset(val.images, y_val, w_val)
     task = ClassificationTask(classes)
@@ -104,14 +107,12 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
                                   progress=s.progress)
         train_set.seed = seed
         folder = out / f"member_{m}"
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         ck = {"kind": "classifier", "arch": arch, "classes": classes, "in_channels": 1, "image_size": s.image_size,
               "normalisation": NORMALISATION, "seed": seed, "dataset": s.dataset, "uncertain": s.uncertain}
         engine = Engine(model, task, settings, folder, ck)
         metrics = engine.fit(train_set, val_set, resume=s.resume)
-        from doll.models.checkpoint import load_into  # best weights, not the last epoch's
-
-        load_into(engine.model, folder)
+        load_into(engine.model, folder)  # evaluate the best weights, not the last epoch's
         pred = predict_all(engine.model, task, val_set, s.batch_size, engine.device)
         probs.append(pred["prob"])
         members.append({"name": folder.name, "arch": arch, "seed": seed, "best_epoch": metrics["best_epoch"],

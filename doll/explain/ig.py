@@ -47,13 +47,13 @@ def make_baseline(images: torch.Tensor, kind: str) -> torch.Tensor:
 class IntegratedGradients(Explainer):
     name = "ig"
 
-    def __init__(self, steps: int = 16, baseline: str = "zero", batch_size: int = 64, **settings):
+    def __init__(self, steps: int = 16, baseline: str = "zero", batch_size: int = 64, amp: bool = True, **settings):
         if steps <= 0:
             raise DollError(f"--steps must be positive, got {steps}")
         if baseline not in BASELINES:
             raise DollError(f"unknown --baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
         super().__init__(steps=steps, baseline=baseline, batch_size=batch_size, **settings)
-        self.steps, self.baseline, self.batch_size = steps, baseline, max(1, batch_size)
+        self.steps, self.baseline, self.batch_size, self.amp = steps, baseline, max(1, batch_size), amp
         self.alphas, self.weights = gauss_legendre(steps)
 
     def _grads(self, model, points: torch.Tensor, tmat: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,10 @@ class IntegratedGradients(Explainer):
         One forward, T backward passes batched with vmap; returns (T, P, 1, H, W).
         """
         points = points.detach().requires_grad_(True)
-        logits = model(points).float()
+        if points.is_cuda:  # AMP + channels_last on the GPU; exact float32 on the CPU
+            points = points.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(points.device.type, dtype=torch.bfloat16, enabled=points.is_cuda and self.amp):
+            logits = model(points).float()
         try:
             (g,) = torch.autograd.grad(logits, points, grad_outputs=tmat, is_grads_batched=True)
         except RuntimeError:  # an op without a batching rule: fall back to one backward per target

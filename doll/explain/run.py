@@ -71,7 +71,10 @@ def load_ensemble(folder: str | Path, device: torch.device):
         cfg = read_config(d, kind="classifier")["doll"]
         model = build_classifier(cfg["arch"], len(cfg["classes"]))
         load_into(model, d)
-        members.append((model.to(device).eval(), cfg, {"folder": d.name, "arch": cfg["arch"],
+        model = model.to(device).eval()
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        members.append((model, cfg, {"folder": d.name, "arch": cfg["arch"],
                                                       "sha256": _sha256(d / "model.safetensors")}))
     classes = members[0][1]["classes"]
     for _, cfg, info in members[1:]:

@@ -52,6 +52,7 @@ class FinetuneSettings:
     batch_size: int = 8
     lr: float = 1e-3
     seeds: int = 1
+    summarizer: str = "all"  # seg4cls: rule, linear, pool-linear, cnn-mask, comma-separated, or all
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -184,7 +185,7 @@ def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
         raise DollError(f"unknown --task {s.task!r}; choose one of {', '.join(TASKS)}")
     check_fraction(s.label_fraction)
     check_positive(epochs=s.epochs, batch_size=s.batch_size, seeds=s.seeds)
-    resolve_device(s.device)
+    dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     if s.init not in ("random",) and not s.init.startswith("imagenet:"):
         init_size = read_config(s.init, kind="segmenter")["doll"].get("image_size")
     else:
@@ -192,8 +193,11 @@ def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
     size = s.image_size or init_size or 256
     t0 = time.time()
     names, train, test, test_split = load_task_data(s, size)
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, marker="run.json") if dist.is_main() else Path(s.out)
-    write_json(out / "run.json", {"command": "finetune", **asdict(s), "image_size": size})
+    out = Path(s.out)
+    if dist.is_main():
+        prepare_out_dir(out, resume=s.resume, overwrite=s.overwrite)
+        write_json(out / "config.json", {"command": "finetune", **asdict(s), "image_size": size})
+    dist.barrier()
     runs = []
     for r in range(s.seeds):
         sub = replace(s, seed=s.seed + r)
@@ -211,5 +215,4 @@ def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
               "runs": runs, "seconds": round(time.time() - t0, 2)}
     if dist.is_main():
         write_json(out / "metrics.json", result)
-        write_json(out / "config.json", {"command": "finetune", **asdict(s), "image_size": size})
     return result

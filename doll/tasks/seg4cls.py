@@ -257,7 +257,7 @@ def _balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return 0.5 * (pred[pos].mean() + (~pred[neg]).mean())
 
 
-def fit_rule(prob: np.ndarray, raw: np.ndarray) -> list[dict]:
+def fit_summary_rule(prob: np.ndarray, raw: np.ndarray) -> list[dict]:
     """Per class, the (t, tau) with the best validation balanced accuracy (see the module doc)."""
     out = []
     counts = {t: rule_counts(prob, t) for t in RULE_T}
@@ -278,7 +278,7 @@ def fit_rule(prob: np.ndarray, raw: np.ndarray) -> list[dict]:
     return out
 
 
-def apply_rule(prob: np.ndarray, params: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+def apply_summary_rule(prob: np.ndarray, params: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """(scores, decisions): pixel counts above each class's t, and count >= tau."""
     scores = np.stack([rule_counts(prob[:, c:c + 1], p["t"])[:, 0] for c, p in enumerate(params)], 1)
     return scores, scores >= np.array([p["tau"] for p in params])[None]
@@ -472,7 +472,7 @@ def _image_size(s: FinetuneSettings) -> int:
 
 
 def _summarizer_choice(s) -> list[str]:
-    value = str(getattr(s, "summarizer", "all") or "all")
+    value = str(s.summarizer or "all")
     if value == "all":
         return list(SUMMARIZERS)
     chosen = [v.strip() for v in value.split(",") if v.strip()]
@@ -523,8 +523,8 @@ def seg4cls(s: FinetuneSettings) -> dict:
     scores: dict[str, np.ndarray] = {}
     details: dict[str, dict] = {}
     if "rule" in chosen:
-        rule = fit_rule(prob_val, val.raw)
-        sc, dec = apply_rule(prob_test, rule)
+        rule = fit_summary_rule(prob_val, val.raw)
+        sc, dec = apply_summary_rule(prob_test, rule)
         scores["seg4cls_rule"] = sc
         y = test.raw
         test_ba = {}
