@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     seconds, peaks, maps = {}, {}, {}
     for name, fn in ways.items():
         fn(x[:1], b[:1], targets[:1])  # warm-up: first image, all its targets
-        maps[name], seconds[name], peaks[name] = _timed(lambda: fn(x, b, targets), device)
+        maps[name], seconds[name], peaks[name] = _timed(lambda fn=fn: fn(x, b, targets), device)
 
     ref = maps["captum_naive"]
     diffs = {f"{k}_vs_captum_naive": max_rel_diff(maps[k], ref) for k in maps if k != "captum_naive"}

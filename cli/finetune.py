@@ -25,6 +25,8 @@ def finetune(
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
     seeds: int = typer.Option(1, "--seeds", help="Repeat with this many seeds and report mean and std."),
     summarizer: str = typer.Option("all", "--summarizer", help="seg4cls: how a mask becomes an image label: rule, linear, pool-linear, cnn-mask (comma-separated) or all."),
+    accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse masks whose size differs from their image's (default: resize them)."),
     num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
 ):
@@ -33,7 +35,7 @@ def finetune(
 
     result = run(task=task, dataset=dataset, root=str(root), init=init, out=str(out), mode=mode,
                  label_fraction=label_fraction, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs,
-                 batch_size=batch_size, lr=lr, seeds=seeds, summarizer=summarizer, num_workers=num_workers, device=device, seed=seed,
+                 batch_size=batch_size, lr=lr, seeds=seeds, accumulate=accumulate, strict=strict, summarizer=summarizer, num_workers=num_workers, device=device, seed=seed,
                  resume=resume, overwrite=overwrite, progress=not quiet)
     emit(result, keys=("mean_iou", "mean_iou_std", "mean_dice", "n_train", "n_test", "trainable_params",
                        "total_params", "seconds"), footer=f"metrics: {out / 'metrics.json'}")

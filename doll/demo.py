@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from doll.classify.train import train_classifiers
 from doll.data.phantom import make_phantoms

@@ -186,3 +186,14 @@ def test_disk_full_during_atomic_write_leaves_no_file(tmp_path, monkeypatch):
 def test_usage_errors_are_one_line(capsys):
     expect_error(capsys, "No such option", "train-classifiers", "--bogus")
     expect_error(capsys, "Missing option", "finetune")
+
+
+def test_mask_image_size_mismatch_with_strict(capsys, phantom, tmp_path):
+    import cv2
+
+    root = tmp_path / "anatomy"
+    shutil.copytree(phantom / "anatomy", root)
+    mask = next((root / "masks" / "heart").glob("*.png"))
+    cv2.imwrite(str(mask), np.zeros((10, 12), np.uint8))
+    expect_error(capsys, "(--strict)", "finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", root,
+                 "--strict", "--epochs", 1, "--out", tmp_path / "o")

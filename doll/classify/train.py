@@ -36,6 +36,8 @@ class ClassifierSettings:
     blank: str = "ignore"
     views: str = "frontal"
     valid_fraction: float = 0.0  # >0: carve this fraction of patients from train as validation
+    accumulate: int = 1  # gradient accumulation steps
+    patience: int = 0  # early stopping after this many epochs without a better validation AUROC (0: off)
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -104,7 +106,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         model = build_classifier(arch, len(classes))
         settings = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed, device=s.device,
                                   num_workers=s.num_workers, monitor="val_auroc", monitor_mode="max",
-                                  progress=s.progress)
+                                  progress=s.progress, accumulate=s.accumulate, patience=s.patience)
         train_set.seed = seed
         folder = out / f"member_{m}"
         folder.mkdir(parents=True, exist_ok=True)

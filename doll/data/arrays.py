@@ -53,13 +53,15 @@ def _decode_all(fn, jobs, desc, progress):
 
 
 def load_arrays(items: list[Item], size: int, structures: list[str] | None = None, *,
-                cache: bool = True, progress: bool = True, skip_unreadable: bool = False) -> Arrays:
+                cache: bool = True, progress: bool = True, skip_unreadable: bool = False,
+                strict: bool = False) -> Arrays:
     """Decode ``items`` to arrays (cached). Unreadable images raise, or are dropped with
-    ``skip_unreadable`` (all unreadable always raises)."""
+    ``skip_unreadable`` (all unreadable always raises). ``strict``: a mask whose size
+    differs from its image's raises instead of being resized."""
     structures = list(structures or [])
     if not items:
         raise DollError("no images to load; check --root, --dataset and the split")
-    key = _key(items, size, structures)
+    key = _key(items, size, structures) + ("-strict" if strict and structures else "")
     folder = cache_dir() / key
     if cache and (folder / "images.npy").exists():
         images = np.load(folder / "images.npy", mmap_mode="r")
@@ -69,9 +71,12 @@ def load_arrays(items: list[Item], size: int, structures: list[str] | None = Non
         has = np.load(folder / "has_mask.npy") if structures else None
         return Arrays(images, masks, has, kept)
 
+    shapes: dict[str, tuple[int, int]] = {}
+
     def read(it: Item):
         try:
-            return load_image(it.image, size)
+            img, shapes[it.id] = load_image(it.image, size, with_shape=True)
+            return img
         except DollError as exc:
             return exc
 
@@ -89,7 +94,8 @@ def load_arrays(items: list[Item], size: int, structures: list[str] | None = Non
         has = np.array([[s in it.masks for s in structures] for it in kept], bool)
 
         def read_masks(it: Item):
-            return np.stack([load_mask(it.masks[s], size) if s in it.masks else np.zeros((size, size), np.uint8)
+            expect = shapes[it.id] if strict else None
+            return np.stack([load_mask(it.masks[s], size, expect) if s in it.masks else np.zeros((size, size), np.uint8)
                              for s in structures])
 
         masks = np.stack(_decode_all(read_masks, kept, "decoding masks", progress))

@@ -67,15 +67,20 @@ def normalise(img: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Read, normalise and resize: uint8 (size, size)."""
-    img = normalise(read_raw(path))
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+def load_image(path: str | Path, size: int, with_shape: bool = False):
+    """Read, normalise and resize: uint8 (size, size) (and the original (H, W) with ``with_shape``)."""
+    raw = read_raw(path)
+    img = cv2.resize(normalise(raw), (size, size), interpolation=cv2.INTER_AREA)
+    return (img, raw.shape[:2]) if with_shape else img
 
 
-def load_mask(path: str | Path, size: int) -> np.ndarray:
-    """Read a mask (any nonzero pixel is foreground): uint8 0/1 (size, size), nearest neighbour."""
+def load_mask(path: str | Path, size: int, expect_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask (any nonzero pixel is foreground): uint8 0/1 (size, size), nearest neighbour.
+    With ``expect_shape`` (``--strict``), a mask whose size differs from its image's is an error."""
     m = read_raw(path)
+    if expect_shape is not None and tuple(m.shape[:2]) != tuple(expect_shape):
+        raise DollError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but its image is {expect_shape[1]}x{expect_shape[0]} "
+                        "(--strict); fix the mask or drop --strict to resize it")
     m = (m > 0).astype(np.uint8)
     return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
 

@@ -250,7 +250,7 @@ def render_case(rng: np.random.Generator, size: int, findings: dict[str, bool] |
     marks = C.zeros()
     for side in (0, 1):
         hil = np.array([0.40, 0.47]) if side == 0 else np.array([0.60, 0.48])
-        for k in range(12):
+        for _ in range(12):
             a = mrng.uniform(100, 255) if side == 0 else mrng.uniform(-75, 80)
             a = np.deg2rad(a)
             ln = mrng.uniform(0.12, 0.3)
@@ -299,7 +299,6 @@ def render_case(rng: np.random.Generator, size: int, findings: dict[str, bool] |
 
     # -- findings: additive layers + masks
     fmask: dict[str, np.ndarray] = {}
-    lung_side_f = [lm.astype(np.float32) for lm in lungs_m]
 
     def zone_point(r, side, vert):
         """A random point of the lung field of ``side`` in the vertical third ``vert`` (0..2)."""

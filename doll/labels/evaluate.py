@@ -11,7 +11,6 @@ through the same rule. Per class means, and their mean over classes, are reporte
 """
 from __future__ import annotations
 
-import math
 
 import cv2
 import numpy as np

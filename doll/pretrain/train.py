@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
@@ -39,6 +38,8 @@ class PretrainSettings:
     background_weight: float = 0.1
     dice_weight: float = 0.5
     val_fraction: float = 0.1
+    accumulate: int = 1  # gradient accumulation steps
+    patience: int = 0  # early stopping on the validation IoU (0: off)
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -122,7 +123,8 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     task = SegmentationTask(names, s.background_weight, s.dice_weight)
     es = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, device=s.device,
                         num_workers=s.num_workers, monitor="val_iou" if n_val else "train_loss",
-                        monitor_mode="max" if n_val else "min", progress=s.progress)
+                        monitor_mode="max" if n_val else "min", progress=s.progress,
+                        accumulate=s.accumulate, patience=s.patience)
     ck = {"kind": "segmenter", "stage": "pretrain", "encoder": s.encoder, "classes": names, "in_channels": 1,
           "image_size": int(size), "normalisation": NORMALISATION, "label_rule": rule, "soft": s.soft,
           "labels": {"path": str(s.labels), "method": info["method"], "rows": info["rows"]},

@@ -52,6 +52,8 @@ class FinetuneSettings:
     batch_size: int = 8
     lr: float = 1e-3
     seeds: int = 1
+    strict: bool = False  # a mask whose size differs from its image's is an error (else resized)
+    accumulate: int = 1
     summarizer: str = "all"  # seg4cls: rule, linear, pool-linear, cnn-mask, comma-separated, or all
     seed: int = 0
     device: str = "auto"
@@ -97,7 +99,7 @@ def load_task_data(s: FinetuneSettings, size: int):
         items = [it for it in fmt.items(split) if any(src in it.masks for src in sources)]
         if not items:
             raise DollError(f"{s.dataset} at {fmt.root} has no {split} images with {s.task} masks")
-        arr = load_arrays(items, size, sources, progress=s.progress and dist.is_main())
+        arr = load_arrays(items, size, sources, progress=s.progress and dist.is_main(), strict=s.strict)
         masks = np.stack([np.max(arr.masks[:, [sources.index(x) for x in srcs]], axis=1) for _, srcs in outputs], 1)
         data[split] = (arr.images, masks, arr.items)
     return [name for name, _ in outputs], data["train"], data[test_split], test_split
@@ -160,9 +162,9 @@ def _one_seed(s: FinetuneSettings, names, train, test, size: int, out: Path) -> 
     task = FinetuneTask(names, background_weight=1.0, dice_weight=0.5)
     train_set = ArrayDataset(images, masks=masks, augment=True, seed=s.seed, indices=subset)
     test_set = ArrayDataset(test[0], masks=test[1])
-    # with very few masks an epoch is one step: scale epochs so every run takes ~the same number of steps
     es = EngineSettings(epochs=s.epochs, batch_size=min(s.batch_size, k), lr=s.lr, seed=s.seed, device=s.device,
-                        num_workers=s.num_workers, monitor="epoch", monitor_mode="max", progress=s.progress)
+                        num_workers=s.num_workers, monitor="epoch", monitor_mode="max", progress=s.progress,
+                        accumulate=s.accumulate)
     ck = {"kind": "segmenter", "stage": "finetune", "task": s.task, "classes": names, "mode": s.mode,
           "in_channels": 1, "image_size": size, "normalisation": NORMALISATION, **init_info,
           "run": {"command": "finetune", **asdict(s)}}
