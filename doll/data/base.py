@@ -92,5 +92,25 @@ class DatasetFormat:
         return path
 
 
+# mask structure -> the image class(es) it localises, where the names differ
+CLASS_ALIASES = {"infection": ("COVID-19", "COVID", "covid", "Covid-19")}
+
+
+def class_structure_pairs(classes: list[str], structures: list[str]) -> list[tuple[str, int, str]]:
+    """(output name, image-class index, mask structure) for every class that has a mask."""
+    pairs = [(c, i, c) for i, c in enumerate(classes) if c in structures]
+    if pairs:
+        return pairs
+    for st in structures:
+        for alias in CLASS_ALIASES.get(st, ()):
+            if alias in classes:
+                pairs.append((alias, classes.index(alias), st))
+    if pairs:
+        return pairs
+    if len(structures) == 1 and len(classes) == 1:
+        return [(classes[0], 0, structures[0])]
+    return []
+
+
 def select_split(items: list[Item], split: str | None) -> list[Item]:
     return items if split is None else [it for it in items if it.split == split]

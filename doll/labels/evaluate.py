@@ -6,8 +6,12 @@ For every (image, class) that was explained and has a ground-truth mask:
 * ``topk_iou``: the saliency's top-k pixels (k = the mask's area) vs the mask;
 * ``pointing``: 1 if the saliency's maximum falls inside the mask.
 
-The random baseline is uniform noise smoothed like the saliency (same sigma), put
-through the same rule. Per class means, and their mean over classes, are reported.
+Baselines, scored the same way: ``random`` (uniform noise smoothed like the saliency,
+same sigma, same rule) and, when the data set has lung masks, ``lung_prior`` (the
+image's lung mask blurred with sigma = 0.05 x size: "the finding is somewhere in the
+lungs"). A class is compared with the mask of the same name, or the mask that
+localises it (COVID-QU-Ex / QaTa: ``infection`` for ``COVID-19``). Per-class means and
+their mean over classes are reported.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import cv2
 import numpy as np
 
 from doll.data import load_split
+from doll.data.base import class_structure_pairs
 from doll.errors import DollError
 from doll.explain.distill import apply_rule
 from doll.labels.store import LabelFile
@@ -54,40 +59,66 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
         targets = lf["targets"][:]
         done = lf.done
         size = int(lf.attr("image_size"))
-        fmt, arrays = load_split(dataset, root, lf.attr("split") or None, size, structures=classes, progress=progress)
+        from doll.data.registry import open_dataset
+
+        fmt = open_dataset(dataset, root)
+        pairs = {ci: st for _, ci, st in class_structure_pairs(classes, list(fmt.structures))}
+        if not pairs:
+            raise DollError(f"{dataset} has no masks for the classes of {labels} (masks: "
+                            f"{', '.join(fmt.structures) or 'none'}); evaluate against a data set with ground truth")
+        structures = sorted(set(pairs.values()))
+        lungs = "lungs" if "lungs" in fmt.structures else None
+        wanted = structures + ([lungs] if lungs and lungs not in structures else [])
+        _, arrays = load_split(dataset, root, lf.attr("split") or None, size, structures=wanted, progress=progress)
         by_id = {it.id: i for i, it in enumerate(arrays.items)}
         rng = np.random.default_rng(seed)
-        per_class: dict[str, dict[str, list]] = {c: {} for c in classes}
-        random_class: dict[str, dict[str, list]] = {c: {} for c in classes}
+        scores = {name: {c: {} for c in classes} for name in ("labels", "random", "lung_prior")}
+
+        def add(kind, cls, values):
+            for k, v in values.items():
+                scores[kind][cls].setdefault(k, []).append(v)
+
         for row, path in enumerate(paths):
             if not done[row] or path not in by_id or not targets[row].any():
                 continue
             j = by_id[path]
             sal_row = lf["saliency"][row]
             for c in np.flatnonzero(targets[row]):
-                name = classes[c]
-                if not arrays.has_mask[j, c] or arrays.masks[j, c].sum() == 0:
+                if c not in pairs:
+                    continue
+                k = wanted.index(pairs[c])
+                if not arrays.has_mask[j, k] or arrays.masks[j, k].sum() == 0:
                     continue  # no ground truth for this finding (e.g. a noisy image label)
-                gt = arrays.masks[j, c]
+                gt = arrays.masks[j, k]
                 sal = sal_row[c]
-                for k, v in _scores(sal, apply_rule(sal, rule), gt).items():
-                    per_class[name].setdefault(k, []).append(v)
+                add("labels", classes[c], _scores(sal, apply_rule(sal, rule), gt))
                 rnd = _random_map(sal.shape, smooth, rng)
-                for k, v in _scores(rnd, apply_rule(rnd, rule), gt).items():
-                    random_class[name].setdefault(k, []).append(v)
-    if not any(per_class.values()):
+                add("random", classes[c], _scores(rnd, apply_rule(rnd, rule), gt))
+                if lungs and arrays.has_mask[j, wanted.index(lungs)]:
+                    prior = _lung_prior(arrays.masks[j, wanted.index(lungs)])
+                    add("lung_prior", classes[c], _scores(prior, apply_rule(prior, rule), gt))
+    if not any(scores["labels"].values()):
         raise DollError(f"no explained image of {labels} has a ground-truth mask in {dataset} at {root}")
 
     def summarise(d):
         per = {c: {k: float(np.mean(v)) for k, v in m.items()} | {"n": len(m.get("iou", []))} for c, m in d.items() if m}
         keys = ("iou", "dice", "topk_iou", "pointing")
-        mean = {k: float(np.mean([p[k] for p in per.values()])) for k in keys}
+        mean = {k: float(np.mean([p[k] for p in per.values()])) for k in keys} if per else {}
         return per, mean
 
-    per, mean = summarise(per_class)
-    rper, rmean = summarise(random_class)
-    return {"command": "evaluate-labels", "labels": str(labels), "label_rule": rule,
-            "mean_iou": mean["iou"], "random_iou": rmean["iou"], "mean": mean, "random": rmean,
-            "per_class": per, "random_per_class": rper,
-            "pairs": int(sum(p["n"] for p in per.values())),
-            "note": "means over classes of per-image scores; random = smoothed uniform noise, same rule"}
+    per, mean = summarise(scores["labels"])
+    rper, rmean = summarise(scores["random"])
+    result = {"command": "evaluate-labels", "labels": str(labels), "label_rule": rule, "dataset": dataset,
+              "mean_iou": mean["iou"], "random_iou": rmean["iou"], "mean": mean, "random": rmean,
+              "per_class": per, "random_per_class": rper,
+              "pairs": int(sum(p["n"] for p in per.values())),
+              "note": "means over classes of per-image scores; random = smoothed uniform noise, same rule"}
+    if any(scores["lung_prior"].values()):
+        lper, lmean = summarise(scores["lung_prior"])
+        result.update(lung_prior=lmean, lung_prior_per_class=lper)
+    return result
+
+
+def _lung_prior(lung_mask: np.ndarray) -> np.ndarray:
+    m = cv2.GaussianBlur(lung_mask.astype(np.float32), (0, 0), 0.05 * lung_mask.shape[-1])
+    return np.round(255 * m / max(float(m.max()), 1e-6)).astype(np.uint8)

@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from doll.data.base import class_structure_pairs
 from doll.data import labels_of, load_split, open_dataset
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
@@ -81,28 +82,11 @@ from doll.utils import check_fraction, check_positive, prepare_out_dir, resolve_
 SUMMARIZERS = ("rule", "linear", "pool-linear", "cnn-mask")
 RULE_T = (0.3, 0.5, 0.7, 0.9)
 RULE_Q = tuple(np.round(np.arange(0, 1.0, 0.1), 2))
-ALIASES = {"infection": ("COVID-19", "COVID", "covid", "Covid-19")}  # mask structure -> image class(es)
 VAL_FRACTION = 0.2
 SPECIFICITY = 0.9
 
 
 # ----------------------------------------------------------------------------- data
-def class_structure_pairs(classes: list[str], structures: list[str]) -> list[tuple[str, int, str]]:
-    """(output name, image-class index, mask structure) for every class that has a mask."""
-    pairs = [(c, i, c) for i, c in enumerate(classes) if c in structures]
-    if pairs:
-        return pairs
-    for st in structures:
-        for alias in ALIASES.get(st, ()):
-            if alias in classes:
-                pairs.append((alias, classes.index(alias), st))
-    if pairs:
-        return pairs
-    if len(structures) == 1 and len(classes) == 1:
-        return [(classes[0], 0, structures[0])]
-    return []
-
-
 def _split_names(fmt) -> tuple[str, str | None]:
     def has(split):
         try:
