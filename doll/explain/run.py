@@ -137,13 +137,11 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     run_settings["members"] = [info for _, _, info in members]
     if s.overwrite and not s.resume:
         shutil.rmtree(Path(str(out) + ".parts"), ignore_errors=True)
-    parts = PartsWriter(str(out) + ".parts", run_settings, resume=s.resume) if dist.is_main() else None
+    parts = PartsWriter(str(out) + ".parts", run_settings, resume=s.resume, owner=dist.is_main())
     dist.barrier()
-    if parts is None:
-        parts = PartsWriter.__new__(PartsWriter)
-        parts.folder = Path(str(out) + ".parts")
     blocks = list(range((n + s.block - 1) // s.block))
-    mine = [b for b in blocks if b % max(1, dist.world_size() if dist.active() else 1) == (dist.rank() if dist.active() else 0)]
+    world, rank = (dist.world_size(), dist.rank()) if dist.active() else (1, 0)
+    mine = blocks[rank::world]  # blocks are dealt round-robin to the torchrun processes
     todo = [b for b in mine if not parts.has(b)]
     bar = tqdm(total=sum(min(s.block, n - b * s.block) for b in todo), desc=f"explaining ({s.method})",
                unit="img", disable=not (s.progress and dist.is_main()))

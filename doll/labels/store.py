@@ -131,8 +131,12 @@ class LabelFile:
 class PartsWriter:
     """Blocks of finished rows as atomic ``.npz`` files, for resuming and sharding."""
 
-    def __init__(self, folder: str | Path, settings: dict, resume: bool):
+    def __init__(self, folder: str | Path, settings: dict, resume: bool, owner: bool = True):
+        """``owner`` (rank 0) checks a previous run's settings and records these; other
+        ranks only write blocks."""
         self.folder = Path(folder)
+        if not owner:
+            return
         settings_file = self.folder / "settings.json"
         if self.folder.exists() and settings_file.exists():
             previous = json.loads(settings_file.read_text())
