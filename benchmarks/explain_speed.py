@@ -120,7 +120,9 @@ def max_rel_diff(maps, ref) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from captum.attr import IntegratedGradients as CaptumIG  # imported late: argument errors stay fast
+    from captum.attr import (
+        IntegratedGradients as CaptumIG,  # imported late: argument errors stay fast
+    )
 
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from doll_cli.main import QUIET, emit
 
 data_app = typer.Typer(help="Make and check data sets.", no_args_is_help=True)

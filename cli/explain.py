@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
 
 labels_app = typer.Typer(help="Inspect, merge and export DoLL label files.", no_args_is_help=True)

@@ -47,7 +47,7 @@ def emit(result: dict, as_json: bool = False, keys: tuple[str, ...] = (), footer
 
 def _register() -> None:
     # registration order is the order `doll --help` lists the commands in
-    from doll_cli import demo, data, classify, explain, pretrain, finetune  # noqa: F401
+    from doll_cli import classify, data, demo, explain, finetune, pretrain  # noqa: F401
 
     app.add_typer(data.data_app, name="data")
     app.add_typer(explain.labels_app, name="labels")

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
 
 

@@ -7,7 +7,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-
 from conftest import cli_exit
 
 

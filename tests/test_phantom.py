@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from doll.data.base import CHEXPERT_CLASSES, FINDINGS, JSRT_STRUCTURES
-from doll.data.phantom import CHEXPERT_DIRNAME, PHANTOM_VERSION, make_phantoms, render_case
+from doll.data.phantom import (
+    CHEXPERT_DIRNAME,
+    PHANTOM_VERSION,
+    make_phantoms,
+    render_case,
+)
 from doll.errors import DollError
 
 HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,"

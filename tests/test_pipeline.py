@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import SIZE, cli
+
 from doll.data.base import CHEXPERT_CLASSES
 
 

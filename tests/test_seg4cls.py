@@ -8,8 +8,14 @@ import pytest
 
 from doll.data.phantom import make_phantoms
 from doll.errors import DollError
-from doll.tasks.seg4cls import (SUMMARIZERS, apply_summary_rule, class_structure_pairs, conditioned_recall, fit_summary_rule,
-                                train_summarizer)
+from doll.tasks.seg4cls import (
+    SUMMARIZERS,
+    apply_summary_rule,
+    class_structure_pairs,
+    conditioned_recall,
+    fit_summary_rule,
+    train_summarizer,
+)
 from doll.train.metrics import auroc
 
 METHODS = [f"seg4cls_{k}" for k in SUMMARIZERS] + ["classifier", "multitask"]

@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 from doll.data.arrays import Arrays, labels_of, load_arrays
-from doll.data.base import CHEXPERT_CLASSES, FINDINGS, JSRT_STRUCTURES, DatasetFormat, Item
+from doll.data.base import (
+    CHEXPERT_CLASSES,
+    FINDINGS,
+    JSRT_STRUCTURES,
+    DatasetFormat,
+    Item,
+)
 from doll.data.registry import FORMATS, open_dataset
 from doll.errors import DollError
 

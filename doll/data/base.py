@@ -75,7 +75,15 @@ class DatasetFormat:
             raise DollError(f"data root {self.root} is not a folder; pass the folder you unpacked with --root")
 
     def items(self, split: str | None = None) -> list[Item]:
-        """All items, or those of one split. Raises DollError on unreadable layouts."""
+        """All items, or those of one split (read once, then cached). Raises DollError on bad layouts."""
+        if split is not None and split not in self.splits:
+            raise DollError(f"unknown split {split!r} for {self.name}; choose one of: {', '.join(self.splits)}")
+        if getattr(self, "_items", None) is None:
+            self._items = self._load()
+        return select_split(self._items, split)
+
+    def _load(self) -> list[Item]:
+        """Read every item of the data set (all splits)."""
         raise NotImplementedError
 
     # helpers for subclasses -------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from doll.data.base import CHEXPERT_CLASSES, DatasetFormat, Item, select_split
+from doll.data.base import CHEXPERT_CLASSES, DatasetFormat, Item
 from doll.errors import DollError
 
 _PATIENT = re.compile(r"(patient\d+)")
@@ -63,7 +63,7 @@ class CheXpert(DatasetFormat):
         first = Path(rel_path).parts[0] if rel_path else ""
         return self.root.parent if first == self.root.name or not (self.root / rel_path).exists() else self.root
 
-    def items(self, split: str | None = None) -> list[Item]:
+    def _load(self) -> list[Item]:
         views = self.options.get("views", "frontal")
         if views not in ("frontal", "lateral", "all"):
             raise DollError(f"unknown --views {views!r}; choose frontal, lateral or all")
@@ -94,4 +94,4 @@ class CheXpert(DatasetFormat):
             for it in out:
                 if it.split == "train" and it.patient in carved:
                     it.split = "valid"
-        return select_split(out, split)
+        return out

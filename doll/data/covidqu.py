@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from doll.data.base import DatasetFormat, Item
-from doll.data.folder import IMAGE_EXTS, check_split
+from doll.data.common import IMAGE_EXTS
 from doll.errors import DollError
 
 SUBSETS = {"infection": "Infection Segmentation Data", "lung": "Lung Segmentation Data"}
@@ -63,13 +63,6 @@ class CovidQU(DatasetFormat):
                     "holds it as --root, or choose the other subset with the option subset"
                 )
         self.structures = ["infection", "lungs"] if self.subset == "infection" else ["lungs"]
-        self._items: list[Item] | None = None
-
-    def items(self, split: str | None = None) -> list[Item]:
-        check_split(self, split)
-        if self._items is None:
-            self._items = self._load()
-        return self._items if split is None else [it for it in self._items if it.split == split]
 
     def _load(self) -> list[Item]:
         mask_folders = {"infection": "infection masks", "lungs": "lung masks"}

@@ -19,116 +19,24 @@ Layout (only ``images/`` is required)::
   ``train``; rows naming no existing image are skipped and listed in ``self.missing``.
 
 Options: none.
-
-This module also holds the small helpers the other format readers share
-(:data:`IMAGE_EXTS`, :func:`check_split`, :func:`read_fraction`, :func:`hold_out`,
-:func:`read_csv`).
 """
 from __future__ import annotations
 
-import csv
-import hashlib
-import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from doll.data.base import DatasetFormat, Item
+from doll.data.common import (
+    IMAGE_EXTS,
+    SPLIT_ALIASES,
+    parse_label,
+    read_csv,
+    walk_images,
+)
 from doll.errors import DollError
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
 
-
-# --------------------------------------------------------------------------- helpers
-def check_split(fmt: DatasetFormat, split: str | None) -> None:
-    if split is not None and split not in fmt.splits:
-        raise DollError(f"unknown split {split!r} for {fmt.name}; choose one of: {', '.join(fmt.splits)}")
-
-
-def read_fraction(fmt: DatasetFormat, option: str, default: float = 0.0) -> float:
-    """A fraction option in [0, 1)."""
-    value = fmt.options.get(option, default)
-    try:
-        value = float(value if value is not None else default)
-    except (TypeError, ValueError):
-        raise DollError(f"option {option}={value!r} for {fmt.name} is not a number; give a fraction such as 0.1") from None
-    if not 0.0 <= value < 1.0 or math.isnan(value):
-        raise DollError(f"option {option}={value} for {fmt.name} is out of range; give a fraction in [0, 1)")
-    return value
-
-
-def read_int(fmt: DatasetFormat, option: str, default: int, allowed: tuple[int, ...] | None = None) -> int:
-    value = fmt.options.get(option, default)
-    try:
-        value = int(value if value is not None else default)
-    except (TypeError, ValueError):
-        raise DollError(f"option {option}={value!r} for {fmt.name} is not an integer") from None
-    if allowed is not None and value not in allowed:
-        raise DollError(f"option {option}={value} for {fmt.name} is invalid; choose one of: {', '.join(map(str, allowed))}")
-    return value
-
-
-def hold_out(keys, fraction: float, seed: int = 0) -> set[str]:
-    """Deterministically pick ``round(fraction * n)`` of the distinct ``keys`` (e.g. patients).
-
-    Keys are ordered by a hash of ``seed`` and the key, so the choice does not depend on
-    file order and adding images changes little. At least one key is picked when
-    ``fraction > 0`` and at least one is always left out.
-    """
-    unique = sorted(set(keys))
-    if fraction <= 0 or len(unique) < 2:
-        return set()
-    n = min(len(unique) - 1, max(1, round(fraction * len(unique))))
-    ranked = sorted(unique, key=lambda k: hashlib.sha1(f"{seed}:{k}".encode()).hexdigest())
-    return set(ranked[:n])
-
-
-def read_csv(path: Path, required: list[str], what: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Read a CSV with a header; raise DollError naming any missing ``required`` column."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise DollError(f"{what} {path} is empty; it needs a header row with: {', '.join(required)}")
-            header = [h.strip() for h in header]
-            rows = [dict(zip(header, (v.strip() for v in row))) for row in reader if any(v.strip() for v in row)]
-    except UnicodeDecodeError:
-        raise DollError(f"{what} {path} is not a text CSV file; re-export it as UTF-8 CSV") from None
-    for col in required:
-        if col not in header:
-            raise DollError(f"{what} {path} has no {col!r} column (found: {', '.join(header)}); fix the header row")
-    return header, rows
-
-
-def walk_images(top: Path) -> list[Path]:
-    """All image files under ``top`` (recursively, sorted)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            if Path(fn).suffix.lower() in IMAGE_EXTS and not fn.startswith("."):
-                out.append(Path(dirpath) / fn)
-    return out
-
-
-def parse_label(value: str, where: str) -> float:
-    """``1``/``0``/``-1``/blank (also ``1.0`` etc.) -> float; anything else is an error."""
-    v = value.strip()
-    if v == "":
-        return float("nan")
-    try:
-        x = float(v)
-    except ValueError:
-        x = None
-    if x not in (1.0, 0.0, -1.0):
-        raise DollError(f"{where}: label value {value!r} is invalid; use 1, 0, -1 (uncertain) or leave it blank (unknown)")
-    return x
-
-
-# --------------------------------------------------------------------------- format
 class Folder(DatasetFormat):
     """``images/`` (+ optional ``masks/<structure>/`` and ``labels.csv``); see the module docstring."""
 
@@ -152,13 +60,6 @@ class Folder(DatasetFormat):
             self._header, self._rows = read_csv(self.labels_csv, ["image"], "labels file")
             self.classes = [h for h in self._header if h not in ("image", "split") and h != ""]
         self.missing: list[str] = []
-        self._items: list[Item] | None = None
-
-    def items(self, split: str | None = None) -> list[Item]:
-        check_split(self, split)
-        if self._items is None:
-            self._items = self._load()
-        return self._items if split is None else [it for it in self._items if it.split == split]
 
     def _load(self) -> list[Item]:
         files = walk_images(self.images_dir)

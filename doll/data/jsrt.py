@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from doll.data.base import JSRT_STRUCTURES, DatasetFormat, Item
-from doll.data.folder import IMAGE_EXTS, check_split, read_csv, read_int
+from doll.data.common import IMAGE_EXTS, read_csv, read_int
 from doll.errors import DollError
 
 MASK_EXTS = {".gif", ".png", ".bmp", ".tif", ".tiff"}
@@ -69,13 +69,6 @@ class JSRT(DatasetFormat):
         super().__init__(root, **options)
         self.fold = read_int(self, "fold", 1, allowed=(1, 2))
         self.layout, self.images_dir, self._images = self._detect()
-        self._items: list[Item] | None = None
-
-    def items(self, split: str | None = None) -> list[Item]:
-        check_split(self, split)
-        if self._items is None:
-            self._items = self._load()
-        return self._items if split is None else [it for it in self._items if it.split == split]
 
     # ------------------------------------------------------------------ layout
     def _detect(self) -> tuple[str, Path, list[Path]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from doll.data.base import DatasetFormat, Item
-from doll.data.folder import check_split, hold_out, read_fraction, read_int
+from doll.data.common import hold_out, read_fraction, read_int
 from doll.errors import DollError
 
 MERGED = {"lungs": ["left lung", "right lung"]}
@@ -74,13 +74,6 @@ class Montgomery(DatasetFormat):
         read_fraction(self, "test_fraction")  # validate options early
         read_fraction(self, "valid_fraction")
         read_int(self, "seed", 0)
-        self._items: list[Item] | None = None
-
-    def items(self, split: str | None = None) -> list[Item]:
-        check_split(self, split)
-        if self._items is None:
-            self._items = self._load()
-        return self._items if split is None else [it for it in self._items if it.split == split]
 
     def _load(self) -> list[Item]:
         cxr = self.base / "CXR_png"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from doll.data.base import DatasetFormat, Item
-from doll.data.folder import IMAGE_EXTS, check_split, hold_out, read_csv, read_fraction, read_int
+from doll.data.common import IMAGE_EXTS, hold_out, read_csv, read_fraction, read_int
 from doll.errors import DollError
 
 NIH_CLASSES = [
@@ -97,13 +97,6 @@ class NIH(DatasetFormat):
         if not self.image_dirs:
             raise DollError(f"no images*/ folder found in {self.root}; unpack the NIH image archives (images_001 ...) there")
         self.missing: list[str] = []
-        self._items: list[Item] | None = None
-
-    def items(self, split: str | None = None) -> list[Item]:
-        check_split(self, split)
-        if self._items is None:
-            self._items = self._load()
-        return self._items if split is None else [it for it in self._items if it.split == split]
 
     # ------------------------------------------------------------------ loading
     def _index(self) -> dict[str, Path]:

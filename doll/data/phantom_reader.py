@@ -27,8 +27,8 @@ class Phantom(DatasetFormat):
         self.meta = json.loads(meta_file.read_text())
         self.chexpert = CheXpert(self.root / self.meta.get("chexpert_dir", "CheXpert-v1.0-phantom"), **options)
 
-    def items(self, split: str | None = None) -> list[Item]:
-        items = self.chexpert.items(split)
+    def _load(self) -> list[Item]:
+        items = self.chexpert.items()
         mask_root = self.root / "findings" / "masks"
         prefix = self.chexpert.root.name
         for it in items:

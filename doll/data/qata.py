@@ -14,11 +14,10 @@ the ``QaTa-COV19-v2`` folder or the folder above it. The mask of ``Images/X.png`
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from doll.data.base import DatasetFormat, Item
-from doll.data.folder import IMAGE_EXTS, check_split, hold_out, read_fraction, read_int
+from doll.data.common import IMAGE_EXTS, hold_out, read_fraction, read_int
 from doll.errors import DollError
 
 SETS = {"Train Set": "train", "Test Set": "test"}
@@ -44,13 +43,6 @@ class QaTa(DatasetFormat):
                 f"'Train Set/' not found in {self.root} or {self.root / 'QaTa-COV19-v2'}; "
                 "pass the QaTa-COV19-v2 folder (or the folder above it) as --root"
             )
-        self._items: list[Item] | None = None
-
-    def items(self, split: str | None = None) -> list[Item]:
-        check_split(self, split)
-        if self._items is None:
-            self._items = self._load()
-        return self._items if split is None else [it for it in self._items if it.split == split]
 
     def _load(self) -> list[Item]:
         items = []

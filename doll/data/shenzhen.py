@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from doll.data.base import DatasetFormat, Item
-from doll.data.folder import check_split, read_fraction, read_int
+from doll.data.common import read_fraction, read_int
 from doll.data.montgomery import apply_fractions, find_base, tb_label
 from doll.errors import DollError
 
@@ -41,7 +41,6 @@ class Shenzhen(DatasetFormat):
         read_fraction(self, "valid_fraction")
         read_int(self, "seed", 0)
         self.mask_dir = self._find_masks()
-        self._items: list[Item] | None = None
 
     def _find_masks(self) -> Path | None:
         for d in (self.base, self.root):
@@ -56,12 +55,6 @@ class Shenzhen(DatasetFormat):
                         f"pass {self.root.parent} as --root so that both are inside it"
                     )
         return None
-
-    def items(self, split: str | None = None) -> list[Item]:
-        check_split(self, split)
-        if self._items is None:
-            self._items = self._load()
-        return self._items if split is None else [it for it in self._items if it.split == split]
 
     def _load(self) -> list[Item]:
         cxr = self.base / "CXR_png"

@@ -15,7 +15,6 @@ their mean over classes are reported.
 """
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 

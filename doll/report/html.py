@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from doll.data import load_split
+from doll.data.dataset import to_tensor
 from doll.explain.distill import apply_rule
 from doll.labels.store import LabelFile
-from doll.models.checkpoint import load_into, read_config
 from doll.models.adapters import set_mode
+from doll.models.checkpoint import load_into, read_config
 from doll.models.segmenter import build_pspnet
-from doll.data.dataset import to_tensor
 from doll.report.overlay import overlay, write_png
 from doll.utils import atomic_path
 

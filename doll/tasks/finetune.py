@@ -30,7 +30,13 @@ from doll.pretrain.train import SegmentationTask
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.metrics import segmentation_scores
-from doll.utils import check_fraction, check_positive, prepare_out_dir, resolve_device, write_json
+from doll.utils import (
+    check_fraction,
+    check_positive,
+    prepare_out_dir,
+    resolve_device,
+    write_json,
+)
 
 TASKS = ("jsrt", "lung", "covid", "seg4cls")
 LUNGS = ("lungs", ["left lung", "right lung"])

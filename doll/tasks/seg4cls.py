@@ -63,8 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from doll.data.base import class_structure_pairs
 from doll.data import labels_of, load_split, open_dataset
+from doll.data.base import class_structure_pairs
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
 from doll.models.adapters import set_mode
@@ -77,7 +77,13 @@ from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.losses import masked_bce, multilabel_seg_loss
 from doll.train.metrics import auroc, auroc_per_class
-from doll.utils import check_fraction, check_positive, prepare_out_dir, resolve_device, write_json
+from doll.utils import (
+    check_fraction,
+    check_positive,
+    prepare_out_dir,
+    resolve_device,
+    write_json,
+)
 
 SUMMARIZERS = ("rule", "linear", "pool-linear", "cnn-mask")
 RULE_T = (0.3, 0.5, 0.7, 0.9)

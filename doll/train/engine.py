@@ -31,7 +31,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from doll.errors import DollError
-from doll.models.checkpoint import load_train_state, save_model, save_train_state, unwrap
+from doll.models.checkpoint import (
+    load_train_state,
+    save_model,
+    save_train_state,
+    unwrap,
+)
 from doll.train import distributed as dist
 from doll.utils import check_positive, read_json, resolve_device, write_json
 
