@@ -7,7 +7,7 @@ Tasks and the structures they segment (multi-label: structures may overlap):
 * ``lung``: the lung fields (left + right merged where a data set has them apart);
 * ``covid``: the infection masks (QaTa-COV19, COVID-QU-Ex).
 
-The test split is ``test`` when the data set has one, else ``valid``. Validation IoU and
+The test split is ``test`` when the data set has one with masks, else ``valid``. Validation IoU and
 Dice on it are recorded every epoch (the training-efficiency curve); the reported
 model is the last epoch's (no selection on the test split).
 """
@@ -99,7 +99,10 @@ def load_task_data(s: FinetuneSettings, size: int):
     fmt = open_dataset(s.dataset, s.root, fold=s.fold)
     outputs = task_structures(s.task, list(fmt.structures))
     sources = sorted({src for _, srcs in outputs for src in srcs})
-    test_split = "test" if fmt.items("test") else "valid"
+    def has_masks(split):
+        return any(src in it.masks for it in fmt.items(split) for src in sources)
+
+    test_split = "test" if "test" in fmt.splits and has_masks("test") else "valid"  # COVID-QU-Ex Test has no masks
     data = {}
     for split in ("train", test_split):
         items = [it for it in fmt.items(split) if any(src in it.masks for src in sources)]
