@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from doll.data import load_split
 from doll.data.dataset import to_tensor
@@ -68,8 +70,6 @@ def _prediction_panels(out_dir: Path, data: Path, count: int = 4) -> list[str]:
         model.eval()
         _, arrays = load_split("jsrt", str(data / "anatomy"), "test", cfg["image_size"], structures=cfg["classes"],
                                progress=False)
-        import torch
-
         with torch.no_grad():
             pred = (model(to_tensor(arrays.images[:count])) > 0).numpy()
         rows = [np.concatenate([overlay(arrays.images[i], list(arrays.masks[i]), cfg["classes"]),
@@ -120,6 +120,4 @@ Plan: {html.escape(str(report['plan']))}</p>
 
 
 def read_label_quality(out_dir: Path) -> dict:
-    import json
-
     return json.loads((out_dir / "label_quality.json").read_text())["per_class"]
