@@ -36,5 +36,6 @@ def finetune(
                  label_fraction=label_fraction, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs,
                  batch_size=batch_size, lr=lr, seeds=seeds, accumulate=accumulate, strict=strict, summarizer=summarizer, num_workers=num_workers, device=device, seed=seed,
                  resume=resume, overwrite=overwrite, progress=not quiet)
-    emit(result, keys=("mean_iou", "mean_iou_std", "mean_dice", "n_train", "n_test", "trainable_params",
+    emit(result, keys=("mean_iou", "mean_iou_std", "mean_dice", "positives_mean_iou", "negatives_false_positive_area",
+                       "n_train", "n_test", "trainable_params",
                        "total_params", "seconds"), footer=f"metrics: {out / 'metrics.json'}")

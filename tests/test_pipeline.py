@@ -132,3 +132,27 @@ def test_finetune_learns_on_phantom_anatomy(phantom, tmp_path):
     m = read(tmp_path / "r" / "metrics.json")
     lungs = (m["per_structure"]["left lung"]["iou"] + m["per_structure"]["right lung"]["iou"]) / 2
     assert lungs > 0.4, m["per_structure"]
+
+
+def test_finetune_covid_task_reports_positives_and_false_positive_area(phantom, tmp_path):
+    """--task covid on a generic folder data set with infection masks, empty on negatives."""
+    import shutil
+
+    import cv2
+
+    root = tmp_path / "folder"
+    (root / "images").mkdir(parents=True)
+    (root / "masks" / "infection").mkdir(parents=True)
+    lines = ["image,split"]
+    for i, img in enumerate(sorted((phantom / "anatomy" / "images").glob("*.png"))):
+        shutil.copy(img, root / "images" / img.name)
+        mask = cv2.imread(str(phantom / "anatomy" / "masks" / "heart" / img.name), 0)
+        cv2.imwrite(str(root / "masks" / "infection" / img.name), mask if i % 2 else mask * 0)
+        lines.append(f"{img.stem},{'test' if i % 3 == 0 else 'train'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    cli("finetune", "--task", "covid", "--dataset", "folder", "--root", root, "--init", "random",
+        "--encoder", "resnet18", "--image-size", SIZE, "--epochs", 2, "--out", tmp_path / "c")
+    m = read(tmp_path / "c" / "metrics.json")
+    assert m["structures"] == ["infection"] and m["test_split"] == "test"
+    assert 0 <= m["positives_mean_iou"] <= 1 and 0 <= m["negatives_false_positive_area"] <= 1
+    assert m["runs"][0]["positives"]["n"] + m["runs"][0]["negatives"]["n"] == m["n_test"]

@@ -5,7 +5,9 @@ Tasks and the structures they segment (multi-label: structures may overlap):
 * ``jsrt``: left lung, right lung, heart, left clavicle, right clavicle (JSRT/SCR; the
   official two folds: train on ``--fold``, test on the other);
 * ``lung``: the lung fields (left + right merged where a data set has them apart);
-* ``covid``: the infection masks (QaTa-COV19, COVID-QU-Ex).
+* ``covid``: the infection masks (QaTa-COV19, COVID-QU-Ex); also reported on the
+  COVID-positive test images alone, with the mean predicted area (fraction of the
+  image) on the negative ones.
 
 The test split is ``test`` when the data set has one with masks, else ``valid``. Validation IoU and
 Dice on it are recorded every epoch (the training-efficiency curve); the reported
@@ -181,6 +183,14 @@ def _one_seed(s: FinetuneSettings, names, train, test, size: int, out: Path) -> 
     hist = engine.fit(train_set, test_set, resume=s.resume)
     pred = predict_all(engine.model, task, test_set, s.batch_size, engine.device)
     scores = segmentation_scores(pred["pred"], pred["truth"], names)
+    if s.task == "covid":  # infection: quality on positive images, false-positive area on negative ones
+        positive = pred["truth"].any(axis=(1, 2, 3))
+        if positive.any():
+            scores["positives"] = {"n": int(positive.sum()),
+                                   **segmentation_scores(pred["pred"][positive], pred["truth"][positive], names)}
+        if (~positive).any():
+            scores["negatives"] = {"n": int((~positive).sum()),
+                                   "false_positive_area": float(pred["pred"][~positive].mean())}
     return {"seed": s.seed, "n_train": int(k), "train_ids": [items[i].id for i in subset][:50], **params,
             **scores, "curve": [{"epoch": r["epoch"], "val_iou": r.get("val_iou"), "val_dice": r.get("val_dice")}
                                 for r in hist["history"]]}
@@ -224,6 +234,10 @@ def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
                       "dice": float(np.mean([r["per_structure"][n]["dice"] for r in runs]))} for n in names},
               "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"],
               "runs": runs, "seconds": round(time.time() - t0, 2)}
+    if "positives" in runs[0]:
+        result["positives_mean_iou"] = float(np.mean([r["positives"]["mean_iou"] for r in runs]))
+    if "negatives" in runs[0]:
+        result["negatives_false_positive_area"] = float(np.mean([r["negatives"]["false_positive_area"] for r in runs]))
     if dist.is_main():
         write_json(out / "metrics.json", result)
     return result
