@@ -18,6 +18,7 @@ def pretrain(
     label_rule: str = typer.Option("", "--label-rule", help="Override the file's rule: otsu, quantile:Q or threshold:T."),
     soft: bool = typer.Option(False, "--soft", help="Train on the soft saliency instead of hard labels."),
     background_weight: float = typer.Option(0.1, "--background-weight", help="Loss weight of background pixels."),
+    aux: bool = typer.Option(False, "--aux", help="Also train an auxiliary classification head on the encoder with the image labels."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Last fraction of the file's rows used for validation."),
     accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
     patience: int = typer.Option(0, "--patience", help="Stop early after this many epochs without a better validation score (0: never)."),
@@ -28,7 +29,7 @@ def pretrain(
     from doll.pretrain.train import pretrain as run
 
     result = run(labels=str(labels), out=str(out), encoder=encoder, epochs=epochs, batch_size=batch_size, lr=lr,
-                 label_rule=label_rule, soft=soft, background_weight=background_weight, val_fraction=val_fraction, accumulate=accumulate, patience=patience,
+                 label_rule=label_rule, soft=soft, background_weight=background_weight, aux=aux, val_fraction=val_fraction, accumulate=accumulate, patience=patience,
                  num_workers=num_workers, device=device, seed=seed, resume=resume, overwrite=overwrite,
                  progress=not quiet)
     emit(result, keys=("val_iou", "best_epoch", "n_train", "n_val", "seconds"), footer=f"metrics: {out / 'metrics.json'}")

@@ -156,3 +156,19 @@ def test_finetune_covid_task_reports_positives_and_false_positive_area(phantom, 
     assert m["structures"] == ["infection"] and m["test_split"] == "test"
     assert 0 <= m["positives_mean_iou"] <= 1 and 0 <= m["negatives_false_positive_area"] <= 1
     assert m["runs"][0]["positives"]["n"] + m["runs"][0]["negatives"]["n"] == m["n_test"]
+
+
+def test_pretrain_with_auxiliary_head_then_finetune(pipeline, tmp_path):
+    import segmentation_models_pytorch as smp
+
+    pre = tmp_path / "pre_aux"
+    cli("pretrain", "--labels", pipeline["labels"], "--out", pre, "--encoder", "resnet18", "--epochs", 1,
+        "--batch-size", 8, "--aux")
+    cfg = read(pre / "config.json")
+    assert cfg["doll"]["aux"] and cfg["aux_params"]["classes"] == len(cfg["doll"]["classes"])
+    masks, labels = smp.from_pretrained(str(pre)).eval()(torch.zeros(1, 1, SIZE, SIZE))
+    assert labels.shape == (1, len(cfg["doll"]["classes"]))
+    cli("finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy",
+        "--init", pre, "--epochs", 1, "--out", tmp_path / "ft")
+    out = smp.from_pretrained(str(tmp_path / "ft" / "model")).eval()(torch.zeros(1, 1, SIZE, SIZE))
+    assert out.shape == (1, 5, SIZE, SIZE)  # the auxiliary head is dropped for fine-tuning

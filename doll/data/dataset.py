@@ -45,11 +45,12 @@ def augment(img: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator)
 
 class ArrayDataset(Dataset):
     """Rows of cached arrays. Each sample is a dict with ``image`` (1, S, S), ``index``,
-    and, when given, ``target``/``weight`` (C,) image labels and ``mask`` (K, S, S) float."""
+    and, when given, ``target``/``weight`` (C,) image labels, ``mask`` (K, S, S) float and
+    ``valid`` (K,): which mask channels carry a label (others are left out of the loss)."""
 
-    def __init__(self, images, targets=None, weights=None, masks=None, augment: bool = False, seed: int = 0,
-                 indices=None):
-        self.images, self.targets, self.weights, self.masks = images, targets, weights, masks
+    def __init__(self, images, targets=None, weights=None, masks=None, valid=None, augment: bool = False,
+                 seed: int = 0, indices=None):
+        self.images, self.targets, self.weights, self.masks, self.valid = images, targets, weights, masks, valid
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
         self.augment, self.seed, self.epoch = augment, seed, 0
 
@@ -71,4 +72,6 @@ class ArrayDataset(Dataset):
             sample["weight"] = torch.as_tensor(self.weights[j], dtype=torch.float32)
         if masks is not None:
             sample["mask"] = torch.as_tensor(masks, dtype=torch.float32)
+        if self.valid is not None:
+            sample["valid"] = torch.as_tensor(self.valid[j], dtype=torch.float32)
         return sample

@@ -10,10 +10,22 @@ from doll.errors import DollError
 ENCODERS = ("resnet18", "resnet34", "resnet50", "densenet121")
 
 
-def build_pspnet(encoder: str, num_classes: int) -> nn.Module:
+def build_pspnet(encoder: str, num_classes: int, aux: bool = False) -> nn.Module:
+    """PSPNet; with ``aux`` also a classification head on the encoder (forward returns (masks, labels))."""
     if encoder not in ENCODERS:
         raise DollError(f"unknown --encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
-    return smp.PSPNet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=num_classes)
+    aux_params = {"classes": num_classes, "dropout": 0.2} if aux else None
+    return smp.PSPNet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=num_classes,
+                      aux_params=aux_params)
+
+
+def drop_aux_head(model: nn.Module) -> nn.Module:
+    """Remove the auxiliary classification head (fine-tuning segments only)."""
+    if getattr(model, "classification_head", None) is not None:
+        model.classification_head = None
+        if hasattr(model, "_hub_mixin_config"):
+            model._hub_mixin_config = {**model._hub_mixin_config, "aux_params": None}
+    return model
 
 
 def smp_config(model: nn.Module) -> dict:

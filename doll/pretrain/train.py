@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from doll.data.dataset import NORMALISATION, ArrayDataset
+from doll.data.labels import apply_policy
 from doll.errors import DollError
 from doll.explain.distill import apply_rule, check_rule
 from doll.labels.store import LabelFile
 from doll.models.segmenter import build_pspnet, smp_config
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
-from doll.train.losses import multilabel_seg_loss
+from doll.train.losses import masked_bce, multilabel_seg_loss
 from doll.utils import check_positive, prepare_out_dir, resolve_device, write_json
 
 
@@ -37,6 +38,8 @@ class PretrainSettings:
     soft: bool = False
     background_weight: float = 0.1
     dice_weight: float = 0.5
+    aux: bool = False  # an auxiliary classification head on the encoder, trained on the image labels
+    aux_weight: float = 0.2
     val_fraction: float = 0.1
     accumulate: int = 1  # gradient accumulation steps
     patience: int = 0  # early stopping on the validation IoU (0: off)
@@ -49,20 +52,31 @@ class PretrainSettings:
 
 
 class SegmentationTask:
-    """Multi-label segmentation: loss on (image, mask, valid), IoU per class on validation."""
+    """Multi-label segmentation: loss on (image, mask, valid), IoU per class on validation.
 
-    def __init__(self, names: list[str], background_weight: float = 1.0, dice_weight: float = 0.5):
-        self.names, self.bg, self.dw = names, background_weight, dice_weight
+    A network with an auxiliary classification head (smp ``aux_params``) returns
+    (masks, labels); its labels get a masked BCE on the image labels, weighted ``aux_weight``.
+    """
+
+    def __init__(self, names: list[str], background_weight: float = 1.0, dice_weight: float = 0.5,
+                 aux_weight: float = 0.0):
+        self.names, self.bg, self.dw, self.aux = names, background_weight, dice_weight, aux_weight
 
     def loss(self, model, batch):
-        return multilabel_seg_loss(model(batch["image"]), batch["mask"], self.bg, self.dw, batch.get("target"))
+        out = model(batch["image"])
+        seg, cls = out if isinstance(out, tuple) else (out, None)
+        loss = multilabel_seg_loss(seg, batch["mask"], self.bg, self.dw, batch.get("valid"))
+        if cls is not None and self.aux > 0 and "target" in batch:
+            loss = loss + self.aux * masked_bce(cls, batch["target"], batch["weight"])
+        return loss
 
     def predict(self, model, batch):
-        logits = model(batch["image"]).float()
-        out = {"pred": (logits > 0).cpu().numpy(), "truth": (batch["mask"] >= 0.5).cpu().numpy()}
-        if "target" in batch:
-            out["valid"] = batch["target"].cpu().numpy()
-        return out
+        out = model(batch["image"])
+        logits = (out[0] if isinstance(out, tuple) else out).float()
+        pred = {"pred": (logits > 0).cpu().numpy(), "truth": (batch["mask"] >= 0.5).cpu().numpy()}
+        if "valid" in batch:
+            pred["valid"] = batch["valid"].cpu().numpy()
+        return pred
 
     def metrics(self, out):
         pred, truth = out["pred"], out["truth"]
@@ -79,7 +93,8 @@ class SegmentationTask:
 
 
 def pretrain_targets(lf: LabelFile, rule: str, soft: bool):
-    """Masks (N, C', H, W) float16, valid (N, C') and the class names C' that were explained."""
+    """Masks (N, C', H, W) float16, valid (N, C'), the class names C' that were explained and
+    their image labels (N, C') (1, 0, -1, NaN)."""
     targets = lf["targets"][:]
     used = np.flatnonzero(targets.any(axis=0))
     if not len(used):
@@ -95,7 +110,7 @@ def pretrain_targets(lf: LabelFile, rule: str, soft: bool):
             sal = lf["saliency"][i][used[ks]]
             masks[i, ks] = sal / 255.0 if soft else apply_rule(sal, rule)
             valid[i, ks] = 1.0
-    return masks, valid, names
+    return masks, valid, names, labels
 
 
 def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
@@ -109,24 +124,26 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
         rule = check_rule(s.label_rule or lf.label_rule)
         done = np.flatnonzero(lf.done)
         images = lf["images"][:][done]
-        masks, valid, names = pretrain_targets(lf, rule, s.soft)
-        masks, valid = masks[done], valid[done]
+        masks, valid, names, image_labels = pretrain_targets(lf, rule, s.soft)
+        masks, valid, image_labels = masks[done], valid[done], image_labels[done]
         size = images.shape[-1]
         info = lf.info()
-    model = build_pspnet(s.encoder, len(names))
+    model = build_pspnet(s.encoder, len(names), aux=s.aux)
+    y, w = apply_policy(image_labels, "ignore", "ignore")
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else None
     dist.barrier()
     n_val = int(round(len(images) * s.val_fraction))
     idx = np.arange(len(images))
-    train_set = ArrayDataset(images, valid, valid, masks=masks, augment=True, seed=s.seed, indices=idx[:len(idx) - n_val])
-    val_set = ArrayDataset(images, valid, valid, masks=masks, indices=idx[len(idx) - n_val:]) if n_val else None
-    task = SegmentationTask(names, s.background_weight, s.dice_weight)
+    train_set = ArrayDataset(images, y, w, masks=masks, valid=valid, augment=True, seed=s.seed,
+                             indices=idx[:len(idx) - n_val])
+    val_set = ArrayDataset(images, y, w, masks=masks, valid=valid, indices=idx[len(idx) - n_val:]) if n_val else None
+    task = SegmentationTask(names, s.background_weight, s.dice_weight, s.aux_weight if s.aux else 0.0)
     es = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, device=s.device,
                         num_workers=s.num_workers, monitor="val_iou" if n_val else "train_loss",
                         monitor_mode="max" if n_val else "min", progress=s.progress,
                         accumulate=s.accumulate, patience=s.patience)
     ck = {"kind": "segmenter", "stage": "pretrain", "encoder": s.encoder, "classes": names, "in_channels": 1,
-          "image_size": int(size), "normalisation": NORMALISATION, "label_rule": rule, "soft": s.soft,
+          "image_size": int(size), "normalisation": NORMALISATION, "label_rule": rule, "soft": s.soft, "aux": s.aux,
           "labels": {"path": str(s.labels), "method": info["method"], "rows": info["rows"]},
           "run": {"command": "pretrain", **asdict(s)}}
     engine = Engine(model, task, es, out or s.out, ck, smp_config(model))

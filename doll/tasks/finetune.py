@@ -27,7 +27,7 @@ from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
 from doll.models.adapters import set_mode
 from doll.models.checkpoint import load_into, read_config
-from doll.models.segmenter import build_pspnet, replace_head, smp_config
+from doll.models.segmenter import build_pspnet, drop_aux_head, replace_head, smp_config
 from doll.pretrain.train import SegmentationTask
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
@@ -155,8 +155,9 @@ def build_model(s: FinetuneSettings, n_out: int):
         n = load_imagenet_encoder(model, s.init.split(":", 1)[1])
         return model, {"init": s.init, "encoder": s.encoder, "matched_tensors": n}
     cfg = read_config(s.init, kind="segmenter")["doll"]
-    model = build_pspnet(cfg["encoder"], len(cfg["classes"]))
+    model = build_pspnet(cfg["encoder"], len(cfg["classes"]), aux=bool(cfg.get("aux")))
     load_into(model, s.init)
+    drop_aux_head(model)
     replace_head(model, n_out)
     return model, {"init": str(s.init), "encoder": cfg["encoder"], "pretrain_classes": cfg["classes"],
                    "image_size": cfg.get("image_size")}

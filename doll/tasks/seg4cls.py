@@ -197,24 +197,13 @@ class YNet(nn.Module):
         return masks, self.cls_head(feats[-1].float().mean(dim=(2, 3)))
 
 
-class _MTDataset(ArrayDataset):
-    def __init__(self, *a, seg_weight=None, **kw):
-        super().__init__(*a, **kw)
-        self.seg_weight = seg_weight
-
-    def __getitem__(self, i):
-        sample = super().__getitem__(i)
-        sample["seg_weight"] = torch.as_tensor(self.seg_weight[int(self.indices[i])], dtype=torch.float32)
-        return sample
-
-
 class MultitaskTask:
     def __init__(self, classes, dice_weight: float = 0.5):
         self.classes, self.dw = classes, dice_weight
 
     def loss(self, model, batch):
         seg, cls = model(batch["image"])
-        return (multilabel_seg_loss(seg, batch["mask"], 1.0, self.dw, batch["seg_weight"])
+        return (multilabel_seg_loss(seg, batch["mask"], 1.0, self.dw, batch["valid"])
                 + masked_bce(cls, batch["target"], batch["weight"]))
 
     def predict(self, model, batch):
@@ -498,7 +487,7 @@ def seg4cls(s: FinetuneSettings) -> dict:
     model, init_info = build_model(s, C)
     params = set_mode(model, s.mode, size)
     seg_task = ProbSegTask(names, background_weight=1.0, dice_weight=0.5)
-    seg_train = ArrayDataset(train.images, train.mask_ok, train.mask_ok, masks=train.masks, augment=True,
+    seg_train = ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True,
                              seed=s.seed, indices=seg_idx)
     ck = {"kind": "segmenter", "stage": "finetune", "task": "seg4cls", "classes": names, "mode": s.mode,
           "in_channels": 1, "image_size": size, "normalisation": NORMALISATION, **init_info,
@@ -563,12 +552,12 @@ def seg4cls(s: FinetuneSettings) -> dict:
     mt_task = MultitaskTask(names)
     me = Engine(ynet, mt_task, _engine_settings(s, s.epochs, bs, "val_auroc"), out / "multitask",
                 {**ck, "kind": "multitask"})
-    me.fit(_MTDataset(train.images, y_tr, w_tr, masks=train.masks, augment=True, seed=s.seed, seg_weight=seg_w),
-           _MTDataset(val.images, y_va, w_va, masks=val.masks, seg_weight=np.zeros_like(val.mask_ok)),
+    me.fit(ArrayDataset(train.images, y_tr, w_tr, masks=train.masks, augment=True, seed=s.seed, valid=seg_w),
+           ArrayDataset(val.images, y_va, w_va, masks=val.masks, valid=np.zeros_like(val.mask_ok)),
            resume=s.resume)
     load_into(me.model, out / "multitask")
-    scores["multitask"] = predict_all(me.model, mt_task, _MTDataset(test.images, y_te, w_te, masks=test.masks,
-                                                                    seg_weight=np.zeros_like(test.mask_ok)),
+    scores["multitask"] = predict_all(me.model, mt_task, ArrayDataset(test.images, y_te, w_te, masks=test.masks,
+                                                                    valid=np.zeros_like(test.mask_ok)),
                                       bs, me.device)["prob"]
     details["multitask"] = {"n_masks": int(k), "n_images": n}
 
