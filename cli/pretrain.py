@@ -19,7 +19,7 @@ def pretrain(
     soft: bool = typer.Option(False, "--soft", help="Train on the soft saliency instead of hard labels."),
     background_weight: float = typer.Option(0.1, "--background-weight", help="Loss weight of background pixels."),
     aux: bool = typer.Option(False, "--aux", help="Also train an auxiliary classification head on the encoder with the image labels."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Last fraction of the file's rows used for validation."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Fraction of the file's rows (seeded, random) held out for validation."),
     accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
     patience: int = typer.Option(0, "--patience", help="Stop early after this many epochs without a better validation score (0: never)."),
     num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),

@@ -4,7 +4,7 @@ Targets, per image and class: where the class was explained, the label rule appl
 the saliency (or the saliency itself with ``--soft``); where the image label says the
 class is absent (0), an empty mask; otherwise the class map is left out of the loss.
 Loss: per-pixel BCE with background pixels weighted ``--background-weight`` (0.1, as in
-the predecessor method) plus ``--dice-weight`` x soft Dice. The last ``--val-fraction``
+the predecessor method) plus ``--dice-weight`` x soft Dice. A seeded random ``--val-fraction``
 of the file's rows is the validation slice (loss and IoU against its pseudo labels).
 """
 from __future__ import annotations
@@ -133,10 +133,10 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else None
     dist.barrier()
     n_val = int(round(len(images) * s.val_fraction))
-    idx = np.arange(len(images))
+    idx = np.random.default_rng(s.seed).permutation(len(images))  # label files are often sorted by class
     train_set = ArrayDataset(images, y, w, masks=masks, valid=valid, augment=True, seed=s.seed,
-                             indices=idx[:len(idx) - n_val])
-    val_set = ArrayDataset(images, y, w, masks=masks, valid=valid, indices=idx[len(idx) - n_val:]) if n_val else None
+                             indices=np.sort(idx[n_val:]))
+    val_set = ArrayDataset(images, y, w, masks=masks, valid=valid, indices=np.sort(idx[:n_val])) if n_val else None
     task = SegmentationTask(names, s.background_weight, s.dice_weight, s.aux_weight if s.aux else 0.0)
     es = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, device=s.device,
                         num_workers=s.num_workers, monitor="val_iou" if n_val else "train_loss",
