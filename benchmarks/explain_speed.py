@@ -12,8 +12,9 @@ one warm-up on the first image:
 * ``captum_batched``: per image, the image repeated T times with ``target=[c0, c1, ...]``
   (Captum's way of batching targets).
 
-All three run in fp32 with no autocast, as ``doll explain`` does; on CUDA the model and
-the images are channels_last for all three. The maps (channel-summed) are checked
+On the CPU all three run in float32. On CUDA the model and images are channels_last for
+all three, and doll's engine also runs under bf16 autocast, as ``doll explain`` does
+(so ``max_rel_diff`` is larger there than on the CPU). The maps (channel-summed) are checked
 against the naive Captum ones: ``max_rel_diff`` = max over maps of
 ``max|a - b| / max|b|``. One JSON object goes to stdout; see benchmarks/README.md.
 
