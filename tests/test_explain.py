@@ -87,3 +87,44 @@ def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp
     with h5py.File(tmp_path / "ref.h5", "r") as a, h5py.File(cut, "r") as b:
         for key in ("saliency", "targets", "labels", "probs", "images", "done"):
             assert np.array_equal(a[key][:], b[key][:], equal_nan=key == "labels"), key
+
+
+def test_explain_kill9_then_resume_gives_identical_file(pipeline, tmp_path):
+    """A real `kill -9` while blocks are being written; `--resume` finishes the same file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import doll.explain.run as run
+
+    args = dict(classifiers=str(pipeline["classifiers"]), dataset="phantom", root=str(pipeline["phantom"]),
+                steps=16, block=2, progress=False)  # many small blocks: the kill lands mid-run
+    run.explain(**args, out=str(tmp_path / "ref.h5"))
+    cut = tmp_path / "cut.h5"
+    code = f"from doll.explain.run import explain; explain(**{args!r}, out={str(cut)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "cut.h5.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("block_*.npz"))) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not cut.exists() and len(list(parts.glob("block_*.npz"))) >= 3
+    run.explain(**args, out=str(cut), resume=True)
+    with h5py.File(tmp_path / "ref.h5", "r") as a, h5py.File(cut, "r") as b:
+        for key in ("saliency", "targets", "labels", "probs", "images", "done"):
+            assert np.array_equal(a[key][:], b[key][:], equal_nan=key == "labels"), key
+
+
+def test_average_precision():
+    from doll.labels.evaluate import average_precision
+
+    truth = np.zeros((4, 4), np.uint8)
+    truth[0, :2] = 1
+    perfect = truth.astype(float) + 0.01 * np.arange(16).reshape(4, 4)
+    assert average_precision(perfect, truth) == pytest.approx(1.0)
+    worst = 1 - truth.astype(float)
+    assert average_precision(worst, truth) == pytest.approx((1 / 15 + 2 / 16) / 2)

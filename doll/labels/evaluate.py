@@ -4,7 +4,8 @@ For every (image, class) that was explained and has a ground-truth mask:
 
 * ``iou`` / ``dice``: the label rule's binary label vs the mask;
 * ``topk_iou``: the saliency's top-k pixels (k = the mask's area) vs the mask;
-* ``pointing``: 1 if the saliency's maximum falls inside the mask.
+* ``pointing``: 1 if the saliency's maximum falls inside the mask;
+* ``ap``: average precision of the saliency as a ranking of the mask's pixels.
 
 Baselines, scored the same way: ``random`` (uniform noise smoothed like the saliency,
 same sigma, same rule) and, when the data set has lung masks, ``lung_prior`` (the
@@ -34,7 +35,15 @@ def _scores(sal: np.ndarray, label: np.ndarray, gt: np.ndarray) -> dict:
     top[np.argsort(-flat)[:k]] = True
     topk, _ = iou_dice(top.reshape(sal.shape), gt)
     pointing = float(gt.ravel()[int(np.argmax(flat))] > 0)
-    return {"iou": iou, "dice": dice, "topk_iou": topk, "pointing": pointing}
+    return {"iou": iou, "dice": dice, "topk_iou": topk, "pointing": pointing, "ap": average_precision(flat, gt)}
+
+
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Average precision of pixel scores ranking the mask's pixels first (ties broken by the caller)."""
+    hit = truth.ravel()[np.argsort(-scores.ravel(), kind="stable")] > 0
+    if not hit.any():
+        return float("nan")
+    return float((np.cumsum(hit)[hit] / (np.flatnonzero(hit) + 1)).mean())
 
 
 def _random_map(shape, smooth: float, rng) -> np.ndarray:
@@ -101,7 +110,7 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
 
     def summarise(d):
         per = {c: {k: float(np.mean(v)) for k, v in m.items()} | {"n": len(m.get("iou", []))} for c, m in d.items() if m}
-        keys = ("iou", "dice", "topk_iou", "pointing")
+        keys = ("iou", "dice", "topk_iou", "pointing", "ap")
         mean = {k: float(np.mean([p[k] for p in per.values()])) for k in keys} if per else {}
         return per, mean
 
