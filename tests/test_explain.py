@@ -128,3 +128,23 @@ def test_average_precision():
     assert average_precision(perfect, truth) == pytest.approx(1.0)
     worst = 1 - truth.astype(float)
     assert average_precision(worst, truth) == pytest.approx((1 / 15 + 2 / 16) / 2)
+
+
+def test_explain_with_lung_model_keeps_saliency_in_the_lung_field(pipeline, tmp_path):
+    import json
+
+    from conftest import SIZE, cli
+    from doll.explain.run import predict_lung_fields
+
+    cli("finetune", "--task", "lung", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy", "--init",
+        "random", "--encoder", "resnet18", "--image-size", SIZE, "--epochs", 2, "--out", tmp_path / "lung")
+    out = tmp_path / "lf.h5"
+    cli("explain", "--classifiers", pipeline["classifiers"], "--dataset", "phantom", "--root", pipeline["phantom"],
+        "--out", out, "--steps", 4, "--lung-model", tmp_path / "lung" / "model")
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["settings"])["lung_model"].endswith("model")
+        fields = predict_lung_fields(str(tmp_path / "lung" / "model"), f["images"][:], torch.device("cpu"), 16)
+        sal = f["saliency"][:]
+        assert sal[np.broadcast_to(fields[:, None] == 0, sal.shape)].max() == 0
+    with pytest.raises(DollError, match="not a `doll finetune --task lung` model"):
+        predict_lung_fields(str(pipeline["pretrain"]), np.zeros((1, SIZE, SIZE), np.uint8), torch.device("cpu"), 1)

@@ -8,7 +8,8 @@ Algorithm (parameters in brackets, stored in the label file's attributes):
 2. smooth it with a Gaussian of sigma = ``smooth`` x image size [0.03];
 3. normalise it robustly: divide by its 99th percentile and clip to [0, 1] (a map with
    no positive evidence stays 0);
-4. average the normalised maps of the ensemble members;
+4. average the normalised maps of the ensemble members; with ``--lung-model``, multiply
+   by the lung field that model predicts for the image (dilated by 4 % of the size);
 5. quantise to uint8 (0-255): the ``saliency`` dataset.
 
 Label rule (``label_rule``): ``otsu`` (per map, Otsu's threshold on the non-zero
@@ -42,10 +43,22 @@ def normalise_map(a: np.ndarray, sign: str = "positive", smooth: float = 0.03) -
     return np.clip(a / scale, 0, 1)
 
 
-def distill(member_maps: list[np.ndarray], sign: str = "positive", smooth: float = 0.03) -> np.ndarray:
-    """``member_maps``: one (T, H, W) float array per member -> uint8 (T, H, W)."""
+def distill(member_maps: list[np.ndarray], sign: str = "positive", smooth: float = 0.03,
+            field: np.ndarray | None = None) -> np.ndarray:
+    """``member_maps``: one (T, H, W) float array per member -> uint8 (T, H, W).
+    ``field`` (H, W) in [0, 1], e.g. a predicted lung field, multiplies the averaged map."""
     stacked = np.stack([[normalise_map(m, sign, smooth) for m in maps] for maps in member_maps])
-    return np.round(stacked.mean(axis=0) * 255).astype(np.uint8)
+    mean = stacked.mean(axis=0)
+    if field is not None:
+        mean = mean * field[None]
+    return np.round(mean * 255).astype(np.uint8)
+
+
+def lung_field(lung_mask: np.ndarray, margin: float = 0.04) -> np.ndarray:
+    """A soft anatomical field from a predicted lung mask: dilated by ``margin`` x size, edges blurred."""
+    k = max(1, int(round(margin * lung_mask.shape[-1])))
+    grown = cv2.dilate(lung_mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    return np.clip(cv2.GaussianBlur(grown.astype(np.float32), (0, 0), k / 2), 0, 1)
 
 
 def check_rule(rule: str) -> str:

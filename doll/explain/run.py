@@ -42,6 +42,7 @@ class ExplainSettings:
     sign: str = "positive"
     smooth: float = 0.03
     label_rule: str = DEFAULT_RULE
+    lung_model: str = ""  # a `doll finetune --task lung` model folder: restrict saliency to its lung field
     batch_size: int = 64  # interpolated images per forward pass
     block: int = 64  # images per resumable block
     image_size: int = 0  # 0: the classifiers' own size
@@ -81,6 +82,33 @@ def load_ensemble(folder: str | Path, device: torch.device):
         if cfg["classes"] != classes:
             raise DollError(f"ensemble members disagree on classes ({info['folder']}); train them together")
     return members, classes
+
+
+def predict_lung_fields(folder: str, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    """Soft lung fields (N, H, W) in [0, 1] from a `doll finetune --task lung` model."""
+    import cv2
+
+    from doll.explain.distill import lung_field
+    from doll.models.adapters import set_mode
+    from doll.models.segmenter import build_pspnet
+
+    cfg = read_config(folder, kind="segmenter")["doll"]
+    if cfg.get("task") != "lung" or cfg.get("classes") != ["lungs"]:
+        raise DollError(f"--lung-model {folder} is not a `doll finetune --task lung` model (task {cfg.get('task')!r})")
+    model = build_pspnet(cfg["encoder"], 1)
+    set_mode(model, cfg.get("mode", "full"), cfg["image_size"])
+    load_into(model, folder)
+    model = model.to(device).eval()
+    size, own = images.shape[-1], cfg["image_size"]
+    out = np.zeros(images.shape, np.float32)
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            batch = np.stack([cv2.resize(np.asarray(im), (own, own), interpolation=cv2.INTER_AREA)
+                              for im in images[i:i + batch_size]])
+            pred = (model(to_tensor(batch).to(device))[:, 0] > 0).cpu().numpy().astype(np.uint8)
+            for j, m in enumerate(pred):
+                out[i + j] = lung_field(cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST))
+    return out
 
 
 def select_targets(raw: np.ndarray, probs: np.ndarray, mode: str, threshold: float, allowed: np.ndarray) -> list[list[int]]:
@@ -132,6 +160,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
             x = to_tensor(arrays.images[i:i + s.batch_size]).to(device)
             probs[i:i + len(x)] = np.mean([torch.sigmoid(m(x).float()).cpu().numpy() for m, _, _ in members], axis=0)
     targets = select_targets(raw, probs, s.targets, s.target_threshold, allowed)
+    fields = predict_lung_fields(s.lung_model, arrays.images, device, s.batch_size) if s.lung_model else None
 
     run_settings = {k: v for k, v in asdict(s).items() if k not in ("out", "resume", "overwrite", "progress", "device")}
     run_settings["members"] = [info for _, _, info in members]
@@ -159,7 +188,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         tmask = np.zeros((hi - lo, len(classes)), bool)
         for j in range(hi - lo):
             if tg[j]:
-                sal[j, tg[j]] = distill([maps[j] for maps in per_member], s.sign, s.smooth)
+                sal[j, tg[j]] = distill([maps[j] for maps in per_member], s.sign, s.smooth,
+                                        None if fields is None else fields[lo + j])
                 tmask[j, tg[j]] = True
         parts.write(b, saliency=sal, targets=tmask, completeness=np.array(completeness, np.float32))
         bar.update(hi - lo)
