@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from doll.classify.train import ClassificationTask
 from doll.data import labels_of, load_split, open_dataset
 from doll.data.base import class_structure_pairs
 from doll.data.dataset import NORMALISATION, ArrayDataset
@@ -213,16 +214,6 @@ class MultitaskTask:
 
     def metrics(self, out):
         return {"auroc": auroc_per_class(out["prob"], out["target"], out["weight"], self.classes)["mean"]}
-
-
-class _ClsTask(MultitaskTask):
-    def loss(self, model, batch):
-        return masked_bce(model(batch["image"]), batch["target"], batch["weight"])
-
-    def predict(self, model, batch):
-        prob = torch.sigmoid(model(batch["image"]).float())
-        return {"prob": prob.cpu().numpy(), "target": batch["target"].cpu().numpy(),
-                "weight": batch["weight"].cpu().numpy()}
 
 
 # ----------------------------------------------------------------------------- summarizers
@@ -531,7 +522,7 @@ def seg4cls(s: FinetuneSettings) -> dict:
         arch = enc if enc in CLASSIFIER_ARCHS else "resnet18"
     torch.manual_seed(s.seed)
     clf = build_classifier(arch, C)
-    cls_task = _ClsTask(names)
+    cls_task = ClassificationTask(names)
     val_cls = ArrayDataset(val.images, y_va, w_va)
     test_cls = ArrayDataset(test.images, y_te, w_te)
     ce = Engine(clf, cls_task, _engine_settings(s, s.epochs, bs, "val_auroc"), out / "classifier",
