@@ -134,6 +134,7 @@ def test_explain_with_lung_model_keeps_saliency_in_the_lung_field(pipeline, tmp_
     import json
 
     from conftest import SIZE, cli
+
     from doll.explain.run import predict_lung_fields
 
     cli("finetune", "--task", "lung", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy", "--init",

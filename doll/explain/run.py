@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -15,10 +16,12 @@ from doll.data import labels_of, load_split
 from doll.data.dataset import to_tensor
 from doll.errors import DollError
 from doll.explain.base import make_explainer
-from doll.explain.distill import DEFAULT_RULE, check_rule, distill
+from doll.explain.distill import DEFAULT_RULE, check_rule, distill, lung_field
 from doll.labels.store import PartsWriter, write_label_file
+from doll.models.adapters import set_mode
 from doll.models.checkpoint import load_into, read_config
 from doll.models.classifier import build_classifier
+from doll.models.segmenter import build_pspnet
 from doll.train import distributed as dist
 from doll.utils import check_positive, resolve_device, write_json
 
@@ -86,12 +89,6 @@ def load_ensemble(folder: str | Path, device: torch.device):
 
 def predict_lung_fields(folder: str, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
     """Soft lung fields (N, H, W) in [0, 1] from a `doll finetune --task lung` model."""
-    import cv2
-
-    from doll.explain.distill import lung_field
-    from doll.models.adapters import set_mode
-    from doll.models.segmenter import build_pspnet
-
     cfg = read_config(folder, kind="segmenter")["doll"]
     if cfg.get("task") != "lung" or cfg.get("classes") != ["lungs"]:
         raise DollError(f"--lung-model {folder} is not a `doll finetune --task lung` model (task {cfg.get('task')!r})")

@@ -38,7 +38,7 @@ def svg_curves(curves: dict[str, list[float]], width: int = 420, height: int = 2
     return "".join(parts) + "</svg>"
 
 
-def _label_panels(out_dir: Path, labels: str, data: Path, count: int = 4) -> list[str]:
+def _label_panels(out_dir: Path, labels: str, count: int = 4) -> list[str]:
     files = []
     with LabelFile(labels) as lf:
         classes = lf.classes
@@ -81,7 +81,7 @@ def _prediction_panels(out_dir: Path, data: Path, count: int = 4) -> list[str]:
 
 
 def write_report(out_dir: Path, report: dict, labels: str, data: Path) -> None:
-    label_figs = _label_panels(out_dir, labels, data)
+    label_figs = _label_panels(out_dir, labels)
     pred_figs = _prediction_panels(out_dir, data)
     ft = report["finetune"]
     curves = {f"DoLL init ({ft['doll_init']['mean_iou']:.3f})": [c["val_iou"] for c in ft["doll_init"]["curve"]],

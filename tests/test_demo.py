@@ -1,0 +1,27 @@
+"""`doll demo` end to end through the CLI, with a tiny plan so it fits the test budget."""
+from __future__ import annotations
+
+import json
+
+from conftest import cli
+
+
+def test_demo_writes_report_json_and_html(tmp_path, monkeypatch):
+    import doll.demo as demo
+
+    tiny = demo.DemoPlan(n=40, size=32, members=1, cls_epochs=1, steps=2, encoder="resnet18", pretrain_epochs=1,
+                         finetune_epochs=1, label_fraction=0.5)
+    monkeypatch.setattr(demo, "QUICK", tiny)
+    out = tmp_path / "demo"
+    cli("demo", "--quick", "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    assert 0 <= report["classifiers"]["mean_auroc"] <= 1
+    assert 0 <= report["labels"]["mean_iou"] <= 1 and 0 <= report["labels"]["random_iou"] <= 1
+    ft = report["finetune"]
+    assert ft["label_fraction"] == 0.5
+    assert 0 <= ft["doll_init"]["mean_iou"] <= 1 and 0 <= ft["random_init"]["mean_iou"] <= 1
+    assert "init" in ft["verdict"] and report["seconds"] > 0
+    html = (out / "report.html").read_text()
+    assert "DoLL demo report" in html and "<svg" in html
+    figures = list((out / "figures").glob("*.png"))
+    assert any(f.name.startswith("labels_") for f in figures) and (out / "figures" / "pred_doll_init.png").exists()
