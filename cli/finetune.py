@@ -9,7 +9,7 @@ from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
 
 @app.command("finetune")
 def finetune(
-    task: str = typer.Option(..., "--task", help="jsrt (lungs, heart, clavicles), lung (lung fields), covid (infection) or seg4cls."),
+    task: str = typer.Option(..., "--task", help="jsrt (lungs, heart, clavicles), lung (lung fields), covid (infection), seg4cls (segmentation for classification) or mixed (a few masks + image labels, alternating)."),
     dataset: str = typer.Option(..., "--dataset", help="jsrt, montgomery, shenzhen, qata, covidqu, folder, ..."),
     root: Path = typer.Option(..., "--root", help="The folder you unpacked the data set into."),
     init: str = typer.Option("random", "--init", help="A `doll pretrain` output folder, random, or imagenet:/path/to/local/weights."),
@@ -23,7 +23,11 @@ def finetune(
     batch_size: int = typer.Option(8, "--batch-size", help="Images per batch."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
     seeds: int = typer.Option(1, "--seeds", help="Repeat with this many seeds and report mean and std."),
-    summarizer: str = typer.Option("all", "--summarizer", help="seg4cls: how a mask becomes an image label: rule, linear, pool-linear, cnn-mask (comma-separated) or all."),
+    summarizer: str = typer.Option("all", "--summarizer", help="seg4cls: how a mask becomes an image label: rule, linear, pool-linear, cnn-mask, embedding (comma-separated) or all."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="seg4cls: also train the plain classifier and the multitask net to compare against."),
+    pseudo: bool = typer.Option(False, "--pseudo", help="seg4cls: train a student on real masks + the segmenter's pseudo-masks of the other training images."),
+    boosted: bool = typer.Option(False, "--boosted", help="seg4cls: like --pseudo, but image labels clean the pseudo-masks (negatives: empty; positives with an empty pseudo-mask: dropped)."),
+    pooling: str = typer.Option("max,amp-mlp", "--pooling", help="mixed: class logits from the segmentation logits by max, amp-mlp (8x8 max pool + MLP) or both."),
     accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse masks whose size differs from their image's (default: resize them)."),
     num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
@@ -34,8 +38,9 @@ def finetune(
 
     result = run(task=task, dataset=dataset, root=str(root), init=init, out=str(out), mode=mode,
                  label_fraction=label_fraction, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs,
-                 batch_size=batch_size, lr=lr, seeds=seeds, accumulate=accumulate, strict=strict, summarizer=summarizer, num_workers=num_workers, device=device, seed=seed,
+                 batch_size=batch_size, lr=lr, seeds=seeds, accumulate=accumulate, strict=strict, summarizer=summarizer,
+                 pseudo="boosted" if boosted else "pseudo" if pseudo else "none", pooling=pooling, baselines=baselines, num_workers=num_workers, device=device, seed=seed,
                  resume=resume, overwrite=overwrite, progress=not quiet)
-    emit(result, keys=("mean_iou", "mean_iou_std", "mean_dice", "positives_mean_iou", "negatives_false_positive_area",
+    emit(result, keys=("mean_auroc", "mean_iou", "mean_iou_std", "mean_dice", "mean_f1", "positives_mean_iou", "negatives_false_positive_area",
                        "n_train", "n_test", "trainable_params",
                        "total_params", "seconds"), footer=f"metrics: {out / 'metrics.json'}")

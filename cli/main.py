@@ -39,8 +39,13 @@ def emit(result: dict, as_json: bool = False, keys: tuple[str, ...] = (), footer
         typer.echo(json.dumps(result, indent=2, default=str))
         return
     shown = {k: result[k] for k in keys if k in result} if keys else result
+    def fmt(v):
+        if isinstance(v, float):
+            return round(v, 4)
+        return {k: fmt(x) for k, x in v.items()} if isinstance(v, dict) else v
+
     for k, v in shown.items():
-        typer.echo(f"{k}: {round(v, 4) if isinstance(v, float) else v}")
+        typer.echo(f"{k}: {fmt(v)}")
     if footer:
         typer.echo(footer)
 

@@ -14,6 +14,7 @@ from doll.tasks.seg4cls import (
     class_structure_pairs,
     conditioned_recall,
     fit_summary_rule,
+    pseudo_masks,
     train_summarizer,
 )
 from doll.train.metrics import auroc
@@ -78,6 +79,7 @@ def test_cli_writes_all_methods(run):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["task"] == "seg4cls" and cfg["label_fraction"] == 0.5 and cfg["summarizers"] == list(SUMMARIZERS)
     assert (run / "segmenter" / "model.safetensors").exists()
+    assert m["semi_supervised"] is None and not (run / "student").exists()
 
 
 def test_cli_rejects_dataset_without_class_masks(phantom, tmp_path, capsys):
@@ -158,3 +160,130 @@ def test_bad_summarizer_choice(phantom, tmp_path):
     s.summarizer = "magic"
     with pytest.raises(DollError, match="summarizer"):
         seg4cls(s)
+
+
+def test_embedding_summarizer_learns_from_features():
+    rng = np.random.default_rng(0)
+    y = (np.arange(80) % 2).astype(np.float32)[:, None]
+    emb = rng.normal(size=(80, 32)).astype(np.float32)
+    emb[:, 3] += 3.0 * y[:, 0]  # one informative feature among noise
+    score = train_summarizer("embedding", emb[:40], y[:40], steps=150)
+    out = score(emb[40:])
+    assert out.shape == (40, 1) and auroc(out[:, 0], y[40:, 0]) > 0.85
+
+
+def test_pseudo_masks_boosted_rule():
+    class T:
+        pass
+
+    t = T()
+    # 4 images x 2 classes; image 0 has real masks
+    t.raw = np.array([[1, 0], [0, 1], [1, 1], [np.nan, -1]], np.float32)
+    t.masks = np.zeros((4, 2, 4, 4), np.uint8)
+    t.masks[0, 0, 1, 1] = 1
+    t.mask_ok = np.ones((4, 2), np.float32)
+    teacher = np.zeros((4, 2, 4, 4), np.float32)
+    teacher[1, 0, 0, 0] = 0.9  # a negative with a teacher blob -> emptied when boosted
+    teacher[2, 0, 2, 2] = 0.9  # a positive with a blob -> kept; image 2 class 1 positive but empty -> dropped
+    teacher[3, 1, 3, 3] = 0.9  # unknown labels -> dropped when boosted
+    teacher[0, 1, 0, 0] = 0.9  # image 0 keeps its real masks whatever the teacher says
+    real = np.array([0])
+    m, v = pseudo_masks(teacher, t, real, boosted=False)
+    assert v.tolist() == [[1, 1]] * 4 and m[1, 0, 0, 0] == 1 and m[3, 1, 3, 3] == 1
+    assert m[0, 1].sum() == 0 and m[0, 0, 1, 1] == 1
+    m, v = pseudo_masks(teacher, t, real, boosted=True)
+    assert v.tolist() == [[1, 1], [1, 0], [1, 0], [0, 0]]  # positives with an empty teacher mask dropped
+    assert m[1, 0].sum() == 0 and m[2, 0, 2, 2] == 1 and m[0, 0, 1, 1] == 1
+
+
+def _semi(phantom, cache, tmp_path, flag):
+    from doll_cli.main import main
+
+    out = tmp_path / flag.strip("-")
+    main(_argv(phantom, out, extra=(flag, "--no-baselines", "--summarizer", "rule,embedding")))
+    return json.loads((out / "metrics.json").read_text()), out
+
+
+@pytest.mark.parametrize("flag", ["--pseudo", "--boosted"])
+def test_cli_semi_supervised_student(phantom, cache, tmp_path, flag):
+    m, out = _semi(phantom, cache, tmp_path, flag)
+    semi = m["semi_supervised"]
+    assert semi["mode"] == flag.strip("-")
+    assert semi["pseudo_images"] == m["n_train"] - m["n_masks"]
+    assert semi["pseudo_class_maps_used"] + semi["pseudo_class_maps_dropped"] == semi["pseudo_images"] * len(m["classes"])
+    if flag == "--pseudo":
+        assert semi["pseudo_class_maps_dropped"] == 0
+    assert "mean" in semi["teacher_iou_on_test_positives"]
+    # the student is the segmenter the summarizers read; no baselines were asked for
+    assert (out / "student" / "model.safetensors").exists() and (out / "segmenter" / "model.safetensors").exists()
+    assert set(m["mean_auroc"]) == {"seg4cls_rule", "seg4cls_embedding"}
+    assert not (out / "classifier").exists()
+
+
+def test_alternating_task_alternates_and_restarts_each_epoch():
+    import torch
+
+    from doll.tasks.mixed import AlternatingTask, SegToClass
+
+    class Data:
+        epoch = 0
+
+    seen = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            seen.append(float(x.flatten()[0]))
+            seg = self.w * x.repeat(1, 2, 1, 1)
+            return seg, seg.flatten(2).amax(-1)
+
+    data = Data()
+    task = AlternatingTask(["a", "b"], data)
+    batch = {"image": torch.ones(2, 1, 4, 4), "seg_image": torch.zeros(2, 1, 4, 4),
+             "mask": torch.zeros(2, 2, 4, 4), "valid": torch.ones(2, 2),
+             "target": torch.ones(2, 2), "weight": torch.ones(2, 2)}
+    for _ in range(3):
+        task.loss(Net(), batch)
+    data.epoch = 1
+    for _ in range(2):
+        task.loss(Net(), batch)
+    assert seen == [0.0, 1.0, 0.0, 0.0, 1.0]  # seg, cls, seg | new epoch: seg, cls
+    # max pooling: the class logit is the max of its segmentation logits
+    seg = torch.nn.Conv2d(1, 3, 1)
+    net = SegToClass(seg, 3, "max")
+    x = torch.randn(2, 1, 8, 8)
+    s, c = net(x)
+    assert torch.allclose(c, s.amax(dim=(2, 3)))
+    s, c = SegToClass(seg, 3, "amp-mlp")(x)
+    assert c.shape == (2, 3)
+
+
+def test_cli_mixed_alternating_vs_segmentation_only(phantom, cache, tmp_path, capsys):
+    from doll_cli.main import main
+
+    out = tmp_path / "mixed"
+    argv = _argv(phantom, out)
+    argv[argv.index("seg4cls")] = "mixed"
+    main(argv)
+    m = json.loads((out / "metrics.json").read_text())
+    names = ["segmentation_only", "alternating_max", "alternating_amp-mlp"]
+    assert m["task"] == "mixed" and set(m["mean_iou"]) == set(names) == set(m["mean_auroc"]) == set(m["mean_f1"])
+    for name in names:
+        seg = m["methods"][name]["segmentation"]
+        assert seg["iou"] is None or 0 <= seg["iou"] <= seg["f1"] <= 1
+        assert 0 <= m["mean_auroc"][name] <= 1
+        assert (out / name / "model.safetensors").exists()
+    # no validation split is carved: every training image is used
+    assert m["n_masks"] == round(0.5 * m["n_train"]) and m["n_train"] > 40
+    # a finished run resumes to the same result
+    main([*argv, "--resume"])
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["mean_iou"] == m["mean_iou"] and again["mean_auroc"] == m["mean_auroc"]
+    bad = _argv(phantom, tmp_path / "bad", extra=("--pooling", "mean"))
+    bad[bad.index("seg4cls")] = "mixed"
+    with pytest.raises(SystemExit) as exc:
+        main(bad)
+    assert exc.value.code == 2 and "--pooling" in capsys.readouterr().err

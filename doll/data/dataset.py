@@ -71,7 +71,7 @@ class ArrayDataset(Dataset):
             sample["target"] = torch.as_tensor(self.targets[j], dtype=torch.float32)
             sample["weight"] = torch.as_tensor(self.weights[j], dtype=torch.float32)
         if masks is not None:
-            sample["mask"] = torch.as_tensor(masks, dtype=torch.float32)
+            sample["mask"] = torch.tensor(masks, dtype=torch.float32)  # a copy: cached arrays are read-only
         if self.valid is not None:
             sample["valid"] = torch.as_tensor(self.valid[j], dtype=torch.float32)
         return sample

@@ -40,7 +40,7 @@ from doll.utils import (
     write_json,
 )
 
-TASKS = ("jsrt", "lung", "covid", "seg4cls")
+TASKS = ("jsrt", "lung", "covid", "seg4cls", "mixed")
 LUNGS = ("lungs", ["left lung", "right lung"])
 
 
@@ -62,7 +62,10 @@ class FinetuneSettings:
     seeds: int = 1
     strict: bool = False  # a mask whose size differs from its image's is an error (else resized)
     accumulate: int = 1
-    summarizer: str = "all"  # seg4cls: rule, linear, pool-linear, cnn-mask, comma-separated, or all
+    summarizer: str = "all"  # seg4cls: rule, linear, pool-linear, cnn-mask, embedding, comma-separated, or all
+    baselines: bool = True  # seg4cls: also train the plain classifier and the multitask net
+    pseudo: str = "none"  # seg4cls: none, pseudo (teacher -> student on pseudo-masks) or boosted
+    pooling: str = "max,amp-mlp"  # mixed: how classification logits come from the segmentation logits
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -203,6 +206,10 @@ def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
         from doll.tasks.seg4cls import seg4cls
 
         return seg4cls(s)
+    if s.task == "mixed":
+        from doll.tasks.mixed import mixed
+
+        return mixed(s)
     if s.task not in TASKS:
         raise DollError(f"unknown --task {s.task!r}; choose one of {', '.join(TASKS)}")
     check_fraction(s.label_fraction)

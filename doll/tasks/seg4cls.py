@@ -28,15 +28,29 @@ Methods (``metrics.json`` keys)
   * ``seg4cls_linear``: per class, logistic regression on its probability map average-
     pooled to 8x8;
   * ``seg4cls_pool-linear``: per class, [max, mean, top-1 % mean] -> logistic regression;
-  * ``seg4cls_cnn-mask``: a tiny CNN on all (C, H, W) probability maps -> C logits.
+  * ``seg4cls_cnn-mask``: a tiny CNN on all (C, H, W) probability maps -> C logits;
+  * ``seg4cls_embedding``: logistic regression (D -> C, ridge penalty 0.05 x sum of
+    squared weights) on the segmenter's decoder features (the input of its
+    segmentation head), global average- and max-pooled, standardised.
   The trained summarizers learn from the *validation* split's image labels (masked BCE,
   AdamW, 200 steps of up to 64 images): the segmenter's maps on its own training images
-  would be over-confident. Choose some with ``settings.summarizer`` ("all" or a comma
-  list; FinetuneSettings has no such field, so the default is all of them).
+  would be over-confident. Choose some with ``--summarizer`` ("all", the default, or a
+  comma-separated list).
   * ``classifier``: torchvision ``--encoder`` (resnet18 if not a classifier arch)
     trained on all training image labels; the best validation-AUROC epoch is kept;
   * ``multitask``: the same PSPNet plus global-average-pool(last encoder feature) ->
     linear, trained on seg loss (only on the masked subset) + masked BCE (all images).
+
+Semi-supervised (``pseudo="pseudo"`` / ``"boosted"``, CLI ``--pseudo`` / ``--boosted``): the
+segmenter above is the *teacher*; its masks (probability > 0.5) become pseudo-masks of
+the training images that have no real mask, and a *student* (same init and settings)
+is trained on real + pseudo masks for ``--epochs``; the student is the segmenter whose
+maps the summarizers read. With ``boosted``, per image and class: image label 0 -> an
+empty pseudo-mask; label 1 and an empty teacher mask -> left out (no segmentation loss
+for that class on that image); label 1 and a non-empty teacher mask -> the teacher's
+mask; unknown label (-1 / blank) -> left out. Plain ``pseudo`` keeps every teacher mask.
+Images with real masks always keep them. Both the teacher's and the student's IoU are
+reported.
 
 Reported on the test split: AUROC per class and mean; recall at a per-class threshold
 giving 90 % specificity on the test negatives, by ground-truth lesion-area tercile and
@@ -86,11 +100,13 @@ from doll.utils import (
     write_json,
 )
 
-SUMMARIZERS = ("rule", "linear", "pool-linear", "cnn-mask")
+SUMMARIZERS = ("rule", "linear", "pool-linear", "cnn-mask", "embedding")
+PSEUDO = ("none", "pseudo", "boosted")
 RULE_T = (0.3, 0.5, 0.7, 0.9)
 RULE_Q = tuple(np.round(np.arange(0, 1.0, 0.1), 2))
 VAL_FRACTION = 0.2
 SPECIFICITY = 0.9
+EMBEDDING_L2 = 0.05
 
 
 # ----------------------------------------------------------------------------- data
@@ -139,7 +155,7 @@ class _Part:
         return len(self.images)
 
 
-def load_parts(s: FinetuneSettings, size: int):
+def load_parts(s: FinetuneSettings, size: int, need_val: bool = True):
     fmt = open_dataset(s.dataset, s.root)
     classes, structures = list(fmt.classes), list(fmt.structures)
     pairs = class_structure_pairs(classes, structures)
@@ -161,9 +177,11 @@ def load_parts(s: FinetuneSettings, size: int):
 
     train = part("train")
     test = part(test_split)
-    if val_split is not None:
+    if val_split is not None and need_val:
         val = part(val_split)
         val_desc = val_split
+    elif not need_val:
+        val, val_desc = None, None
     else:
         hold = _patient_holdout(train.patients, VAL_FRACTION, s.seed)
         val, train = train.take(hold), train.take(~hold)
@@ -175,10 +193,20 @@ def load_parts(s: FinetuneSettings, size: int):
 
 # ----------------------------------------------------------------------------- tasks and models
 class ProbSegTask(SegmentationTask):
-    """Segmentation whose predictions are the per-class probability maps."""
+    """Segmentation whose predictions are the per-class probability maps and a pooled
+    embedding of the decoder's features (the segmentation head's input)."""
 
     def predict(self, model, batch):
-        return {"prob": torch.sigmoid(model(batch["image"]).float()).cpu().numpy().astype(np.float16)}
+        head = getattr(model, "module", model).segmentation_head
+        feats = []
+        hook = head.register_forward_hook(lambda _m, inputs, _o: feats.append(inputs[0].detach()))
+        try:
+            logits = model(batch["image"])
+        finally:
+            hook.remove()
+        f = feats[0].float()
+        return {"prob": torch.sigmoid(logits.float()).cpu().numpy().astype(np.float16),
+                "embedding": torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], 1).cpu().numpy()}
 
     def metrics(self, out):
         return {}
@@ -286,7 +314,8 @@ class MaskCNN(nn.Module):
 
 
 def train_summarizer(kind: str, prob: np.ndarray, raw: np.ndarray, seed: int = 0, steps: int = 200):
-    """Fit a trained summarizer on (N, C, H, W) maps and raw labels; returns a scoring function."""
+    """Fit a trained summarizer on (N, C, H, W) maps (``embedding``: (N, D) decoder
+    features) and raw labels; returns a scoring function of the same kind of input."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the models are tiny: more threads only add overhead
     try:
@@ -300,9 +329,11 @@ def _train_summarizer(kind, prob, raw, seed, steps):
     x = torch.as_tensor(np.asarray(prob, np.float32))
     y = torch.as_tensor((raw == 1).astype(np.float32))
     w = torch.as_tensor(((raw == 1) | (raw == 0)).astype(np.float32))
-    C = x.shape[1]
+    C = y.shape[1]
     if kind == "cnn-mask":
         model, feat = MaskCNN(C), (lambda p: p)
+    elif kind == "embedding":
+        model, feat = nn.Linear(x.shape[1], C), (lambda p: p)
     else:
         f0 = _features(x[:1], kind)
         model, feat = PerClassLinear(C, f0.shape[-1]), (lambda p: _features(p, kind))
@@ -315,6 +346,8 @@ def _train_summarizer(kind, prob, raw, seed, steps):
     for _ in range(steps):
         idx = torch.randperm(len(x), generator=g)[:bs]
         loss = masked_bce(model((fx[idx] - mu) / sd), y[idx], w[idx])
+        if kind == "embedding":  # hundreds of features, few labelled images: a ridge penalty
+            loss = loss + EMBEDDING_L2 * model.weight.square().sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -325,6 +358,22 @@ def _train_summarizer(kind, prob, raw, seed, steps):
             return torch.sigmoid(model((feat(torch.as_tensor(np.asarray(p, np.float32))) - mu) / sd)).numpy()
 
     return score
+
+
+def pseudo_masks(teacher_prob: np.ndarray, train, real: np.ndarray, boosted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(masks (N, C, H, W) uint8, valid (N, C) float32) for the student: real masks at
+    the indices ``real``, the teacher's (probability > 0.5) elsewhere; ``boosted``
+    applies the image-label rule of the module doc."""
+    masks = (np.asarray(teacher_prob, np.float32) > 0.5).astype(np.uint8)
+    valid = np.ones(masks.shape[:2], np.float32)
+    if boosted:
+        raw = train.raw
+        masks[raw == 0] = 0
+        empty = ~masks.reshape(*masks.shape[:2], -1).any(-1)
+        valid[((raw == 1) & empty) | ~((raw == 1) | (raw == 0))] = 0
+    masks[real] = np.asarray(train.masks[real])
+    valid[real] = train.mask_ok[real]
+    return masks, valid
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -459,6 +508,8 @@ def seg4cls(s: FinetuneSettings) -> dict:
     chosen = _summarizer_choice(s)
     if s.seeds != 1:
         raise DollError("--task seg4cls runs one seed; use --seed N and repeat the command for more")
+    if s.pseudo not in PSEUDO:
+        raise DollError(f"unknown pseudo-mask mode {s.pseudo!r}; choose one of {', '.join(PSEUDO)}")
     t0 = time.time()
     torch.manual_seed(s.seed)
     size = _image_size(s)
@@ -487,8 +538,27 @@ def seg4cls(s: FinetuneSettings) -> dict:
                     out / "segmenter", ck, smp_config(model))
     engine.fit(seg_train, None, resume=s.resume)
     bs = s.batch_size
-    prob_val = predict_all(engine.model, seg_task, ArrayDataset(val.images), bs, engine.device)["prob"]
-    prob_test = predict_all(engine.model, seg_task, ArrayDataset(test.images), bs, engine.device)["prob"]
+    semi = None
+    if s.pseudo != "none":
+        teacher_test = predict_all(engine.model, seg_task, ArrayDataset(test.images), bs, engine.device)["prob"]
+        teacher_train = predict_all(engine.model, seg_task, ArrayDataset(train.images), bs, engine.device)["prob"]
+        masks, valid = pseudo_masks(teacher_train, train, subset, boosted=s.pseudo == "boosted")
+        torch.manual_seed(s.seed)
+        student, _ = build_model(s, C)
+        set_mode(student, s.mode, size)
+        engine = Engine(student, seg_task, _engine_settings(s, s.epochs, min(bs, n)), out / "student",
+                        {**ck, "semi_supervised": s.pseudo}, smp_config(student))
+        engine.fit(ArrayDataset(train.images, masks=masks, valid=valid, augment=True, seed=s.seed), None,
+                   resume=s.resume)
+        has_real = np.zeros(n, bool)
+        has_real[subset] = True
+        semi = {"mode": s.pseudo, "teacher_iou_on_test_positives": segmenter_iou(teacher_test, test, names),
+                "pseudo_images": int((~has_real).sum()),
+                "pseudo_class_maps_used": int(valid[~has_real].sum()),
+                "pseudo_class_maps_dropped": int((valid[~has_real] == 0).sum())}
+    pred_val = predict_all(engine.model, seg_task, ArrayDataset(val.images), bs, engine.device)
+    pred_test = predict_all(engine.model, seg_task, ArrayDataset(test.images), bs, engine.device)
+    prob_val, prob_test = pred_val["prob"], pred_test["prob"]
 
     scores: dict[str, np.ndarray] = {}
     details: dict[str, dict] = {}
@@ -504,14 +574,44 @@ def seg4cls(s: FinetuneSettings) -> dict:
         details["seg4cls_rule"] = {"score": "pixels with probability > t",
                                    "thresholds": {name: rule[c] for c, name in enumerate(names)},
                                    "test_balanced_accuracy": test_ba}
-    for kind in ("linear", "pool-linear", "cnn-mask"):
+    for kind in ("linear", "pool-linear", "cnn-mask", "embedding"):
         if kind in chosen:
             if not ((val.raw == 1) | (val.raw == 0)).any():
                 raise DollError("the validation split has no known image labels to train the summarizers on")
-            f = train_summarizer(kind, prob_val, val.raw, seed=s.seed)
-            scores[f"seg4cls_{kind}"] = f(prob_test)
+            key = "embedding" if kind == "embedding" else "prob"
+            f = train_summarizer(kind, pred_val[key], val.raw, seed=s.seed)
+            scores[f"seg4cls_{kind}"] = f(pred_test[key])
             details[f"seg4cls_{kind}"] = {"trained_on": f"validation image labels ({val_desc}, n={len(val)})"}
 
+    if s.baselines:
+        _baselines(s, names, train, val, test, subset, size, out, ck, scores, details)
+
+    # -- 4. metrics
+    methods = {}
+    for m, sc in scores.items():
+        a = _aurocs(sc, test.raw, names)
+        methods[m] = {"auroc": a["per_class"], "mean_auroc": a["mean"],
+                      "conditioned_recall": conditioned_recall(sc, test), **details.get(m, {})}
+    seg_iou = segmenter_iou(prob_test, test, names)
+    result = {"command": "finetune", "task": "seg4cls", "dataset": s.dataset, "init": s.init, "mode": s.mode,
+              "label_fraction": s.label_fraction, "image_size": size, "test_split": test_split,
+              "validation": val_desc, "classes": names, "mask_structures": sources,
+              "n_train": n, "n_masks": int(k), "n_val": len(val), "n_test": len(test),
+              "mask_ids": [train.ids[i] for i in subset][:50],
+              "mean_auroc": {m: v["mean_auroc"] for m, v in methods.items()},
+              "mean_iou": seg_iou["mean"], "segmenter": {"iou_on_test_positives": seg_iou, **params},
+              "methods": methods, "semi_supervised": semi, "robust_pneumothorax": None, "seconds": None}
+    if s.dataset == "phantom":
+        result["robust_pneumothorax"] = robust_pneumothorax(scores, test, names, s.root)
+    result["seconds"] = round(time.time() - t0, 2)
+    if dist.is_main():
+        write_json(out / "metrics.json", result)
+    return result
+
+
+def _baselines(s, names, train, val, test, subset, size, out, ck, scores, details) -> None:
+    """Train the plain classifier and the Y-Net-style multitask net; add their test scores."""
+    C, n, bs = len(names), len(train), s.batch_size
     # -- 2. plain classifier on all training image labels
     y_tr, w_tr = train.targets()
     y_va, w_va = val.targets()
@@ -550,26 +650,4 @@ def seg4cls(s: FinetuneSettings) -> dict:
     scores["multitask"] = predict_all(me.model, mt_task, ArrayDataset(test.images, y_te, w_te, masks=test.masks,
                                                                     valid=np.zeros_like(test.mask_ok)),
                                       bs, me.device)["prob"]
-    details["multitask"] = {"n_masks": int(k), "n_images": n}
-
-    # -- 4. metrics
-    methods = {}
-    for m, sc in scores.items():
-        a = _aurocs(sc, test.raw, names)
-        methods[m] = {"auroc": a["per_class"], "mean_auroc": a["mean"],
-                      "conditioned_recall": conditioned_recall(sc, test), **details.get(m, {})}
-    seg_iou = segmenter_iou(prob_test, test, names)
-    result = {"command": "finetune", "task": "seg4cls", "dataset": s.dataset, "init": s.init, "mode": s.mode,
-              "label_fraction": s.label_fraction, "image_size": size, "test_split": test_split,
-              "validation": val_desc, "classes": names, "mask_structures": sources,
-              "n_train": n, "n_masks": int(k), "n_val": len(val), "n_test": len(test),
-              "mask_ids": [train.ids[i] for i in subset][:50],
-              "mean_auroc": {m: v["mean_auroc"] for m, v in methods.items()},
-              "mean_iou": seg_iou["mean"], "segmenter": {"iou_on_test_positives": seg_iou, **params},
-              "methods": methods, "robust_pneumothorax": None, "seconds": None}
-    if s.dataset == "phantom":
-        result["robust_pneumothorax"] = robust_pneumothorax(scores, test, names, s.root)
-    result["seconds"] = round(time.time() - t0, 2)
-    if dist.is_main():
-        write_json(out / "metrics.json", result)
-    return result
+    details["multitask"] = {"n_masks": len(subset), "n_images": n}

@@ -138,6 +138,8 @@ class Engine:
         s, out = self.s, self.out
         metrics_file = out / "metrics.json"
         if resume and metrics_file.exists() and read_json(metrics_file).get("finished"):
+            if (out / LAST).exists():  # leave the model as a finished fit leaves it: the last epoch's weights
+                unwrap(self.model).load_state_dict(load_train_state(out / LAST)["model"])
             return read_json(metrics_file)
         ws = dist.world_size() if dist.active() else 1
         sampler = DistributedSampler(train_set, num_replicas=ws, rank=dist.rank() if ws > 1 else 0,

@@ -1,0 +1,220 @@
+"""Learning to segment from mixed labels (``doll finetune --task mixed``).
+
+A few training images have masks, all have image labels. One network's
+classification output is computed *from its segmentation logits*, so image labels
+teach the segmentation too:
+
+* ``max``: the class logit is the global max of that class's segmentation logits;
+* ``amp-mlp``: the (C, H, W) segmentation logits are max-pooled to (C, 8, 8), then an
+  MLP (C*64 -> 64 -> C, ReLU) gives the C class logits.
+
+Training alternates batches: within every epoch, batch 0, 2, 4, ... are mask-labelled
+images (segmentation loss: BCE + 0.5 soft Dice on the class maps that carry a label),
+batch 1, 3, 5, ... are image-labelled images (masked BCE on the class logits). Each
+sample of the epoch pairs image-labelled training image i with a mask-labelled image
+drawn (seeded by epoch and i) from the ``--label-fraction`` subset; a batch uses one
+half of its pairs, so an epoch of N training images gives about N/2 samples of each
+kind. The alternation restarts at every epoch, so ``--resume`` replays it exactly.
+
+Baseline ``segmentation_only``: the same PSPNet and init trained on the mask subset
+alone, for the same number of segmentation samples (the subset cycled to N/2 per
+epoch). Its image score is the max of its probability map.
+
+Data and splits as in ``--task seg4cls`` (classes with masks of the same name; test
+split ``test`` else ``valid``); no validation split is needed (the last epoch's model is
+reported). Reported on the test split per method: segmentation IoU and F1 (Dice) at
+probability > 0.5 on the test images whose mask is non-empty, and AUROC of the
+image scores.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from doll.data.dataset import NORMALISATION, ArrayDataset
+from doll.errors import DollError
+from doll.models.adapters import set_mode
+from doll.models.segmenter import smp_config
+from doll.tasks.finetune import FinetuneSettings, build_model
+from doll.tasks.seg4cls import ProbSegTask, _aurocs, _engine_settings, _image_size, load_parts
+from doll.train import distributed as dist
+from doll.train.engine import Engine, predict_all
+from doll.train.losses import masked_bce, multilabel_seg_loss
+from doll.utils import check_fraction, check_positive, prepare_out_dir, resolve_device, write_json
+
+POOLINGS = ("max", "amp-mlp")
+
+
+class SegToClass(nn.Module):
+    """A segmenter whose class logits are pooled from its segmentation logits."""
+
+    def __init__(self, seg: nn.Module, n_classes: int, pooling: str):
+        super().__init__()
+        self.seg, self.pooling = seg, pooling
+        if pooling == "amp-mlp":
+            self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(n_classes * 64, 64), nn.ReLU(), nn.Linear(64, n_classes))
+
+    def forward(self, x):
+        seg = self.seg(x)
+        if self.pooling == "max":
+            return seg, seg.flatten(2).amax(-1)
+        return seg, self.mlp(F.adaptive_max_pool2d(seg.float(), 8))
+
+
+class AlternatingData(Dataset):
+    """Sample i: image-labelled training image i and a mask-labelled image drawn from the subset."""
+
+    def __init__(self, cls_set: ArrayDataset, seg_set: ArrayDataset, seed: int):
+        self.cls_set, self.seg_set, self.seed, self.epoch = cls_set, seg_set, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.cls_set.set_epoch(epoch)
+        self.seg_set.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.cls_set)
+
+    def __getitem__(self, i):
+        j = int(np.random.default_rng([self.seed, self.epoch, i]).integers(len(self.seg_set)))
+        a, b = self.seg_set[j], self.cls_set[i]
+        return {"index": b["index"], "image": b["image"], "target": b["target"], "weight": b["weight"],
+                "seg_image": a["image"], "mask": a["mask"], "valid": a["valid"]}
+
+
+class AlternatingTask:
+    """Even batches of an epoch: segmentation loss; odd batches: classification loss."""
+
+    def __init__(self, classes: list[str], data: AlternatingData):
+        self.classes, self.data = classes, data
+        self._epoch, self._batch = None, 0
+
+    def loss(self, model, batch):
+        if self._epoch != self.data.epoch:
+            self._epoch, self._batch = self.data.epoch, 0
+        seg_turn = self._batch % 2 == 0
+        self._batch += 1
+        seg, cls = model(batch["seg_image"] if seg_turn else batch["image"])
+        if seg_turn:  # 0 * cls keeps every weight in the graph (DDP wants them all used)
+            return multilabel_seg_loss(seg, batch["mask"], 1.0, 0.5, batch["valid"]) + 0.0 * cls.float().sum()
+        return masked_bce(cls, batch["target"], batch["weight"])
+
+    def predict(self, model, batch):
+        seg, cls = model(batch["image"])
+        return {"prob": torch.sigmoid(seg.float()).cpu().numpy().astype(np.float16),
+                "score": torch.sigmoid(cls.float()).cpu().numpy()}
+
+    def metrics(self, out):
+        return {}
+
+
+def segmentation_scores(prob: np.ndarray, test, names: list[str]) -> dict:
+    """IoU and F1 (Dice) at probability > 0.5 on test images with a non-empty mask, per class and mean."""
+    per = {}
+    for c, name in enumerate(names):
+        iou, f1 = [], []
+        for i in np.flatnonzero(test.mask_ok[:, c] > 0):
+            t = np.asarray(test.masks[i, c]) > 0
+            if not t.any():
+                continue
+            p = np.asarray(prob[i, c], np.float32) > 0.5
+            inter, union = (p & t).sum(), (p | t).sum()
+            iou.append(inter / max(union, 1))
+            f1.append(2 * inter / max(p.sum() + t.sum(), 1))
+        per[name] = {"iou": float(np.mean(iou)) if iou else None, "f1": float(np.mean(f1)) if f1 else None,
+                     "n": len(iou)}
+
+    def mean(key):
+        vals = [v[key] for v in per.values() if v[key] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {"per_class": per, "iou": mean("iou"), "f1": mean("f1")}
+
+
+def _poolings(value: str) -> list[str]:
+    chosen = [v.strip() for v in str(value or "").split(",") if v.strip()]
+    bad = [v for v in chosen if v not in POOLINGS]
+    if bad or not chosen:
+        raise DollError(f"unknown --pooling {value!r}; choose one or both of {', '.join(POOLINGS)} (comma-separated)")
+    return chosen
+
+
+def mixed(s: FinetuneSettings) -> dict:
+    check_fraction(s.label_fraction)
+    check_positive(epochs=s.epochs, batch_size=s.batch_size)
+    resolve_device(s.device)
+    poolings = _poolings(s.pooling)
+    if s.seeds != 1:
+        raise DollError("--task mixed runs one seed; use --seed N and repeat the command for more")
+    t0 = time.time()
+    size = _image_size(s)
+    names, sources, train, _val, test, test_split, _ = load_parts(s, size, need_val=False)
+    C, n, bs = len(names), len(train), s.batch_size
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
+    if dist.is_main():
+        write_json(out / "config.json", {"command": "finetune", **asdict(s), "poolings": poolings, "image_size": size,
+                                         "classes": names, "mask_structures": sources, "test_split": test_split})
+    k = max(1, int(round(s.label_fraction * n)))
+    subset = np.sort(np.random.default_rng(s.seed).permutation(n)[:k])
+    seg_len = max(2, n // 2)  # as many segmentation samples per epoch as the alternating runs see
+    seg_cycle = np.resize(subset, max(seg_len, k))
+    ck = {"kind": "segmenter", "stage": "finetune", "task": "mixed", "classes": names, "mode": s.mode,
+          "in_channels": 1, "image_size": size, "normalisation": NORMALISATION, "run": {"command": "finetune", **asdict(s)}}
+    test_set = ArrayDataset(test.images)
+    methods, scores = {}, {}
+
+    # -- segmentation only, on the mask subset
+    torch.manual_seed(s.seed)
+    model, init_info = build_model(s, C)
+    params = set_mode(model, s.mode, size)
+    seg_task = ProbSegTask(names, background_weight=1.0, dice_weight=0.5)
+    engine = Engine(model, seg_task, _engine_settings(s, s.epochs, min(bs, len(seg_cycle))), out / "segmentation_only",
+                    {**ck, **init_info}, smp_config(model))
+    engine.fit(ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True, seed=s.seed,
+                            indices=seg_cycle), None, resume=s.resume)
+    prob = predict_all(engine.model, seg_task, test_set, bs, engine.device)["prob"]
+    scores["segmentation_only"] = np.asarray(prob, np.float32).max(axis=(2, 3))
+    methods["segmentation_only"] = {"segmentation": segmentation_scores(prob, test, names),
+                                    "image_score": "max of the probability map"}
+
+    # -- alternating seg / cls batches through the segmentation output
+    y_tr, w_tr = train.targets()
+    for pooling in poolings:
+        torch.manual_seed(s.seed)
+        seg, _ = build_model(s, C)
+        set_mode(seg, s.mode, size)
+        net = SegToClass(seg, C, pooling)
+        data = AlternatingData(ArrayDataset(train.images, y_tr, w_tr, augment=True, seed=s.seed),
+                               ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True,
+                                            seed=s.seed + 1, indices=subset), s.seed)
+        task = AlternatingTask(names, data)
+        name = f"alternating_{pooling}"
+        e = Engine(net, task, _engine_settings(s, s.epochs, min(bs, n)), out / name, {**ck, **init_info,
+                   "kind": "seg_to_class", "pooling": pooling})
+        e.fit(data, None, resume=s.resume)
+        pred = predict_all(e.model, task, test_set, bs, e.device)
+        scores[name] = pred["score"]
+        methods[name] = {"segmentation": segmentation_scores(pred["prob"], test, names),
+                         "image_score": f"{pooling} pooling of the segmentation logits"}
+
+    for name, sc in scores.items():
+        a = _aurocs(sc, test.raw, names)
+        methods[name].update({"auroc": a["per_class"], "mean_auroc": a["mean"]})
+    result = {"command": "finetune", "task": "mixed", "dataset": s.dataset, "init": s.init, "mode": s.mode,
+              "label_fraction": s.label_fraction, "image_size": size, "test_split": test_split, "classes": names,
+              "n_train": n, "n_masks": int(k), "n_test": len(test),
+              "mean_iou": {m: v["segmentation"]["iou"] for m, v in methods.items()},
+              "mean_f1": {m: v["segmentation"]["f1"] for m, v in methods.items()},
+              "mean_auroc": {m: v["mean_auroc"] for m, v in methods.items()},
+              "trainable_params": params.get("trainable_params"), "methods": methods,
+              "seconds": round(time.time() - t0, 2)}
+    if dist.is_main():
+        write_json(out / "metrics.json", result)
+    return result
