@@ -135,7 +135,7 @@ def test_explain_with_lung_model_keeps_saliency_in_the_lung_field(pipeline, tmp_
 
     from conftest import SIZE, cli
 
-    from doll.explain.run import predict_lung_fields
+    from doll.models.lung_field import predict_lung_fields
 
     cli("finetune", "--task", "lung", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy", "--init",
         "random", "--encoder", "resnet18", "--image-size", SIZE, "--epochs", 2, "--out", tmp_path / "lung")
@@ -149,3 +149,15 @@ def test_explain_with_lung_model_keeps_saliency_in_the_lung_field(pipeline, tmp_
         assert sal[np.broadcast_to(fields[:, None] == 0, sal.shape)].max() == 0
     with pytest.raises(DollError, match="not a `doll finetune --task lung` model"):
         predict_lung_fields(str(pipeline["pretrain"]), np.zeros((1, SIZE, SIZE), np.uint8), torch.device("cpu"), 1)
+    # classifiers trained on the lung field alone: explain masks their inputs the same way, unasked
+    lung = tmp_path / "lung" / "model"
+    cli("train-classifiers", "--dataset", "phantom", "--root", pipeline["phantom"], "--out", tmp_path / "lcls",
+        "--members", 1, "--epochs", 1, "--image-size", SIZE, "--batch-size", 16, "--lung-model", lung)
+    cfg = json.loads((tmp_path / "lcls" / "member_0" / "config.json").read_text())
+    assert cfg["doll"]["lung_model"] == str(lung.resolve())
+    out2 = tmp_path / "lcls.h5"
+    cli("explain", "--classifiers", tmp_path / "lcls", "--dataset", "phantom", "--root", pipeline["phantom"],
+        "--out", out2, "--steps", 4)
+    with h5py.File(out2, "r") as f:
+        sal = f["saliency"][:]
+        assert sal.any() and sal[np.broadcast_to(fields[:, None] == 0, sal.shape)].max() == 0

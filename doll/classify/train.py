@@ -14,6 +14,7 @@ from doll.data.labels import apply_policy
 from doll.errors import DollError
 from doll.models.checkpoint import load_into
 from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier
+from doll.models.lung_field import mask_images, predict_lung_fields
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.losses import masked_bce
@@ -38,6 +39,7 @@ class ClassifierSettings:
     valid_fraction: float = 0.0  # >0: carve this fraction of patients from train as validation
     accumulate: int = 1  # gradient accumulation steps
     patience: int = 0  # early stopping after this many epochs without a better validation AUROC (0: off)
+    lung_model: str = ""  # a `doll finetune --task lung` model folder: classifiers see only its lung field
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -96,8 +98,14 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     if dist.is_main():
         write_json(out / "config.json", {"command": "train-classifiers", **asdict(s), "classes": classes,
                                          "member_archs": archs, "n_train": len(train.items), "n_valid": len(val.items)})
-    train_set = ArrayDataset(train.images, y_train, w_train, augment=True, seed=s.seed)
-    val_set = ArrayDataset(val.images, y_val, w_val)
+    train_images, val_images = train.images, val.images
+    lung_model = str(Path(s.lung_model).resolve()) if s.lung_model else ""
+    if lung_model:  # shortcut suppression: nothing outside the predicted lung field reaches the classifier
+        device = resolve_device(s.device)
+        train_images = mask_images(train.images, predict_lung_fields(lung_model, train.images, device, s.batch_size))
+        val_images = mask_images(val.images, predict_lung_fields(lung_model, val.images, device, s.batch_size))
+    train_set = ArrayDataset(train_images, y_train, w_train, augment=True, seed=s.seed)
+    val_set = ArrayDataset(val_images, y_val, w_val)
     task = ClassificationTask(classes)
     members, probs = [], []
     for m, arch in enumerate(archs):
@@ -111,7 +119,8 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         folder = out / f"member_{m}"
         folder.mkdir(parents=True, exist_ok=True)
         ck = {"kind": "classifier", "arch": arch, "classes": classes, "in_channels": 1, "image_size": s.image_size,
-              "normalisation": NORMALISATION, "seed": seed, "dataset": s.dataset, "uncertain": s.uncertain}
+              "normalisation": NORMALISATION, "seed": seed, "dataset": s.dataset, "uncertain": s.uncertain,
+              "lung_model": lung_model}
         engine = Engine(model, task, settings, folder, ck)
         metrics = engine.fit(train_set, val_set, resume=s.resume)
         load_into(engine.model, folder)  # evaluate the best weights, not the last epoch's

@@ -54,13 +54,6 @@ def distill(member_maps: list[np.ndarray], sign: str = "positive", smooth: float
     return np.round(mean * 255).astype(np.uint8)
 
 
-def lung_field(lung_mask: np.ndarray, margin: float = 0.04) -> np.ndarray:
-    """A soft anatomical field from a predicted lung mask: dilated by ``margin`` x size, edges blurred."""
-    k = max(1, int(round(margin * lung_mask.shape[-1])))
-    grown = cv2.dilate(lung_mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
-    return np.clip(cv2.GaussianBlur(grown.astype(np.float32), (0, 0), k / 2), 0, 1)
-
-
 def check_rule(rule: str) -> str:
     kind, _, arg = rule.partition(":")
     try:

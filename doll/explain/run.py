@@ -7,7 +7,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -16,12 +15,11 @@ from doll.data import labels_of, load_split
 from doll.data.dataset import to_tensor
 from doll.errors import DollError
 from doll.explain.base import make_explainer
-from doll.explain.distill import DEFAULT_RULE, check_rule, distill, lung_field
+from doll.explain.distill import DEFAULT_RULE, check_rule, distill
 from doll.labels.store import PartsWriter, write_label_file
-from doll.models.adapters import set_mode
 from doll.models.checkpoint import load_into, read_config
 from doll.models.classifier import build_classifier
-from doll.models.segmenter import build_pspnet
+from doll.models.lung_field import mask_images, predict_lung_fields
 from doll.train import distributed as dist
 from doll.utils import check_positive, resolve_device, write_json
 
@@ -84,28 +82,9 @@ def load_ensemble(folder: str | Path, device: torch.device):
     for _, cfg, info in members[1:]:
         if cfg["classes"] != classes:
             raise DollError(f"ensemble members disagree on classes ({info['folder']}); train them together")
+        if cfg.get("lung_model") != members[0][1].get("lung_model"):
+            raise DollError(f"ensemble members disagree on --lung-model ({info['folder']}); train them together")
     return members, classes
-
-
-def predict_lung_fields(folder: str, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
-    """Soft lung fields (N, H, W) in [0, 1] from a `doll finetune --task lung` model."""
-    cfg = read_config(folder, kind="segmenter")["doll"]
-    if cfg.get("task") != "lung" or cfg.get("classes") != ["lungs"]:
-        raise DollError(f"--lung-model {folder} is not a `doll finetune --task lung` model (task {cfg.get('task')!r})")
-    model = build_pspnet(cfg["encoder"], 1)
-    set_mode(model, cfg.get("mode", "full"), cfg["image_size"])
-    load_into(model, folder)
-    model = model.to(device).eval()
-    size, own = images.shape[-1], cfg["image_size"]
-    out = np.zeros(images.shape, np.float32)
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            batch = np.stack([cv2.resize(np.asarray(im), (own, own), interpolation=cv2.INTER_AREA)
-                              for im in images[i:i + batch_size]])
-            pred = (model(to_tensor(batch).to(device))[:, 0] > 0).cpu().numpy().astype(np.uint8)
-            for j, m in enumerate(pred):
-                out[i + j] = lung_field(cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST))
-    return out
 
 
 def select_targets(raw: np.ndarray, probs: np.ndarray, mode: str, threshold: float, allowed: np.ndarray) -> list[list[int]]:
@@ -150,14 +129,21 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     raw = labels_of(arrays, len(classes))
     n = len(arrays.items)
 
+    # classifiers trained with --lung-model see the lung field only: explain them on the same inputs
+    trained_field = members[0][1].get("lung_model") or ""
+    field_model = s.lung_model or trained_field
+    inputs = arrays.images
+    if trained_field:
+        inputs = mask_images(arrays.images, predict_lung_fields(trained_field, arrays.images, device, s.batch_size))
+
     # ensemble probabilities (cheap: one forward per image and member)
     probs = np.zeros((n, len(classes)), np.float32)
     with torch.no_grad():
         for i in range(0, n, s.batch_size):
-            x = to_tensor(arrays.images[i:i + s.batch_size]).to(device)
+            x = to_tensor(inputs[i:i + s.batch_size]).to(device)
             probs[i:i + len(x)] = np.mean([torch.sigmoid(m(x).float()).cpu().numpy() for m, _, _ in members], axis=0)
     targets = select_targets(raw, probs, s.targets, s.target_threshold, allowed)
-    fields = predict_lung_fields(s.lung_model, arrays.images, device, s.batch_size) if s.lung_model else None
+    fields = predict_lung_fields(field_model, arrays.images, device, s.batch_size) if field_model else None
 
     run_settings = {k: v for k, v in asdict(s).items() if k not in ("out", "resume", "overwrite", "progress", "device")}
     run_settings["members"] = [info for _, _, info in members]
@@ -174,7 +160,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     for b in todo:
         completeness: list[float] = []
         lo, hi = b * s.block, min(n, (b + 1) * s.block)
-        x = to_tensor(arrays.images[lo:hi]).to(device)
+        x = to_tensor(inputs[lo:hi]).to(device)
         tg = targets[lo:hi]
         per_member = []
         for model, _, _ in members:

@@ -1,0 +1,53 @@
+"""Lung fields predicted by a `doll finetune --task lung` model.
+
+Used by stage 1 (``train-classifiers --lung-model``: classifiers see only the lung
+field, so their evidence cannot come from borders, markers or devices outside it) and
+stage 2 (``explain``: inputs masked the same way, saliency kept inside the field).
+No ground-truth lung mask is needed at label time: only the model's prediction.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from doll.data.dataset import to_tensor
+from doll.errors import DollError
+from doll.models.adapters import set_mode
+from doll.models.checkpoint import load_into, read_config
+from doll.models.segmenter import build_pspnet
+
+MARGIN = 0.04  # dilation of the predicted lung mask, as a fraction of the image size
+
+
+def lung_field(lung_mask: np.ndarray, margin: float = MARGIN) -> np.ndarray:
+    """A soft anatomical field from a lung mask: dilated by ``margin`` x size, edges blurred."""
+    k = max(1, round(margin * lung_mask.shape[-1]))
+    grown = cv2.dilate(lung_mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    return np.clip(cv2.GaussianBlur(grown.astype(np.float32), (0, 0), k / 2), 0, 1)
+
+
+def predict_lung_fields(folder: str, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    """Soft lung fields (N, H, W) in [0, 1] for uint8 images (N, H, W)."""
+    cfg = read_config(folder, kind="segmenter")["doll"]
+    if cfg.get("task") != "lung" or cfg.get("classes") != ["lungs"]:
+        raise DollError(f"--lung-model {folder} is not a `doll finetune --task lung` model (task {cfg.get('task')!r})")
+    model = build_pspnet(cfg["encoder"], 1)
+    set_mode(model, cfg.get("mode", "full"), cfg["image_size"])
+    load_into(model, folder)
+    model = model.to(device).eval()
+    size, own = images.shape[-1], cfg["image_size"]
+    out = np.zeros(images.shape, np.float32)
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            batch = np.stack([cv2.resize(np.asarray(im), (own, own), interpolation=cv2.INTER_AREA)
+                              for im in images[i:i + batch_size]])
+            pred = (model(to_tensor(batch).to(device))[:, 0] > 0).cpu().numpy().astype(np.uint8)
+            for j, m in enumerate(pred):
+                out[i + j] = lung_field(cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST))
+    return out
+
+
+def mask_images(images: np.ndarray, fields: np.ndarray) -> np.ndarray:
+    """uint8 images with everything outside the lung field faded to black (the IG zero baseline)."""
+    return np.round(np.asarray(images, np.float32) * fields).astype(np.uint8)
