@@ -161,3 +161,41 @@ def test_explain_with_lung_model_keeps_saliency_in_the_lung_field(pipeline, tmp_
     with h5py.File(out2, "r") as f:
         sal = f["saliency"][:]
         assert sal.any() and sal[np.broadcast_to(fields[:, None] == 0, sal.shape)].max() == 0
+
+
+def test_evaluate_labels_against_nih_boxes(tmp_path):
+    """NIH has boxes, not masks: saliency equal to the box scores 1, its complement ~0."""
+    from test_formats import nih_fixture
+
+    from doll.data import open_dataset
+    from doll.labels.evaluate import box_mask, evaluate_labels
+    from doll.labels.store import write_label_file
+
+    root = nih_fixture(tmp_path / "nih")
+    ds = open_dataset("nih", root)
+    classes = list(ds.classes)
+    item = next(it for it in ds.items("train") if it.boxes)
+    size = 32
+    box = box_mask(item, "Infiltration", size)  # x 16..20 of 32 wide, y 16..20 of 64 high -> rows 8..10, cols 16..20
+    assert box.sum() == 2 * 4 and box[8:10, 16:20].all()
+    items = ds.items("train")
+    n, c = len(items), len(classes)
+    sal = np.zeros((n, c, size, size), np.uint8)
+    targets = np.zeros((n, c), bool)
+    row = [it.id for it in items].index(item.id)
+    for name, pattern in (("Infiltration", box * 255), ("Mass", (1 - box_mask(item, "Mass", size)) * 255)):
+        k = classes.index(name)
+        sal[row, k] = pattern
+        targets[row, k] = True
+    out = tmp_path / "nih.h5"
+    write_label_file(out, {"saliency": sal, "targets": targets, "labels": np.zeros((n, c), np.float32),
+                           "probs": np.zeros((n, c), np.float32), "images": np.zeros((n, size, size), np.uint8),
+                           "paths": [it.id for it in items], "done": np.ones(n, bool)},
+                     {"classes": classes, "label_rule": "threshold:128", "image_size": size, "dataset": "nih",
+                      "root": str(root), "split": "train", "settings": {"smooth": 0.0}})
+    m = evaluate_labels(str(out), progress=False)
+    assert m["pairs"] == 2
+    inf = m["per_class"]["Infiltration"]
+    assert inf["iou"] == 1.0 and inf["topk_iou"] == 1.0 and inf["pointing"] == 1.0
+    mass = m["per_class"]["Mass"]  # the Mass box is the whole image: the complement saliency is all zero
+    assert mass["iou"] == 0.0 and "lung_prior" not in m

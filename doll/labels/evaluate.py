@@ -1,6 +1,8 @@
 """Pseudo-label quality against ground-truth masks, next to a random-map baseline.
 
-For every (image, class) that was explained and has a ground-truth mask:
+For every (image, class) that was explained and has a ground-truth mask, or boxes
+(NIH ChestX-ray14 ``BBox_List_2017.csv``: the union of the class's boxes, scaled to the
+label file's square grid, is the mask):
 
 * ``iou`` / ``dice``: the label rule's binary label vs the mask;
 * ``topk_iou``: the saliency's top-k pixels (k = the mask's area) vs the mask;
@@ -71,13 +73,15 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
 
         fmt = open_dataset(dataset, root)
         pairs = {ci: st for _, ci, st in class_structure_pairs(classes, list(fmt.structures))}
-        if not pairs:
-            raise DollError(f"{dataset} has no masks for the classes of {labels} (masks: "
+        split = lf.attr("split") or None
+        boxed = {c for it in fmt.items(split) for c in it.boxes} & set(classes)
+        if not pairs and not boxed:
+            raise DollError(f"{dataset} has no masks or boxes for the classes of {labels} (masks: "
                             f"{', '.join(fmt.structures) or 'none'}); evaluate against a data set with ground truth")
         structures = sorted(set(pairs.values()))
         lungs = "lungs" if "lungs" in fmt.structures else None
         wanted = structures + ([lungs] if lungs and lungs not in structures else [])
-        _, arrays = load_split(dataset, root, lf.attr("split") or None, size, structures=wanted, progress=progress)
+        _, arrays = load_split(dataset, root, split, size, structures=wanted or None, progress=progress)
         by_id = {it.id: i for i, it in enumerate(arrays.items)}
         rng = np.random.default_rng(seed)
         scores = {name: {c: {} for c in classes} for name in ("labels", "random", "lung_prior")}
@@ -92,12 +96,15 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
             j = by_id[path]
             sal_row = lf["saliency"][row]
             for c in np.flatnonzero(targets[row]):
-                if c not in pairs:
+                if c in pairs:
+                    k = wanted.index(pairs[c])
+                    if not arrays.has_mask[j, k] or arrays.masks[j, k].sum() == 0:
+                        continue  # no ground truth for this finding (e.g. a noisy image label)
+                    gt = arrays.masks[j, k]
+                elif arrays.items[j].boxes.get(classes[c]):
+                    gt = box_mask(arrays.items[j], classes[c], size)
+                else:
                     continue
-                k = wanted.index(pairs[c])
-                if not arrays.has_mask[j, k] or arrays.masks[j, k].sum() == 0:
-                    continue  # no ground truth for this finding (e.g. a noisy image label)
-                gt = arrays.masks[j, k]
                 sal = sal_row[c]
                 add("labels", classes[c], _scores(sal, apply_rule(sal, rule), gt))
                 rnd = _random_map(sal.shape, smooth, rng)
@@ -125,6 +132,18 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
         lper, lmean = summarise(scores["lung_prior"])
         result.update(lung_prior=lmean, lung_prior_per_class=lper)
     return result
+
+
+def box_mask(item, cls: str, size: int) -> np.ndarray:
+    """uint8 (size, size) mask of the item's boxes for ``cls`` (boxes are in the image's own
+    pixel grid, ``item.meta["image_size"] = (width, height)``; images are resized to a square)."""
+    width, height = item.meta.get("image_size") or (size, size)
+    m = np.zeros((size, size), np.uint8)
+    for x, y, w, h in item.boxes[cls]:
+        x0, y0 = int(np.floor(x * size / width)), int(np.floor(y * size / height))
+        x1, y1 = int(np.ceil((x + w) * size / width)), int(np.ceil((y + h) * size / height))
+        m[max(0, y0):min(size, max(y1, y0 + 1)), max(0, x0):min(size, max(x1, x0 + 1))] = 1
+    return m
 
 
 def _lung_prior(lung_mask: np.ndarray) -> np.ndarray:
