@@ -23,6 +23,7 @@ def explain(
     target_threshold: float = typer.Option(0.5, "--target-threshold", help="Probability above which a class counts as predicted."),
     classes: str = typer.Option("", "--classes", help="Comma-separated classes to explain (default: all but No Finding)."),
     smooth: float = typer.Option(0.03, "--smooth", help="Gaussian smoothing sigma as a fraction of the image size."),
+    sign: str = typer.Option("positive", "--sign", help="Which evidence counts: positive (the positive part of the attributions) or absolute."),
     label_rule: str = typer.Option("otsu", "--label-rule", help="Saliency -> pixel label: otsu, quantile:Q or threshold:T."),
     batch_size: int = typer.Option(64, "--batch-size", help="Interpolated images per forward pass (sets peak memory)."),
     lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder (its model/ subfolder): saliency is kept inside the lung field it predicts."),
@@ -35,7 +36,7 @@ def explain(
 
     result = run(classifiers=str(classifiers), dataset=dataset, root=str(root), out=str(out), method=method,
                  split=split, steps=steps, baseline=baseline, targets=targets, target_threshold=target_threshold,
-                 classes=classes, smooth=smooth, label_rule=label_rule, batch_size=batch_size, block=block, lung_model=str(lung_model) if lung_model else "", image_size=image_size,
+                 classes=classes, smooth=smooth, sign=sign, label_rule=label_rule, batch_size=batch_size, block=block, lung_model=str(lung_model) if lung_model else "", image_size=image_size,
                  device=device, seed=seed, resume=resume, overwrite=overwrite, progress=not quiet)
     emit(result, keys=("images", "targets", "seconds", "seconds_per_image"),
          footer=f"labels: {out}  metrics: {out}.metrics.json")
