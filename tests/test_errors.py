@@ -94,6 +94,9 @@ def test_label_fraction_outside_range(capsys, phantom, tmp_path, fraction):
     (["train-classifiers", "--arch", "vgg11"], "unknown --arch 'vgg11'"),
     (["finetune", "--task", "jsrt", "--dataset", "jsrt", "--encoder", "vit"], "unknown --encoder 'vit'"),
     (["pretrain", "--encoder", "vit"], "unknown --encoder 'vit'"),
+    (["explain", "--sign", "both"], "unknown --sign 'both'"),
+    (["finetune", "--task", "seg4cls", "--dataset", "jsrt", "--summarizer", "magic"], "unknown --summarizer 'magic'"),
+    (["finetune", "--task", "mixed", "--dataset", "jsrt", "--pooling", "mean"], "unknown --pooling 'mean'"),
 ])
 def test_unknown_choices(capsys, pipeline, tmp_path, args, fragment):
     extra = {"explain": ["--classifiers", pipeline["classifiers"], "--root", pipeline["phantom"], "--out", tmp_path / "l.h5"],

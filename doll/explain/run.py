@@ -24,6 +24,7 @@ from doll.train import distributed as dist
 from doll.utils import check_positive, resolve_device, write_json
 
 TARGET_MODES = ("positive", "predicted", "all")
+SIGNS = ("positive", "absolute")
 NOT_LOCALISED = ("No Finding",)  # classes never explained unless --classes names them
 
 
@@ -105,6 +106,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     s = settings or ExplainSettings(**kwargs)
     check_positive(steps=s.steps, batch_size=s.batch_size, block=s.block)
     check_rule(s.label_rule)
+    if s.sign not in SIGNS:
+        raise DollError(f"unknown --sign {s.sign!r}; choose one of {', '.join(SIGNS)}")
     if s.targets not in TARGET_MODES:
         raise DollError(f"unknown --targets {s.targets!r}; choose one of {', '.join(TARGET_MODES)}")
     out = Path(s.out)
