@@ -53,6 +53,8 @@ class ArrayDataset(Dataset):
         self.images, self.targets, self.weights, self.masks, self.valid = images, targets, weights, masks, valid
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
         self.augment, self.seed, self.epoch = augment, seed, 0
+        # an image listed several times (a few masks cycled) gets a different augmentation per copy
+        self.repeats = len(np.unique(self.indices)) < len(self.indices)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -65,7 +67,8 @@ class ArrayDataset(Dataset):
         img = np.asarray(self.images[j])
         masks = np.asarray(self.masks[j]) if self.masks is not None else None
         if self.augment:
-            img, masks = augment(img, masks, np.random.default_rng([self.seed, self.epoch, j]))
+            key = [self.seed, self.epoch, j, i] if self.repeats else [self.seed, self.epoch, j]
+            img, masks = augment(img, masks, np.random.default_rng(key))
         sample = {"image": to_tensor(img), "index": j}
         if self.targets is not None:
             sample["target"] = torch.as_tensor(self.targets[j], dtype=torch.float32)

@@ -12,9 +12,9 @@ Training alternates batches: within every epoch, batch 0, 2, 4, ... are mask-lab
 images (segmentation loss: BCE + 0.5 soft Dice on the class maps that carry a label),
 batch 1, 3, 5, ... are image-labelled images (masked BCE on the class logits). Each
 sample of the epoch pairs image-labelled training image i with a mask-labelled image
-drawn (seeded by epoch and i) from the ``--label-fraction`` subset; a batch uses one
-half of its pairs, so an epoch of N training images gives about N/2 samples of each
-kind. The alternation restarts at every epoch, so ``--resume`` replays it exactly.
+(the ``--label-fraction`` subset cycled to N copies, each copy augmented differently);
+a batch uses one half of its pairs, so an epoch of N training images gives about N/2
+samples of each kind. The alternation restarts at every epoch, so ``--resume`` replays it exactly.
 
 Baseline ``segmentation_only``: the same PSPNet and init trained on the mask subset
 alone, for the same number of segmentation samples (the subset cycled to N/2 per
@@ -69,7 +69,7 @@ class SegToClass(nn.Module):
 
 
 class AlternatingData(Dataset):
-    """Sample i: image-labelled training image i and a mask-labelled image drawn from the subset."""
+    """Sample i: image-labelled training image i and copy i of the mask subset cycled to the same length."""
 
     def __init__(self, cls_set: ArrayDataset, seg_set: ArrayDataset, seed: int):
         self.cls_set, self.seg_set, self.seed, self.epoch = cls_set, seg_set, seed, 0
@@ -83,8 +83,7 @@ class AlternatingData(Dataset):
         return len(self.cls_set)
 
     def __getitem__(self, i):
-        j = int(np.random.default_rng([self.seed, self.epoch, i]).integers(len(self.seg_set)))
-        a, b = self.seg_set[j], self.cls_set[i]
+        a, b = self.seg_set[i % len(self.seg_set)], self.cls_set[i]
         return {"index": b["index"], "image": b["image"], "target": b["target"], "weight": b["weight"],
                 "seg_image": a["image"], "mask": a["mask"], "valid": a["valid"]}
 
@@ -193,7 +192,7 @@ def mixed(s: FinetuneSettings) -> dict:
         net = SegToClass(seg, C, pooling)
         data = AlternatingData(ArrayDataset(train.images, y_tr, w_tr, augment=True, seed=s.seed),
                                ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True,
-                                            seed=s.seed + 1, indices=subset), s.seed)
+                                            seed=s.seed + 1, indices=np.resize(subset, max(n, k))), s.seed)
         task = AlternatingTask(names, data)
         name = f"alternating_{pooling}"
         e = Engine(net, task, _engine_settings(s, s.epochs, min(bs, n)), out / name, {**ck, **init_info,

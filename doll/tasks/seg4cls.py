@@ -14,7 +14,9 @@ Data
     ``COVID-19`` images: COVID-QU-Ex, QaTa), or, when the data set has exactly one
     structure and one class, that pair. Anything else is a DollError;
   * masks for the segmenter: a seeded ``--label-fraction`` of the training images (at
-    least one); image labels: all training images. A class map counts as labelled
+    least one), cycled so that an epoch has as many samples as there are training
+    images (as many as the classifier sees; each copy augmented differently); image
+    labels: all training images. A class map counts as labelled
     where its mask file exists, where the image label is 0 (empty mask), and always on
     the phantom (a finding without a mask file is absent there);
   * raw labels 1 / 0 / -1 / NaN; -1 and NaN are left out of every AUROC and loss.
@@ -525,7 +527,9 @@ def seg4cls(s: FinetuneSettings) -> dict:
     n = len(train)
     k = max(1, int(round(s.label_fraction * n)))
     subset = np.sort(np.random.default_rng(s.seed).permutation(n)[:k])
-    seg_idx = np.repeat(subset, 2) if k == 1 else subset  # BatchNorm needs two samples per batch
+    # the few masks cycled to one pass over the training images per epoch: as many samples as
+    # the classifier sees (each copy augmented differently); BatchNorm needs two per batch
+    seg_idx = np.resize(subset, max(n, 2))
     model, init_info = build_model(s, C)
     params = set_mode(model, s.mode, size)
     seg_task = ProbSegTask(names, background_weight=1.0, dice_weight=0.5)
