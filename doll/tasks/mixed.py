@@ -43,11 +43,23 @@ from doll.errors import DollError
 from doll.models.adapters import set_mode
 from doll.models.segmenter import smp_config
 from doll.tasks.finetune import FinetuneSettings, build_model
-from doll.tasks.seg4cls import ProbSegTask, _aurocs, _engine_settings, _image_size, load_parts
+from doll.tasks.seg4cls import (
+    ProbSegTask,
+    engine_settings,
+    load_parts,
+    masked_aurocs,
+    task_image_size,
+)
 from doll.train import distributed as dist
 from doll.train.engine import Engine, predict_all
 from doll.train.losses import masked_bce, multilabel_seg_loss
-from doll.utils import check_fraction, check_positive, prepare_out_dir, resolve_device, write_json
+from doll.utils import (
+    check_fraction,
+    check_positive,
+    prepare_out_dir,
+    resolve_device,
+    write_json,
+)
 
 POOLINGS = ("max", "amp-mlp")
 
@@ -153,7 +165,7 @@ def mixed(s: FinetuneSettings) -> dict:
     if s.seeds != 1:
         raise DollError("--task mixed runs one seed; use --seed N and repeat the command for more")
     t0 = time.time()
-    size = _image_size(s)
+    size = task_image_size(s)
     names, sources, train, _val, test, test_split, _ = load_parts(s, size, need_val=False)
     C, n, bs = len(names), len(train), s.batch_size
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
@@ -174,7 +186,7 @@ def mixed(s: FinetuneSettings) -> dict:
     model, init_info = build_model(s, C)
     params = set_mode(model, s.mode, size)
     seg_task = ProbSegTask(names, background_weight=1.0, dice_weight=0.5)
-    engine = Engine(model, seg_task, _engine_settings(s, s.epochs, min(bs, len(seg_cycle))), out / "segmentation_only",
+    engine = Engine(model, seg_task, engine_settings(s, s.epochs, min(bs, len(seg_cycle))), out / "segmentation_only",
                     {**ck, **init_info}, smp_config(model))
     engine.fit(ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True, seed=s.seed,
                             indices=seg_cycle), None, resume=s.resume)
@@ -195,7 +207,7 @@ def mixed(s: FinetuneSettings) -> dict:
                                             seed=s.seed + 1, indices=np.resize(subset, max(n, k))), s.seed)
         task = AlternatingTask(names, data)
         name = f"alternating_{pooling}"
-        e = Engine(net, task, _engine_settings(s, s.epochs, min(bs, n)), out / name, {**ck, **init_info,
+        e = Engine(net, task, engine_settings(s, s.epochs, min(bs, n)), out / name, {**ck, **init_info,
                    "kind": "seg_to_class", "pooling": pooling})
         e.fit(data, None, resume=s.resume)
         pred = predict_all(e.model, task, test_set, bs, e.device)
@@ -204,7 +216,7 @@ def mixed(s: FinetuneSettings) -> dict:
                          "image_score": f"{pooling} pooling of the segmentation logits"}
 
     for name, sc in scores.items():
-        a = _aurocs(sc, test.raw, names)
+        a = masked_aurocs(sc, test.raw, names)
         methods[name].update({"auroc": a["per_class"], "mean_auroc": a["mean"]})
     result = {"command": "finetune", "task": "mixed", "dataset": s.dataset, "init": s.init, "mode": s.mode,
               "label_fraction": s.label_fraction, "image_size": size, "test_split": test_split, "classes": names,

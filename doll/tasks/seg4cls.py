@@ -379,7 +379,7 @@ def pseudo_masks(teacher_prob: np.ndarray, train, real: np.ndarray, boosted: boo
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _aurocs(scores: np.ndarray, raw: np.ndarray, names: list[str]) -> dict:
+def masked_aurocs(scores: np.ndarray, raw: np.ndarray, names: list[str]) -> dict:
     known = ((raw == 1) | (raw == 0)).astype(np.float32)
     return auroc_per_class(scores, np.nan_to_num(raw), known, names)
 
@@ -469,12 +469,12 @@ def robust_pneumothorax(methods: dict, test, names: list[str], root: str) -> dic
 
 
 # ----------------------------------------------------------------------------- the run
-def _engine_settings(s, epochs, batch_size, monitor="epoch"):
+def engine_settings(s, epochs, batch_size, monitor="epoch"):
     return EngineSettings(epochs=epochs, batch_size=batch_size, lr=s.lr, seed=s.seed, device=s.device,
                           num_workers=s.num_workers, monitor=monitor, monitor_mode="max", progress=s.progress)
 
 
-def _image_size(s: FinetuneSettings) -> int:
+def task_image_size(s: FinetuneSettings) -> int:
     if s.image_size:
         check_positive(image_size=s.image_size)
         return s.image_size
@@ -514,7 +514,7 @@ def seg4cls(s: FinetuneSettings) -> dict:
         raise DollError(f"unknown pseudo-mask mode {s.pseudo!r}; choose one of {', '.join(PSEUDO)}")
     t0 = time.time()
     torch.manual_seed(s.seed)
-    size = _image_size(s)
+    size = task_image_size(s)
     names, sources, train, val, test, test_split, val_desc = load_parts(s, size)
     C = len(names)
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
@@ -538,7 +538,7 @@ def seg4cls(s: FinetuneSettings) -> dict:
     ck = {"kind": "segmenter", "stage": "finetune", "task": "seg4cls", "classes": names, "mode": s.mode,
           "in_channels": 1, "image_size": size, "normalisation": NORMALISATION, **init_info,
           "run": {"command": "finetune", **asdict(s)}}
-    engine = Engine(model, seg_task, _engine_settings(s, s.epochs, min(s.batch_size, len(seg_idx))),
+    engine = Engine(model, seg_task, engine_settings(s, s.epochs, min(s.batch_size, len(seg_idx))),
                     out / "segmenter", ck, smp_config(model))
     engine.fit(seg_train, None, resume=s.resume)
     bs = s.batch_size
@@ -550,7 +550,7 @@ def seg4cls(s: FinetuneSettings) -> dict:
         torch.manual_seed(s.seed)
         student, _ = build_model(s, C)
         set_mode(student, s.mode, size)
-        engine = Engine(student, seg_task, _engine_settings(s, s.epochs, min(bs, n)), out / "student",
+        engine = Engine(student, seg_task, engine_settings(s, s.epochs, min(bs, n)), out / "student",
                         {**ck, "semi_supervised": s.pseudo}, smp_config(student))
         engine.fit(ArrayDataset(train.images, masks=masks, valid=valid, augment=True, seed=s.seed), None,
                    resume=s.resume)
@@ -593,7 +593,7 @@ def seg4cls(s: FinetuneSettings) -> dict:
     # -- 4. metrics
     methods = {}
     for m, sc in scores.items():
-        a = _aurocs(sc, test.raw, names)
+        a = masked_aurocs(sc, test.raw, names)
         methods[m] = {"auroc": a["per_class"], "mean_auroc": a["mean"],
                       "conditioned_recall": conditioned_recall(sc, test), **details.get(m, {})}
     seg_iou = segmenter_iou(prob_test, test, names)
@@ -629,7 +629,7 @@ def _baselines(s, names, train, val, test, subset, size, out, ck, scores, detail
     cls_task = ClassificationTask(names)
     val_cls = ArrayDataset(val.images, y_va, w_va)
     test_cls = ArrayDataset(test.images, y_te, w_te)
-    ce = Engine(clf, cls_task, _engine_settings(s, s.epochs, bs, "val_auroc"), out / "classifier",
+    ce = Engine(clf, cls_task, engine_settings(s, s.epochs, bs, "val_auroc"), out / "classifier",
                 {"kind": "classifier", "arch": arch, "classes": names, "in_channels": 1, "image_size": size,
                  "normalisation": NORMALISATION, "seed": s.seed, "dataset": s.dataset})
     ce.fit(ArrayDataset(train.images, y_tr, w_tr, augment=True, seed=s.seed), val_cls, resume=s.resume)
@@ -645,7 +645,7 @@ def _baselines(s, names, train, val, test, subset, size, out, ck, scores, detail
     seg_w = np.zeros_like(train.mask_ok)
     seg_w[subset] = train.mask_ok[subset]
     mt_task = MultitaskTask(names)
-    me = Engine(ynet, mt_task, _engine_settings(s, s.epochs, bs, "val_auroc"), out / "multitask",
+    me = Engine(ynet, mt_task, engine_settings(s, s.epochs, bs, "val_auroc"), out / "multitask",
                 {**ck, "kind": "multitask"})
     me.fit(ArrayDataset(train.images, y_tr, w_tr, masks=train.masks, augment=True, seed=s.seed, valid=seg_w),
            ArrayDataset(val.images, y_va, w_va, masks=val.masks, valid=np.zeros_like(val.mask_ok)),
