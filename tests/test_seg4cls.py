@@ -287,3 +287,19 @@ def test_cli_mixed_alternating_vs_segmentation_only(phantom, cache, tmp_path, ca
     with pytest.raises(SystemExit) as exc:
         main(bad)
     assert exc.value.code == 2 and "--pooling" in capsys.readouterr().err
+
+
+def test_mixed_evaluates_on_valid_when_test_has_no_masks(tmp_path, monkeypatch):
+    """COVID-QU-Ex ships Test without masks: mixed training scores segmentation on Val."""
+    from test_formats import covidqu_fixture
+
+    from doll.tasks.finetune import FinetuneSettings
+    from doll.tasks.seg4cls import load_parts
+
+    root = covidqu_fixture(tmp_path / "cq")
+    s = FinetuneSettings(task="mixed", dataset="covidqu", root=str(root), progress=False)
+    names, _, train, _, test, split, _ = load_parts(s, 16, need_val=False, test_needs_masks=True)
+    assert names == ["COVID-19"] and split == "valid" and len(test) == 3 and test.has_masks
+    assert test.masks[test.raw[:, 0] == 1].sum() > 0
+    _, _, _, val, test, split, _ = load_parts(s, 16)  # seg4cls: test for AUROC, valid for the summarizers
+    assert split == "test" and not test.has_masks and len(val) == 3

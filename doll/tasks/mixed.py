@@ -21,7 +21,8 @@ alone, for the same number of segmentation samples (the subset cycled to N/2 per
 epoch). Its image score is the max of its probability map.
 
 Data and splits as in ``--task seg4cls`` (classes with masks of the same name; test
-split ``test`` else ``valid``); no validation split is needed (the last epoch's model is
+split ``test`` else ``valid``, and ``valid`` when ``test`` has no mask files, as in
+COVID-QU-Ex); no validation split is needed (the last epoch's model is
 reported). Reported on the test split per method: segmentation IoU and F1 (Dice) at
 probability > 0.5 on the test images whose mask is non-empty, and AUROC of the
 image scores.
@@ -166,7 +167,7 @@ def mixed(s: FinetuneSettings) -> dict:
         raise DollError("--task mixed runs one seed; use --seed N and repeat the command for more")
     t0 = time.time()
     size = task_image_size(s)
-    names, sources, train, _val, test, test_split, _ = load_parts(s, size, need_val=False)
+    names, sources, train, _val, test, test_split, _ = load_parts(s, size, need_val=False, test_needs_masks=True)
     C, n, bs = len(names), len(train), s.batch_size
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
     if dist.is_main():

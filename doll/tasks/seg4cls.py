@@ -142,6 +142,7 @@ class _Part:
     def __init__(self, images, masks, mask_ok, raw, ids, patients):
         self.images, self.masks, self.mask_ok, self.raw, self.ids = images, masks, mask_ok, raw, ids
         self.patients = patients
+        self.has_masks = True
 
     def take(self, sel):
         idx = np.flatnonzero(sel)
@@ -157,7 +158,10 @@ class _Part:
         return len(self.images)
 
 
-def load_parts(s: FinetuneSettings, size: int, need_val: bool = True):
+def load_parts(s: FinetuneSettings, size: int, need_val: bool = True, test_needs_masks: bool = False):
+    """(classes, mask structures, train, val, test, test split name, validation description).
+    ``test_needs_masks`` (only with ``need_val=False``): a test split without any mask
+    file is replaced by the ``valid`` split when there is one."""
     fmt = open_dataset(s.dataset, s.root)
     classes, structures = list(fmt.classes), list(fmt.structures)
     pairs = class_structure_pairs(classes, structures)
@@ -174,11 +178,16 @@ def load_parts(s: FinetuneSettings, size: int, need_val: bool = True):
         raw = labels_of(arr, len(classes))[:, cls_idx]
         has = np.asarray(arr.has_mask, bool)
         mask_ok = np.ones_like(has) if phantom else (has | (raw == 0))
-        return _Part(arr.images, arr.masks, mask_ok.astype(np.float32), raw, [it.id for it in arr.items],
-                     [it.patient or it.id for it in arr.items])
+        p = _Part(arr.images, arr.masks, mask_ok.astype(np.float32), raw, [it.id for it in arr.items],
+                  [it.patient or it.id for it in arr.items])
+        p.has_masks = phantom or bool(has.any())
+        return p
 
     train = part("train")
     test = part(test_split)
+    if test_needs_masks and not test.has_masks and val_split is not None and not need_val:
+        test_split, val_split = val_split, None  # e.g. COVID-QU-Ex ships its test split without masks
+        test = part(test_split)
     if val_split is not None and need_val:
         val = part(val_split)
         val_desc = val_split
@@ -597,13 +606,14 @@ def seg4cls(s: FinetuneSettings) -> dict:
         methods[m] = {"auroc": a["per_class"], "mean_auroc": a["mean"],
                       "conditioned_recall": conditioned_recall(sc, test), **details.get(m, {})}
     seg_iou = segmenter_iou(prob_test, test, names)
+    val_iou = segmenter_iou(prob_val, val, names)
     result = {"command": "finetune", "task": "seg4cls", "dataset": s.dataset, "init": s.init, "mode": s.mode,
               "label_fraction": s.label_fraction, "image_size": size, "test_split": test_split,
               "validation": val_desc, "classes": names, "mask_structures": sources,
               "n_train": n, "n_masks": int(k), "n_val": len(val), "n_test": len(test),
               "mask_ids": [train.ids[i] for i in subset][:50],
               "mean_auroc": {m: v["mean_auroc"] for m, v in methods.items()},
-              "mean_iou": seg_iou["mean"], "segmenter": {"iou_on_test_positives": seg_iou, **params},
+              "mean_iou": seg_iou["mean"], "segmenter": {"iou_on_test_positives": seg_iou, "iou_on_validation_positives": val_iou, **params},
               "methods": methods, "semi_supervised": semi, "robust_pneumothorax": None, "seconds": None}
     if s.dataset == "phantom":
         result["robust_pneumothorax"] = robust_pneumothorax(scores, test, names, s.root)
