@@ -161,6 +161,13 @@ def test_explain_with_lung_model_keeps_saliency_in_the_lung_field(pipeline, tmp_
     with h5py.File(out2, "r") as f:
         sal = f["saliency"][:]
         assert sal.any() and sal[np.broadcast_to(fields[:, None] == 0, sal.shape)].max() == 0
+    # evaluate-labels scores the lung field alone next to the labels: what do explanations add?
+    from doll.labels.evaluate import evaluate_labels
+
+    for labels in (out, out2):
+        m = evaluate_labels(str(labels), progress=False)
+        assert m["field_model"] == str(lung.resolve()) or m["field_model"].endswith("model")
+        assert set(m["field_prior"]) == set(m["mean"]) and 0 <= m["field_prior"]["topk_iou"] <= 1
 
 
 def test_evaluate_labels_against_nih_boxes(tmp_path):

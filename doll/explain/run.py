@@ -150,6 +150,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
 
     run_settings = {k: v for k, v in asdict(s).items() if k not in ("out", "resume", "overwrite", "progress", "device")}
     run_settings["members"] = [info for _, _, info in members]
+    run_settings["field_model"] = field_model  # the lung model whose field shaped the saliency, if any
     if s.overwrite and not s.resume:
         shutil.rmtree(Path(str(out) + ".parts"), ignore_errors=True)
     parts = PartsWriter(str(out) + ".parts", run_settings, resume=s.resume, owner=dist.is_main())

@@ -12,20 +12,26 @@ label file's square grid, is the mask):
 Baselines, scored the same way: ``random`` (uniform noise smoothed like the saliency,
 same sigma, same rule) and, when the data set has lung masks, ``lung_prior`` (the
 image's lung mask blurred with sigma = 0.05 x size: "the finding is somewhere in the
-lungs"). A class is compared with the mask of the same name, or the mask that
-localises it (COVID-QU-Ex / QaTa: ``infection`` for ``COVID-19``). Per-class means and
-their mean over classes are reported.
+lungs") and, when the saliency was shaped by a lung model (``explain --lung-model`` or
+classifiers trained with ``--lung-model``), ``field_prior``: that model's predicted lung
+field alone, so you see what the explanations add to it. A class is compared with the
+mask of the same name, or the mask that localises it (COVID-QU-Ex / QaTa: ``infection``
+for ``COVID-19``). Per-class means and their mean over classes are reported.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+import torch
 
 from doll.data import load_split
 from doll.data.base import class_structure_pairs
 from doll.errors import DollError
 from doll.explain.distill import apply_rule
 from doll.labels.store import LabelFile
+from doll.models.lung_field import predict_lung_fields
 from doll.train.metrics import iou_dice
 
 
@@ -84,7 +90,14 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
         _, arrays = load_split(dataset, root, split, size, structures=wanted or None, progress=progress)
         by_id = {it.id: i for i, it in enumerate(arrays.items)}
         rng = np.random.default_rng(seed)
-        scores = {name: {c: {} for c in classes} for name in ("labels", "random", "lung_prior")}
+        scores = {name: {c: {} for c in classes} for name in ("labels", "random", "lung_prior", "field_prior")}
+        field_model = settings.get("field_model") or settings.get("lung_model") or ""
+        field_rows = {}
+        if field_model and Path(field_model).is_dir():
+            rows = [r for r in range(len(paths)) if done[r] and targets[r].any()]
+            if rows:
+                fields = predict_lung_fields(field_model, lf["images"][rows], torch.device("cpu"), 32)
+                field_rows = {r: np.round(255 * f).astype(np.uint8) for r, f in zip(rows, fields)}
 
         def add(kind, cls, values):
             for k, v in values.items():
@@ -109,6 +122,9 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
                 add("labels", classes[c], _scores(sal, apply_rule(sal, rule), gt))
                 rnd = _random_map(sal.shape, smooth, rng)
                 add("random", classes[c], _scores(rnd, apply_rule(rnd, rule), gt))
+                if row in field_rows:
+                    fp = field_rows[row]
+                    add("field_prior", classes[c], _scores(fp, apply_rule(fp, rule), gt))
                 if lungs and arrays.has_mask[j, wanted.index(lungs)]:
                     prior = _lung_prior(arrays.masks[j, wanted.index(lungs)])
                     add("lung_prior", classes[c], _scores(prior, apply_rule(prior, rule), gt))
@@ -128,6 +144,9 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
               "per_class": per, "random_per_class": rper,
               "pairs": int(sum(p["n"] for p in per.values())),
               "note": "means over classes of per-image scores; random = smoothed uniform noise, same rule"}
+    if any(scores["field_prior"].values()):
+        fper, fmean = summarise(scores["field_prior"])
+        result.update(field_prior=fmean, field_prior_per_class=fper, field_model=field_model)
     if any(scores["lung_prior"].values()):
         lper, lmean = summarise(scores["lung_prior"])
         result.update(lung_prior=lmean, lung_prior_per_class=lper)
