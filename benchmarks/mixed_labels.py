@@ -21,15 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def floats(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not vals or any(not 0 < v <= 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"label fractions must be in (0, 1], got {text!r}")
-    return vals
+from label_efficiency import floats  # the sibling script (its folder is on sys.path when run as a script)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

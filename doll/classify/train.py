@@ -80,7 +80,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     s = settings or ClassifierSettings(**kwargs)
     check_positive(members=s.members, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size)
     archs = member_archs(s.arch, s.members)
-    dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
+    device = dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     t0 = time.time()
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
     dist.barrier()
@@ -101,7 +101,6 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     train_images, val_images = train.images, val.images
     lung_model = str(Path(s.lung_model).resolve()) if s.lung_model else ""
     if lung_model:  # shortcut suppression: nothing outside the predicted lung field reaches the classifier
-        device = resolve_device(s.device)
         train_images = mask_images(train.images, predict_lung_fields(lung_model, train.images, device, s.batch_size))
         val_images = mask_images(val.images, predict_lung_fields(lung_model, val.images, device, s.batch_size))
     train_set = ArrayDataset(train_images, y_train, w_train, augment=True, seed=s.seed)

@@ -135,9 +135,12 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     # classifiers trained with --lung-model see the lung field only: explain them on the same inputs
     trained_field = members[0][1].get("lung_model") or ""
     field_model = s.lung_model or trained_field
+    fields = predict_lung_fields(field_model, arrays.images, device, s.batch_size) if field_model else None
     inputs = arrays.images
     if trained_field:
-        inputs = mask_images(arrays.images, predict_lung_fields(trained_field, arrays.images, device, s.batch_size))
+        same = field_model == trained_field
+        inputs = mask_images(arrays.images, fields if same else
+                             predict_lung_fields(trained_field, arrays.images, device, s.batch_size))
 
     # ensemble probabilities (cheap: one forward per image and member)
     probs = np.zeros((n, len(classes)), np.float32)
@@ -146,7 +149,6 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
             x = to_tensor(inputs[i:i + s.batch_size]).to(device)
             probs[i:i + len(x)] = np.mean([torch.sigmoid(m(x).float()).cpu().numpy() for m, _, _ in members], axis=0)
     targets = select_targets(raw, probs, s.targets, s.target_threshold, allowed)
-    fields = predict_lung_fields(field_model, arrays.images, device, s.batch_size) if field_model else None
 
     run_settings = {k: v for k, v in asdict(s).items() if k not in ("out", "resume", "overwrite", "progress", "device")}
     run_settings["members"] = [info for _, _, info in members]

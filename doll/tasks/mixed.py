@@ -40,12 +40,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from doll.data.dataset import NORMALISATION, ArrayDataset
-from doll.errors import DollError
 from doll.models.adapters import set_mode
 from doll.models.segmenter import smp_config
 from doll.tasks.finetune import FinetuneSettings, build_model
 from doll.tasks.seg4cls import (
     ProbSegTask,
+    check_single_seed_run,
+    choices,
     engine_settings,
     load_parts,
     masked_aurocs,
@@ -55,10 +56,7 @@ from doll.train import distributed as dist
 from doll.train.engine import Engine, predict_all
 from doll.train.losses import masked_bce, multilabel_seg_loss
 from doll.utils import (
-    check_fraction,
-    check_positive,
     prepare_out_dir,
-    resolve_device,
     write_json,
 )
 
@@ -150,21 +148,9 @@ def segmentation_scores(prob: np.ndarray, test, names: list[str]) -> dict:
     return {"per_class": per, "iou": mean("iou"), "f1": mean("f1")}
 
 
-def _poolings(value: str) -> list[str]:
-    chosen = [v.strip() for v in str(value or "").split(",") if v.strip()]
-    bad = [v for v in chosen if v not in POOLINGS]
-    if bad or not chosen:
-        raise DollError(f"unknown --pooling {value!r}; choose one or both of {', '.join(POOLINGS)} (comma-separated)")
-    return chosen
-
-
 def mixed(s: FinetuneSettings) -> dict:
-    check_fraction(s.label_fraction)
-    check_positive(epochs=s.epochs, batch_size=s.batch_size)
-    resolve_device(s.device)
-    poolings = _poolings(s.pooling)
-    if s.seeds != 1:
-        raise DollError("--task mixed runs one seed; use --seed N and repeat the command for more")
+    check_single_seed_run(s)
+    poolings = choices(s.pooling, POOLINGS, "--pooling")
     t0 = time.time()
     size = task_image_size(s)
     names, sources, train, _val, test, test_split, _ = load_parts(s, size, need_val=False, test_needs_masks=True)

@@ -501,24 +501,29 @@ def task_image_size(s: FinetuneSettings) -> int:
     return 256
 
 
-def _summarizer_choice(s) -> list[str]:
-    value = str(s.summarizer or "all")
+def choices(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    """A comma-separated option value ("all" = every allowed one) checked against ``allowed``."""
+    value = str(value or "")
     if value == "all":
-        return list(SUMMARIZERS)
+        return list(allowed)
     chosen = [v.strip() for v in value.split(",") if v.strip()]
-    bad = [v for v in chosen if v not in SUMMARIZERS]
-    if bad or not chosen:
-        raise DollError(f"unknown --summarizer {value!r}; choose all or some of {', '.join(SUMMARIZERS)}")
+    if not chosen or any(v not in allowed for v in chosen):
+        raise DollError(f"unknown {option} {value!r}; choose all or some of {', '.join(allowed)} (comma-separated)")
     return chosen
 
 
-def seg4cls(s: FinetuneSettings) -> dict:
+def check_single_seed_run(s: FinetuneSettings) -> None:
+    """The checks every single-seed task (seg4cls, mixed) makes before loading data."""
     check_fraction(s.label_fraction)
     check_positive(epochs=s.epochs, batch_size=s.batch_size)
     resolve_device(s.device)
-    chosen = _summarizer_choice(s)
     if s.seeds != 1:
-        raise DollError("--task seg4cls runs one seed; use --seed N and repeat the command for more")
+        raise DollError(f"--task {s.task} runs one seed; use --seed N and repeat the command for more")
+
+
+def seg4cls(s: FinetuneSettings) -> dict:
+    check_single_seed_run(s)
+    chosen = choices(s.summarizer or "all", SUMMARIZERS, "--summarizer")
     if s.pseudo not in PSEUDO:
         raise DollError(f"unknown pseudo-mask mode {s.pseudo!r}; choose one of {', '.join(PSEUDO)}")
     t0 = time.time()
