@@ -199,3 +199,11 @@ def test_mask_image_size_mismatch_with_strict(capsys, phantom, tmp_path):
     cv2.imwrite(str(mask), np.zeros((10, 12), np.uint8))
     expect_error(capsys, "(--strict)", "finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", root,
                  "--strict", "--epochs", 1, "--out", tmp_path / "o")
+
+
+def test_missing_lung_model_fails_before_any_output(capsys, pipeline, tmp_path):
+    expect_error(capsys, "--lung-model /x/nope does not exist", "train-classifiers", "--root", pipeline["phantom"],
+                 "--out", tmp_path / "cls", "--lung-model", "/x/nope")
+    assert not (tmp_path / "cls").exists()
+    expect_error(capsys, "--lung-model /x/nope does not exist", "explain", "--classifiers", pipeline["classifiers"],
+                 "--root", pipeline["phantom"], "--out", tmp_path / "l.h5", "--lung-model", "/x/nope")

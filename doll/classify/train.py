@@ -14,7 +14,7 @@ from doll.data.labels import apply_policy
 from doll.errors import DollError
 from doll.models.checkpoint import load_into
 from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier
-from doll.models.lung_field import mask_images, predict_lung_fields
+from doll.models.lung_field import lung_model_config, mask_images, predict_lung_fields
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.losses import masked_bce
@@ -80,6 +80,8 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     s = settings or ClassifierSettings(**kwargs)
     check_positive(members=s.members, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size)
     archs = member_archs(s.arch, s.members)
+    if s.lung_model:
+        lung_model_config(s.lung_model)  # a bad --lung-model fails before any output is written
     device = dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     t0 = time.time()
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)

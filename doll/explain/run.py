@@ -19,7 +19,7 @@ from doll.explain.distill import DEFAULT_RULE, check_rule, distill
 from doll.labels.store import PartsWriter, write_label_file
 from doll.models.checkpoint import load_into, read_config
 from doll.models.classifier import build_classifier
-from doll.models.lung_field import mask_images, predict_lung_fields
+from doll.models.lung_field import lung_model_config, mask_images, predict_lung_fields
 from doll.train import distributed as dist
 from doll.utils import check_positive, resolve_device, write_json
 
@@ -106,6 +106,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     s = settings or ExplainSettings(**kwargs)
     check_positive(steps=s.steps, batch_size=s.batch_size, block=s.block)
     check_rule(s.label_rule)
+    if s.lung_model:
+        lung_model_config(s.lung_model)
     if s.sign not in SIGNS:
         raise DollError(f"unknown --sign {s.sign!r}; choose one of {', '.join(SIGNS)}")
     if s.targets not in TARGET_MODES:

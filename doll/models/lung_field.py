@@ -7,6 +7,8 @@ No ground-truth lung mask is needed at label time: only the model's prediction.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import torch
@@ -27,11 +29,20 @@ def lung_field(lung_mask: np.ndarray, margin: float = MARGIN) -> np.ndarray:
     return np.clip(cv2.GaussianBlur(grown.astype(np.float32), (0, 0), k / 2), 0, 1)
 
 
-def predict_lung_fields(folder: str, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
-    """Soft lung fields (N, H, W) in [0, 1] for uint8 images (N, H, W)."""
+def lung_model_config(folder: str) -> dict:
+    """The ``doll`` config of a `doll finetune --task lung` model folder; DollError otherwise."""
+    if not Path(folder).is_dir():
+        raise DollError(f"--lung-model {folder} does not exist; train one with `doll finetune --task lung` "
+                        "and pass its model/ folder")
     cfg = read_config(folder, kind="segmenter")["doll"]
     if cfg.get("task") != "lung" or cfg.get("classes") != ["lungs"]:
         raise DollError(f"--lung-model {folder} is not a `doll finetune --task lung` model (task {cfg.get('task')!r})")
+    return cfg
+
+
+def predict_lung_fields(folder: str, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    """Soft lung fields (N, H, W) in [0, 1] for uint8 images (N, H, W)."""
+    cfg = lung_model_config(folder)
     model = build_pspnet(cfg["encoder"], 1)
     set_mode(model, cfg.get("mode", "full"), cfg["image_size"])
     load_into(model, folder)
