@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         if "OutOfMemoryError" in kinds or "out of memory" in str(exc).lower():
             _fail("out of GPU memory; run again with half the --batch-size (and --resume)", 2)
-        if isinstance(exc, OSError) and exc.errno == 28:
-            _fail(f"disk full ({exc.filename or 'while writing'}); free space or choose another --out", 2)
+        if (isinstance(exc, OSError) and exc.errno == 28) or "No space left on device" in str(exc):
+            # OSError from Python, or a library's own error wrapping it (safetensors' SafetensorError)
+            _fail(f"disk full ({getattr(exc, 'filename', None) or 'while writing'}); free space or choose another --out", 2)
         _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback and report it)", 1)
 
 

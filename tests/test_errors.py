@@ -169,6 +169,15 @@ def test_out_of_memory_and_disk_full_messages(capsys, phantom, tmp_path, monkeyp
     monkeypatch.setattr(stage, "train_classifiers", full)
     expect_error(capsys, "disk full", "train-classifiers", "--root", phantom, "--out", tmp_path / "o")
 
+    class SafetensorError(Exception):  # what safetensors raises when the disk fills while saving
+        pass
+
+    def full_in_library(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(stage, "train_classifiers", full_in_library)
+    expect_error(capsys, "disk full", "train-classifiers", "--root", phantom, "--out", tmp_path / "o")
+
 
 def test_disk_full_during_atomic_write_leaves_no_file(tmp_path, monkeypatch):
     import os
