@@ -5,7 +5,7 @@ One classifier (``build_classifier``, random init, eval mode), the same seeded i
 same targets (the first ``--targets`` classes for every image), the same number of steps
 and the same quadrature (Gauss-Legendre; ``method="gausslegendre"`` in Captum) and the
 same ``zero`` baseline (``doll.explain.ig.make_baseline``). Three ways, each timed after
-one warm-up on the first image:
+one untimed warm-up run on the same inputs:
 
 * ``doll``: one ``IntegratedGradients.attribute`` call over all images and targets;
 * ``captum_naive``: ``captum.attr.IntegratedGradients`` once per (image, target);
@@ -13,10 +13,11 @@ one warm-up on the first image:
   (Captum's way of batching targets).
 
 On the CPU all three run in float32. On CUDA the model and images are channels_last for
-all three, and doll's engine also runs under bf16 autocast, as ``doll explain`` does
-(so ``max_rel_diff`` is larger there than on the CPU). The maps (channel-summed) are checked
-against the naive Captum ones: ``max_rel_diff`` = max over maps of
-``max|a - b| / max|b|``. One JSON object goes to stdout; see benchmarks/README.md.
+all three, and doll's engine also runs under float16 autocast (``--precision``), as
+``doll explain`` does, so the maps differ there by rounding. The maps (channel-summed) are
+checked against the naive Captum ones: ``max_rel_diff`` = max over maps of
+``max|a - b| / max|b|`` (one pixel decides it) and ``rel_l2_diff_by_method`` = max over
+maps of ``||a - b|| / ||b||``. One JSON object goes to stdout; see benchmarks/README.md.
 
     python benchmarks/explain_speed.py                      # CPU defaults
     python benchmarks/explain_speed.py --device cuda --arch densenet121 --image-size 224
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from doll.data.dataset import MEAN, STD
-from doll.explain.ig import IntegratedGradients, make_baseline
+from doll.explain.ig import PRECISIONS, IntegratedGradients, default_batch_size, make_baseline
 from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier
 from doll.utils import resolve_device
 
@@ -48,15 +49,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--targets", type=int, default=14, help="targets per image: the first K classes")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="doll's batch_size and Captum's internal_batch_size (interpolated images per forward)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="doll's batch_size and Captum's internal_batch_size (interpolated images per forward); "
+                        "default: doll explain's (256 on a GPU, 64 on the CPU)")
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="doll's IG arithmetic on CUDA")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baseline-json", default=None, help="a stored result of this script to compare against")
     p.add_argument("--skip-captum-batched", action="store_true")
     a = p.parse_args(argv)
     for name in ("image_size", "classes", "targets", "images", "steps", "batch_size"):
-        if getattr(a, name) <= 0:
+        if getattr(a, name) is not None and getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if a.targets > a.classes:
         p.error(f"--targets {a.targets} exceeds --classes {a.classes}")
@@ -82,7 +85,7 @@ def _timed(fn, device: torch.device) -> tuple[object, float, float | None]:
 
 
 def run_doll(model, x, targets, args):
-    ig = IntegratedGradients(steps=args.steps, baseline="zero", batch_size=args.batch_size)
+    ig = IntegratedGradients(steps=args.steps, baseline="zero", batch_size=args.batch_size, precision=args.precision)
     return [np.asarray(m, np.float32) for m in ig.attribute(model, x, targets)]
 
 
@@ -111,6 +114,12 @@ def run_captum_batched(cig, x, b, targets, args):
     return maps
 
 
+def rel_l2_diff(maps, ref) -> float:
+    """Worst map's ||a - b|| / ||b||: robust to a few pixels, unlike max_rel_diff."""
+    return max(float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-12))
+               for a_img, b_img in zip(maps, ref) for a, b in zip(a_img, b_img))
+
+
 def max_rel_diff(maps, ref) -> float:
     worst = 0.0
     for a_img, b_img in zip(maps, ref):
@@ -126,6 +135,7 @@ def main(argv=None) -> int:
     )
 
     device = resolve_device(args.device)
+    args.batch_size = args.batch_size or default_batch_size(device)
     torch.manual_seed(args.seed)
     model = build_classifier(args.arch, args.classes).to(device).eval()
     for p in model.parameters():
@@ -148,7 +158,7 @@ def main(argv=None) -> int:
 
     seconds, peaks, maps = {}, {}, {}
     for name, fn in ways.items():
-        fn(x[:1], b[:1], targets[:1])  # warm-up: first image, all its targets
+        fn(x, b, targets)  # warm-up on the same inputs: CUDA kernels and allocator see the timed shapes
         maps[name], seconds[name], peaks[name] = _timed(lambda fn=fn: fn(x, b, targets), device)
 
     ref = maps["captum_naive"]
@@ -164,6 +174,8 @@ def main(argv=None) -> int:
                                if "captum_batched" in per_image else None),
         "max_rel_diff": max(diffs.values()),
         "max_rel_diff_by_method": diffs,
+        "rel_l2_diff_by_method": {f"{k}_vs_captum_naive": round(rel_l2_diff(maps[k], ref), 5)
+                                  for k in maps if k != "captum_naive"},
     }
     if device.type == "cuda":
         result["peak_cuda_mb"] = round(max(peaks.values()), 1)
@@ -175,7 +187,7 @@ def main(argv=None) -> int:
         result["gpu"] = torch.cuda.get_device_name(device)
     result.update(device=device.type,
                   arch=args.arch, image_size=args.image_size, images=args.images, classes=args.classes,
-                  targets=args.targets, steps=args.steps, batch_size=args.batch_size,
+                  targets=args.targets, steps=args.steps, batch_size=args.batch_size, precision=args.precision,
                   torch=torch.__version__, threads=torch.get_num_threads())
     if args.baseline_json:
         with open(args.baseline_json) as fh:

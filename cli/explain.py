@@ -25,7 +25,8 @@ def explain(
     smooth: float = typer.Option(0.03, "--smooth", help="Gaussian smoothing sigma as a fraction of the image size."),
     sign: str = typer.Option("positive", "--sign", help="Which evidence counts: positive (the positive part of the attributions) or absolute."),
     label_rule: str = typer.Option("otsu", "--label-rule", help="Saliency -> pixel label: otsu, quantile:Q or threshold:T."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Interpolated images per forward pass (sets peak memory)."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Interpolated images per forward pass (sets peak memory); 0: 256 on a GPU, 64 on the CPU."),
+    precision: str = typer.Option("auto", "--precision", help="IG arithmetic on a GPU: auto (float16 autocast, float32 where it overflows), fp16, bf16 or fp32. The CPU always uses float32."),
     lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder (its model/ subfolder): saliency is kept inside the lung field it predicts."),
     block: int = typer.Option(64, "--block", help="Images per resumable block (the unit of work shared among torchrun processes)."),
     image_size: int = typer.Option(0, "--image-size", help="Image size (0: the classifiers' own)."),
@@ -36,7 +37,7 @@ def explain(
 
     result = run(classifiers=str(classifiers), dataset=dataset, root=str(root), out=str(out), method=method,
                  split=split, steps=steps, baseline=baseline, targets=targets, target_threshold=target_threshold,
-                 classes=classes, smooth=smooth, sign=sign, label_rule=label_rule, batch_size=batch_size, block=block, lung_model=str(lung_model) if lung_model else "", image_size=image_size,
+                 classes=classes, smooth=smooth, sign=sign, label_rule=label_rule, batch_size=batch_size, precision=precision, block=block, lung_model=str(lung_model) if lung_model else "", image_size=image_size,
                  device=device, seed=seed, resume=resume, overwrite=overwrite, progress=not quiet)
     emit(result, keys=("images", "targets", "seconds", "seconds_per_image"),
          footer=f"labels: {out}  metrics: {out}.metrics.json")

@@ -95,6 +95,7 @@ def test_label_fraction_outside_range(capsys, phantom, tmp_path, fraction):
     (["finetune", "--task", "jsrt", "--dataset", "jsrt", "--encoder", "vit"], "unknown --encoder 'vit'"),
     (["pretrain", "--encoder", "vit"], "unknown --encoder 'vit'"),
     (["explain", "--sign", "both"], "unknown --sign 'both'"),
+    (["explain", "--precision", "fp8"], "unknown --precision 'fp8'"),
     (["finetune", "--task", "seg4cls", "--dataset", "jsrt", "--summarizer", "magic"], "unknown --summarizer 'magic'"),
     (["finetune", "--task", "mixed", "--dataset", "jsrt", "--pooling", "mean"], "unknown --pooling 'mean'"),
 ])

@@ -16,7 +16,8 @@ from doll.data.dataset import to_tensor
 from doll.errors import DollError
 from doll.explain.base import make_explainer
 from doll.explain.distill import DEFAULT_RULE, check_rule, distill
-from doll.labels.store import PartsWriter, write_label_file
+from doll.explain.ig import PRECISIONS, default_batch_size
+from doll.labels.store import Blocks, PartsWriter, write_label_file
 from doll.models.checkpoint import load_into, read_config
 from doll.models.classifier import build_classifier
 from doll.models.lung_field import lung_model_config, mask_images, predict_lung_fields
@@ -45,7 +46,8 @@ class ExplainSettings:
     smooth: float = 0.03
     label_rule: str = DEFAULT_RULE
     lung_model: str = ""  # a `doll finetune --task lung` model folder: restrict saliency to its lung field
-    batch_size: int = 64  # interpolated images per forward pass
+    batch_size: int = 0  # interpolated images per forward pass; 0: 256 on a GPU, 64 on the CPU
+    precision: str = "auto"  # IG on CUDA: auto (float16 autocast), fp16, bf16 or fp32
     block: int = 64  # images per resumable block
     image_size: int = 0  # 0: the classifiers' own size
     seed: int = 0
@@ -104,10 +106,14 @@ def select_targets(raw: np.ndarray, probs: np.ndarray, mode: str, threshold: flo
 def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     """Write the DoLL label file ``out``; returns (and writes to ``<out>.metrics.json``) run metrics."""
     s = settings or ExplainSettings(**kwargs)
-    check_positive(steps=s.steps, batch_size=s.batch_size, block=s.block)
+    check_positive(steps=s.steps, block=s.block)
+    if s.batch_size < 0:
+        raise DollError(f"--batch-size must be positive (or 0 for the default), got {s.batch_size}")
     check_rule(s.label_rule)
     if s.lung_model:
         lung_model_config(s.lung_model)
+    if s.precision not in PRECISIONS:
+        raise DollError(f"unknown --precision {s.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if s.sign not in SIGNS:
         raise DollError(f"unknown --sign {s.sign!r}; choose one of {', '.join(SIGNS)}")
     if s.targets not in TARGET_MODES:
@@ -119,9 +125,11 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
     t0 = time.time()
     device = dist.init(resolve_device(s.device))
+    s.batch_size = s.batch_size or default_batch_size(device)
     members, classes = load_ensemble(s.classifiers, device)
     size = s.image_size or members[0][1]["image_size"]
-    explainer = make_explainer(s.method, steps=s.steps, baseline=s.baseline, batch_size=s.batch_size, seed=s.seed)
+    explainer = make_explainer(s.method, steps=s.steps, baseline=s.baseline, batch_size=s.batch_size,
+                               precision=s.precision, seed=s.seed)
     fmt, arrays = load_split(s.dataset, s.root, s.split or None, size, progress=s.progress and dist.is_main())
     if list(fmt.classes) != list(classes):
         raise DollError(f"the classifiers know {len(classes)} classes ({', '.join(classes[:3])}...) but dataset "
@@ -165,6 +173,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     todo = [b for b in mine if not parts.has(b)]
     bar = tqdm(total=sum(min(s.block, n - b * s.block) for b in todo), desc=f"explaining ({s.method})",
                unit="img", disable=not (s.progress and dist.is_main()))
+    fallbacks = 0  # chunks whose float16 gradients overflowed and were redone in float32 (this process)
     for b in todo:
         completeness: list[float] = []
         lo, hi = b * s.block, min(n, (b + 1) * s.block)
@@ -175,14 +184,17 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
             explainer.stats.clear()
             per_member.append(explainer.attribute(model, x, tg))
             completeness += explainer.stats.get("completeness_rel_error", [])
-        sal = np.zeros((hi - lo, len(classes), size, size), np.uint8)
+            fallbacks += len(explainer.stats.get("fp32_fallbacks", []))
         tmask = np.zeros((hi - lo, len(classes)), bool)
+        maps = []  # the explained classes' saliency, in the row-major order of tmask
         for j in range(hi - lo):
             if tg[j]:
-                sal[j, tg[j]] = distill([maps[j] for maps in per_member], s.sign, s.smooth,
-                                        None if fields is None else fields[lo + j])
+                order = np.argsort(tg[j])
+                sal = distill([m[j] for m in per_member], s.sign, s.smooth, None if fields is None else fields[lo + j])
+                maps.extend(sal[order])
                 tmask[j, tg[j]] = True
-        parts.write(b, saliency=sal, targets=tmask, completeness=np.array(completeness, np.float32))
+        maps = np.stack(maps) if maps else np.zeros((0, size, size), np.uint8)
+        parts.write(b, maps=maps, targets=tmask, completeness=np.array(completeness, np.float32))
         bar.update(hi - lo)
     bar.close()
     dist.barrier()
@@ -191,17 +203,22 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
                "targets_per_class": dict(zip(classes, np.array([[c in t for c in range(len(classes))] for t in targets]).sum(0).tolist() if n else [])),
                "method": s.method, "steps": s.steps, "members": len(members), "label_rule": s.label_rule}
     if dist.is_main():
-        sal = np.zeros((n, len(classes), size, size), np.uint8)
         tmask = np.zeros((n, len(classes)), bool)
         comp = []
         for b in blocks:
             if not parts.has(b):
                 raise DollError(f"block {b} of the run is missing; run again with --resume")
-            z = parts.read(b)
-            lo = b * s.block
-            sal[lo:lo + len(z["saliency"])] = z["saliency"]
-            tmask[lo:lo + len(z["targets"])] = z["targets"]
+            z = parts.read(b, ("targets", "completeness"))
+            tmask[b * s.block:b * s.block + len(z["targets"])] = z["targets"]
             comp.append(z["completeness"])
+
+        def saliency_pieces():  # one block in memory at a time
+            for b in blocks:
+                z = parts.read(b, ("targets", "maps"))
+                piece = np.zeros((len(z["targets"]), len(classes), size, size), np.uint8)
+                piece[z["targets"]] = z["maps"]
+                yield b * s.block, piece
+
         comp = np.concatenate(comp) if comp else np.zeros(0)
         if s.method.startswith("ig") and len(comp):
             metrics["completeness_rel_error"] = {"median": float(np.median(comp)), "p90": float(np.quantile(comp, 0.9)),
@@ -209,12 +226,15 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         attrs = {"classes": classes, "method": s.method, "settings": run_settings, "label_rule": s.label_rule,
                  "classifiers": run_settings["members"], "image_size": size, "dataset": s.dataset,
                  "root": str(fmt.root), "split": s.split}
-        write_label_file(out, {"saliency": sal, "targets": tmask, "labels": raw, "probs": probs,
+        write_label_file(out, {"saliency": Blocks((n, len(classes), size, size), saliency_pieces()), "targets": tmask, "labels": raw, "probs": probs,
                                "images": np.asarray(arrays.images), "paths": [it.id for it in arrays.items],
                                "done": np.ones(n, bool)}, attrs)
         shutil.rmtree(parts.folder, ignore_errors=True)
         metrics["seconds"] = round(time.time() - t0, 2)
         metrics["seconds_per_image"] = round(metrics["seconds"] / max(n, 1), 4)
+        if device.type == "cuda":
+            metrics["fp32_fallback_chunks"] = fallbacks
+            metrics["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         write_json(str(out) + ".config.json", {"command": "explain", **asdict(s)})
         write_json(str(out) + ".metrics.json", metrics)
     dist.barrier()

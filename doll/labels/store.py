@@ -17,9 +17,12 @@ Attributes: ``format`` = "doll-labels", ``format_version`` = 1, ``classes`` (JSO
 sha256 of each member's weights), ``image_size``, ``dataset``, ``tool_version``.
 
 While a run is in progress, finished blocks of rows live as atomically written
-``.npz`` files in ``<file>.parts/``; ``--resume`` skips the blocks already there and the
+compressed ``.npz`` files in ``<file>.parts/`` (the saliency of the explained classes
+only); ``--resume`` skips the blocks already there and the
 final file is assembled from them (and renamed into place) at the end, so a killed run
-never leaves a half-written ``.h5`` behind. Several processes (torchrun) write blocks
+never leaves a half-written ``.h5`` behind. The final file is written block by block, so
+memory stays bounded by a block, not by the data set (CheXpert at 224 px: 191k x 14 x
+224 x 224 bytes of saliency would be 134 GB). Several processes (torchrun) write blocks
 into the same parts folder; ``doll labels merge`` joins shards made on separate machines.
 """
 from __future__ import annotations
@@ -37,15 +40,35 @@ FORMAT, FORMAT_VERSION = "doll-labels", 1
 ROW_DATASETS = ("saliency", "targets", "labels", "probs", "images", "paths", "done")
 
 
-def write_label_file(path: str | Path, rows: dict[str, np.ndarray], attrs: dict) -> None:
-    """Write a complete label file atomically from full arrays (``rows`` keyed as above)."""
+ROWS_PER_WRITE = 1024  # rows of a big dataset copied per write: memory stays bounded on CheXpert-sized runs
+
+
+class Blocks:
+    """A row dataset given piece by piece, so that no process holds it whole: its full
+    ``shape`` and an iterable of ``(first row, array)`` pieces (dtype uint8)."""
+
+    def __init__(self, shape: tuple[int, ...], pieces):
+        self.shape, self.pieces = tuple(shape), pieces
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> Blocks:
+        """An array (in memory or memory-mapped), copied ``ROWS_PER_WRITE`` rows at a time."""
+        return cls(array.shape, ((lo, array[lo:lo + ROWS_PER_WRITE]) for lo in range(0, len(array), ROWS_PER_WRITE)))
+
+
+def write_label_file(path: str | Path, rows: dict, attrs: dict) -> None:
+    """Write a complete label file atomically. ``rows`` is keyed as in the table above;
+    ``saliency`` and ``images`` may be arrays or :class:`Blocks`, the rest are arrays."""
     path = Path(path)
-    n, c, h, w = rows["saliency"].shape
+    big = {k: rows[k] if isinstance(rows[k], Blocks) else Blocks.of(rows[k]) for k in ("saliency", "images")}
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("saliency", data=rows["saliency"], chunks=(1, c, h, w), compression="gzip",
-                             compression_opts=4, shuffle=True)
-            f.create_dataset("images", data=rows["images"], chunks=(1, h, w), compression="gzip", compression_opts=4)
+            for key, blocks in big.items():
+                extra = {"shuffle": True} if key == "saliency" else {}
+                ds = f.create_dataset(key, shape=blocks.shape, dtype=np.uint8, chunks=(1, *blocks.shape[1:]),
+                                      compression="gzip", compression_opts=4, **extra)
+                for lo, piece in blocks.pieces:
+                    ds[lo:lo + len(piece)] = piece
             for key in ("targets", "labels", "probs", "done"):
                 f.create_dataset(key, data=rows[key])
             f.create_dataset("paths", data=np.array(rows["paths"], dtype=object), dtype=h5py.string_dtype())
@@ -158,8 +181,8 @@ class PartsWriter:
     def write(self, block: int, **arrays) -> None:
         with atomic_path(self.block_file(block)) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+                np.savez_compressed(fh, **arrays)  # unexplained classes are all zero: next to nothing on disk
 
-    def read(self, block: int) -> dict[str, np.ndarray]:
+    def read(self, block: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         with np.load(self.block_file(block), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in (keys or z.files)}

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from doll.errors import DollError
 from doll.explain.distill import apply_rule
-from doll.labels.store import LabelFile, write_label_file
+from doll.labels.store import ROWS_PER_WRITE, Blocks, LabelFile, write_label_file
 from doll.utils import atomic_path, write_json
 
 
@@ -25,7 +25,8 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
         raise DollError("name the label files to merge")
     if Path(out).exists() and not overwrite:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
-    rows: dict[str, list] = {}
+    small: dict[str, list] = {}
+    keeps: list[np.ndarray] = []
     attrs = None
     seen: set[str] = set()
     for p in inputs:
@@ -33,6 +34,7 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
             mine = {k: lf.attr(k) for k in ("classes", "method", "settings", "label_rule", "image_size", "dataset")}
             if attrs is None:
                 attrs = {**mine, "classifiers": lf.attr("classifiers"), "root": lf.attr("root"), "split": lf.attr("split")}
+                shapes = {k: lf[k].shape[1:] for k in ("saliency", "images")}
             elif any(attrs[k] != mine[k] for k in mine):
                 bad = [k for k in mine if attrs[k] != mine[k]]
                 raise DollError(f"{p} differs from {inputs[0]} in {', '.join(bad)}; only shards of one run can be merged")
@@ -42,13 +44,29 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
                 if q in seen:
                     keep[i] = False
                 seen.add(q)
-            for k in ("saliency", "targets", "labels", "probs", "images", "done"):
-                rows.setdefault(k, []).append(lf[k][:][keep])
-            rows.setdefault("paths", []).append(np.array(paths, dtype=object)[keep])
-    merged = {k: np.concatenate(v) for k, v in rows.items()}
+            keeps.append(keep)
+            for k in ("targets", "labels", "probs", "done"):
+                small.setdefault(k, []).append(lf[k][:][keep])
+            small.setdefault("paths", []).append(np.array(paths, dtype=object)[keep])
+    merged: dict = {k: np.concatenate(v) for k, v in small.items()}
     merged["paths"] = merged["paths"].tolist()
+    n = len(merged["done"])
+
+    def pieces(key: str):  # kept rows, ROWS_PER_WRITE at a time, one input file open at a time
+        row = 0
+        for p, keep in zip(inputs, keeps):
+            with LabelFile(p) as lf:
+                for lo in range(0, len(keep), ROWS_PER_WRITE):
+                    k = keep[lo:lo + ROWS_PER_WRITE]
+                    if k.any():
+                        piece = lf[key][lo:lo + len(k)][k]
+                        yield row, piece
+                        row += len(piece)
+
+    for key in ("saliency", "images"):
+        merged[key] = Blocks((n, *shapes[key]), pieces(key))
     write_label_file(out, merged, attrs)
-    return {"command": "labels merge", "inputs": inputs, "out": out, "rows": len(merged["done"])}
+    return {"command": "labels merge", "inputs": inputs, "out": out, "rows": n}
 
 
 def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress: bool = True) -> dict:
