@@ -5,7 +5,7 @@ One classifier (``build_classifier``, random init, eval mode), the same seeded i
 same targets (the first ``--targets`` classes for every image), the same number of steps
 and the same quadrature (Gauss-Legendre; ``method="gausslegendre"`` in Captum) and the
 same ``zero`` baseline (``doll.explain.ig.make_baseline``). Three ways, each timed after
-one untimed warm-up run on the same inputs:
+one untimed warm-up (on CUDA the same inputs, on the CPU the first image):
 
 * ``doll``: one ``IntegratedGradients.attribute`` call over all images and targets;
 * ``captum_naive``: ``captum.attr.IntegratedGradients`` once per (image, target);
@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=None,
                    help="doll's batch_size and Captum's internal_batch_size (interpolated images per forward); "
-                        "default: doll explain's (256 on a GPU, 64 on the CPU)")
+                        "default: doll explain's (256 on a GPU, 16 on the CPU)")
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="doll's IG arithmetic on CUDA")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda")
     p.add_argument("--seed", type=int, default=0)
@@ -158,7 +158,10 @@ def main(argv=None) -> int:
 
     seconds, peaks, maps = {}, {}, {}
     for name, fn in ways.items():
-        fn(x, b, targets)  # warm-up on the same inputs: CUDA kernels and allocator see the timed shapes
+        if device.type == "cuda":  # warm-up on the timed inputs: CUDA kernels and allocator see the timed shapes
+            fn(x, b, targets)
+        else:  # the CPU has no per-shape state worth a second full run: the first image, all its targets
+            fn(x[:1], b[:1], targets[:1])
         maps[name], seconds[name], peaks[name] = _timed(lambda fn=fn: fn(x, b, targets), device)
 
     ref = maps["captum_naive"]

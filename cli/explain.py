@@ -25,7 +25,7 @@ def explain(
     smooth: float = typer.Option(0.03, "--smooth", help="Gaussian smoothing sigma as a fraction of the image size."),
     sign: str = typer.Option("positive", "--sign", help="Which evidence counts: positive (the positive part of the attributions) or absolute."),
     label_rule: str = typer.Option("otsu", "--label-rule", help="Saliency -> pixel label: otsu, quantile:Q or threshold:T."),
-    batch_size: int = typer.Option(0, "--batch-size", help="Interpolated images per forward pass (sets peak memory); 0: 256 on a GPU, 64 on the CPU."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Interpolated images per forward pass (sets peak memory); 0: 256 on a GPU, 16 on the CPU."),
     precision: str = typer.Option("auto", "--precision", help="IG arithmetic on a GPU: auto (float16 autocast, float32 where it overflows), fp16, bf16 or fp32. The CPU always uses float32."),
     lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder (its model/ subfolder): saliency is kept inside the lung field it predicts."),
     block: int = typer.Option(64, "--block", help="Images per resumable block (the unit of work shared among torchrun processes)."),

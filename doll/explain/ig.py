@@ -5,10 +5,11 @@ path ``b + a (x - b)`` is sampled at Gauss-Legendre nodes ``a_k`` on [0, 1] with
 ``w_k`` and ``IG_c(x) = (x - b) * sum_k w_k d f_c(b + a_k (x - b)) / dx`` (f = logits).
 
 Speed at equal output: all targets of an image share one forward pass over its
-interpolation path, and the targets' backward passes reuse that graph. On the CPU they
-run batched with ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap); on CUDA a
-plain loop of backward passes over the retained graph is faster (measured on an H100:
-benchmarks/README.md). ``batch_size`` caps the number of interpolated images per forward,
+interpolation path, and the targets' backward passes run in a loop over that retained
+graph. The loop beat batching the backward passes with vmap
+(``torch.autograd.grad(..., is_grads_batched=True)``) on both an H100 and a 2-core CPU,
+and giving every target its own path (Captum's batched targets) on both
+(``benchmarks/ig_variants.py``; figures in benchmarks/README.md). ``batch_size`` caps the number of interpolated images per forward,
 so peak memory is set by it, not by steps x targets.
 
 Precision: float32 on the CPU (equal to Captum to ~1e-6). On CUDA, ``precision="auto"``
@@ -60,9 +61,12 @@ GRAD_SCALE = 1024.0  # seeds the backward under float16 so that small input grad
 
 def default_batch_size(device: torch.device) -> int:
     """Interpolated images per forward when ``--batch-size`` is not given: the GPU needs
-    big batches to be busy (DenseNet-121 at 224 px, float16: 256 points per forward used
-    about 13 GiB); the CPU gains nothing from them and keeps memory small."""
-    return 256 if device.type == "cuda" else 64
+    big batches to be busy, but gains little beyond 256 (DenseNet-121 at 224 px, float16,
+    3 targets, H100: 0.0156 s/image at 256 points per forward, 0.0148 at 1024; peak
+    17.6 GB at 256). The CPU is fastest with small ones (ResNet-18, 128 px, 14 targets,
+    2 cores: 2.49 s/image at 16 points, 2.68 at 32, 3.26 at 64; and `doll explain` on
+    64 px phantoms: 0.45 s/image at 16, 0.52 at 64)."""
+    return 256 if device.type == "cuda" else 16
 
 
 class IntegratedGradients(Explainer):
@@ -94,15 +98,8 @@ class IntegratedGradients(Explainer):
         with torch.autocast(points.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(points).float()
         seeds = tmat * scale
-        if points.is_cuda:  # a loop over the retained graph beats vmap on the GPU
-            g = torch.stack([torch.autograd.grad(logits, points, grad_outputs=t, retain_graph=i < len(seeds) - 1)[0]
-                             for i, t in enumerate(seeds)])
-        else:
-            try:
-                (g,) = torch.autograd.grad(logits, points, grad_outputs=seeds, is_grads_batched=True)
-            except RuntimeError:  # an op without a batching rule: one backward per target
-                g = torch.stack([torch.autograd.grad(logits, points, grad_outputs=t, retain_graph=i < len(seeds) - 1)[0]
-                                 for i, t in enumerate(seeds)])
+        g = torch.stack([torch.autograd.grad(logits, points, grad_outputs=t, retain_graph=i < len(seeds) - 1)[0]
+                         for i, t in enumerate(seeds)])
         g = g.float() / scale
         if dtype is not None and not torch.isfinite(g).all():  # float16 overflowed: redo this chunk exactly
             self.stats.setdefault("fp32_fallbacks", []).append(1.0)

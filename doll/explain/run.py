@@ -46,7 +46,7 @@ class ExplainSettings:
     smooth: float = 0.03
     label_rule: str = DEFAULT_RULE
     lung_model: str = ""  # a `doll finetune --task lung` model folder: restrict saliency to its lung field
-    batch_size: int = 0  # interpolated images per forward pass; 0: 256 on a GPU, 64 on the CPU
+    batch_size: int = 0  # interpolated images per forward pass; 0: 256 on a GPU, 16 on the CPU
     precision: str = "auto"  # IG on CUDA: auto (float16 autocast), fp16, bf16 or fp32
     block: int = 64  # images per resumable block
     image_size: int = 0  # 0: the classifiers' own size
