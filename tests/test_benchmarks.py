@@ -39,3 +39,20 @@ def test_explain_speed_tiny(tmp_path):
         assert out[f] > 0
     assert out["baseline_ratio"] > 1000  # any real run takes well over 1 ms per image
     assert "slower than the baseline" in proc.stderr
+
+
+def test_ig_variants_cpu_rows_equal_reference():
+    """benchmarks/ig_variants.py on the CPU: every float32 way gives the reference maps."""
+    script = SCRIPT.parent / "ig_variants.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), "cpu", "resnet18", "32", "1"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
+    names = {r["name"] for r in rows}
+    assert {"shared-vmap fp32 bs64", "shared-loop fp32 bs64", "ref fp32 replicated"} <= names
+    assert {r["T"] for r in rows} == {3, 14}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["max_rel_diff"] < 1e-4, r  # float32 on the CPU: the ways differ only in batching
+        assert r["s_per_img"] > 0 and r["comp_median"] >= 0
