@@ -1,0 +1,41 @@
+"""The label file written piece by piece (``Blocks``) and ``doll labels merge`` streaming
+rows: same content as writing whole arrays, whatever the piece size."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from doll.labels import store, tools
+
+
+def _rows(n: int, seed: int, prefix: str) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"saliency": rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8),
+            "images": rng.integers(0, 256, (n, 8, 8), dtype=np.uint8),
+            "targets": rng.random((n, 3)) > 0.5, "labels": rng.random((n, 3)).astype(np.float32),
+            "probs": rng.random((n, 3)).astype(np.float32), "done": np.ones(n, bool),
+            "paths": [f"{prefix}/{i}" for i in range(n)]}
+
+
+ATTRS = {"classes": ["a", "b", "c"], "method": "ig", "settings": {"steps": 4}, "label_rule": "otsu",
+         "image_size": 8, "dataset": "phantom", "classifiers": [], "root": "/r", "split": "train"}
+
+
+def test_blocks_and_streamed_merge_equal_whole_arrays(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "ROWS_PER_WRITE", 3)  # several pieces per file, the last one short
+    monkeypatch.setattr(tools, "ROWS_PER_WRITE", 3)
+    a, b = _rows(7, 0, "x"), _rows(5, 1, "y")
+    b["paths"][1] = a["paths"][2]  # a duplicate row: merge keeps the first file's copy
+    store.write_label_file(tmp_path / "a.h5", a, ATTRS)
+    pieces = [(lo, b["saliency"][lo:lo + 2]) for lo in range(0, 5, 2)]
+    store.write_label_file(tmp_path / "b.h5", {**b, "saliency": store.Blocks(b["saliency"].shape, pieces)}, ATTRS)
+    with h5py.File(tmp_path / "b.h5") as f:
+        assert np.array_equal(f["saliency"][:], b["saliency"]) and np.array_equal(f["images"][:], b["images"])
+
+    result = tools.merge([str(tmp_path / "a.h5"), str(tmp_path / "b.h5")], str(tmp_path / "m.h5"))
+    assert result["rows"] == 11
+    keep_b = np.array([True, False, True, True, True])
+    with store.LabelFile(tmp_path / "m.h5") as lf:
+        assert lf.paths() == a["paths"] + [p for p, k in zip(b["paths"], keep_b) if k]
+        for key in ("saliency", "images", "targets", "labels", "probs"):
+            assert np.array_equal(lf[key][:], np.concatenate([a[key], b[key][keep_b]])), key
