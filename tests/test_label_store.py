@@ -3,8 +3,10 @@ rows: same content as writing whole arrays, whatever the piece size."""
 from __future__ import annotations
 
 import h5py
+import pytest
 import numpy as np
 
+from doll.errors import DollError
 from doll.labels import store, tools
 
 
@@ -39,3 +41,11 @@ def test_blocks_and_streamed_merge_equal_whole_arrays(tmp_path, monkeypatch):
         assert lf.paths() == a["paths"] + [p for p, k in zip(b["paths"], keep_b) if k]
         for key in ("saliency", "images", "targets", "labels", "probs"):
             assert np.array_equal(lf[key][:], np.concatenate([a[key], b[key][keep_b]])), key
+
+
+def test_parts_from_another_version_are_refused(tmp_path):
+    parts = store.PartsWriter(tmp_path / "l.h5.parts", {"steps": 4}, resume=False)
+    parts.write(0, saliency=np.zeros((2, 3, 8, 8), np.uint8), targets=np.zeros((2, 3), bool))  # the old layout
+    with pytest.raises(DollError, match="another doll version; start it again with --overwrite"):
+        parts.read(0, ("targets", "maps"))
+    assert set(parts.read(0, ("targets",))) == {"targets"}

@@ -185,4 +185,8 @@ class PartsWriter:
 
     def read(self, block: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         with np.load(self.block_file(block), allow_pickle=False) as z:
+            missing = [k for k in (keys or ()) if k not in z.files]
+            if missing:
+                raise DollError(f"{self.block_file(block)} lacks {', '.join(missing)}: the unfinished run was made by "
+                                "another doll version; start it again with --overwrite")
             return {k: z[k] for k in (keys or z.files)}
