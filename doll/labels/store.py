@@ -181,7 +181,7 @@ class PartsWriter:
     def write(self, block: int, **arrays) -> None:
         with atomic_path(self.block_file(block)) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)  # unexplained classes are all zero: next to nothing on disk
+                np.savez_compressed(fh, **arrays)
 
     def read(self, block: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         with np.load(self.block_file(block), allow_pickle=False) as z:
