@@ -20,8 +20,13 @@ map's max|a - b| / max|ref|), and the completeness error |sum IG - (f(x) - f(b))
     python benchmarks/ig_variants.py cuda densenet121 224 32
     python benchmarks/ig_variants.py cpu resnet18 32 4       # smoke run on the CPU
 """
-import json, sys, time
+import functools
+import json
+import sys
+import time
+
 import torch
+
 from doll.explain.ig import gauss_legendre
 from doll.models.classifier import build_classifier
 
@@ -62,35 +67,9 @@ def replicated(x, b, targets, bs, dtype, scale=1.0):
         out[s:s + len(pp)] = ((gr * w[None, :, None, None, None]).sum(1) * (xi - bi)).sum(1)
     return out
 
-def shared_loop(x, b, targets, bs, dtype, scale=1.0):
-    """shared forward per chunk of images, one backward per target slot (retain_graph)"""
-    pairs = [(i, c) for i in range(len(x)) for c in targets[i]]
-    out = torch.zeros(len(pairs), *x.shape[-2:], device=dev)
-    pos = {p: k for k, p in enumerate(pairs)}
-    per = max(1, bs // STEPS)
-    for s in range(0, len(x), per):
-        idx = list(range(s, min(len(x), s + per)))
-        xi, bi = x[idx], b[idx]
-        pts = (bi[:, None] + al[None, :, None, None, None] * (xi - bi)[:, None]).reshape(-1, *x.shape[1:])
-        pts = pts.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            lg = model(pts).float()
-        T = max(len(targets[i]) for i in idx)
-        for t in range(T):
-            go = torch.zeros_like(lg)
-            for j, i in enumerate(idx):
-                if t < len(targets[i]):
-                    go[j * STEPS:(j + 1) * STEPS, targets[i][t]] = scale
-            (gr,) = torch.autograd.grad(lg, pts, grad_outputs=go, retain_graph=t < T - 1)
-            gr = gr.float().reshape(len(idx), STEPS, *x.shape[1:]) / scale
-            a = ((gr * w[None, :, None, None, None]).sum(1) * (xi - bi)).sum(1)
-            for j, i in enumerate(idx):
-                if t < len(targets[i]):
-                    out[pos[(i, targets[i][t])]] = a[j]
-    return out
-
-def shared_vmap(x, b, targets, bs, dtype, scale=1.0):
-    """shared forward per chunk of images, the target slots' backward passes batched with vmap"""
+def shared(x, b, targets, bs, dtype, scale=1.0, vmap=False):
+    """shared forward per chunk of images; the target slots' backward passes in a loop over
+    the retained graph, or batched with vmap (``vmap=True``)"""
     pairs = [(i, c) for i in range(len(x)) for c in targets[i]]
     out = torch.zeros(len(pairs), *x.shape[-2:], device=dev)
     pos = {p: k for k, p in enumerate(pairs)}
@@ -108,7 +87,11 @@ def shared_vmap(x, b, targets, bs, dtype, scale=1.0):
             for j, i in enumerate(idx):
                 if t < len(targets[i]):
                     go[t, j * STEPS:(j + 1) * STEPS, targets[i][t]] = scale
-        (gr,) = torch.autograd.grad(lg, pts, grad_outputs=go, is_grads_batched=True)
+        if vmap:
+            (gr,) = torch.autograd.grad(lg, pts, grad_outputs=go, is_grads_batched=True)
+        else:
+            gr = torch.stack([torch.autograd.grad(lg, pts, grad_outputs=go[t], retain_graph=t < T - 1)[0]
+                              for t in range(T)])
         for t in range(T):
             a = ((gr[t].float().reshape(len(idx), STEPS, *x.shape[1:]) / scale * w[None, :, None, None, None]).sum(1)
                  * (xi - bi)).sum(1)
@@ -116,6 +99,10 @@ def shared_vmap(x, b, targets, bs, dtype, scale=1.0):
                 if t < len(targets[i]):
                     out[pos[(i, targets[i][t])]] = a[j]
     return out
+
+
+shared_loop = shared
+shared_vmap = functools.partial(shared, vmap=True)
 
 
 def timeit(fn, *a):

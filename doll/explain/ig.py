@@ -59,6 +59,11 @@ PRECISIONS = {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat
 GRAD_SCALE = 1024.0  # seeds the backward under float16 so that small input gradients stay representable
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise DollError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
 def default_batch_size(device: torch.device) -> int:
     """Interpolated images per forward when ``--batch-size`` is not given: the GPU needs
     big batches to be busy, but gains little beyond 256 (DenseNet-121 at 224 px, float16,
@@ -78,19 +83,19 @@ class IntegratedGradients(Explainer):
             raise DollError(f"--steps must be positive, got {steps}")
         if baseline not in BASELINES:
             raise DollError(f"unknown --baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
-        if precision not in PRECISIONS:
-            raise DollError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        check_precision(precision)
         super().__init__(steps=steps, baseline=baseline, batch_size=batch_size, precision=precision, **settings)
         self.steps, self.baseline, self.batch_size, self.precision = steps, baseline, max(1, batch_size), precision
         self.alphas, self.weights = gauss_legendre(steps)
 
-    def _grads(self, model, points: torch.Tensor, tmat: torch.Tensor) -> torch.Tensor:
+    def _grads(self, model, points: torch.Tensor, tmat: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """Gradients of the targets' logits at ``points`` (P, 1, H, W).
 
         ``tmat`` (T, P, C) selects, per target slot, which logit each point contributes.
         One forward, T backward passes over its graph; returns float32 (T, P, 1, H, W).
+        ``exact``: float32 whatever ``precision`` says (the redo after a float16 overflow).
         """
-        dtype = PRECISIONS[self.precision] if points.is_cuda else None
+        dtype = PRECISIONS[self.precision] if points.is_cuda and not exact else None
         if points.is_cuda:
             points = points.contiguous(memory_format=torch.channels_last)
         points = points.detach().requires_grad_(True)
@@ -103,8 +108,7 @@ class IntegratedGradients(Explainer):
         g = g.float() / scale
         if dtype is not None and not torch.isfinite(g).all():  # float16 overflowed: redo this chunk exactly
             self.stats.setdefault("fp32_fallbacks", []).append(1.0)
-            fallback = IntegratedGradients(self.steps, self.baseline, self.batch_size, precision="fp32")
-            return fallback._grads(model, points.detach(), tmat)
+            return self._grads(model, points, tmat, exact=True)
         return g
 
     def attribute(self, model, images: torch.Tensor, targets: list[list[int]]) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ from doll.data.dataset import to_tensor
 from doll.errors import DollError
 from doll.explain.base import make_explainer
 from doll.explain.distill import DEFAULT_RULE, check_rule, distill
-from doll.explain.ig import PRECISIONS, default_batch_size
+from doll.explain.ig import check_precision, default_batch_size
 from doll.labels.store import Blocks, PartsWriter, write_label_file
 from doll.models.checkpoint import load_into, read_config
 from doll.models.classifier import build_classifier
@@ -112,8 +112,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     check_rule(s.label_rule)
     if s.lung_model:
         lung_model_config(s.lung_model)
-    if s.precision not in PRECISIONS:
-        raise DollError(f"unknown --precision {s.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision(s.precision)
     if s.sign not in SIGNS:
         raise DollError(f"unknown --sign {s.sign!r}; choose one of {', '.join(SIGNS)}")
     if s.targets not in TARGET_MODES:
