@@ -19,6 +19,7 @@ def explain(
     split: str = typer.Option("train", "--split", help="Which split to label: train, valid, test, or '' for all."),
     steps: int = typer.Option(16, "--steps", help="IG integration steps (Gauss-Legendre)."),
     baseline: str = typer.Option("zero", "--baseline", help="IG baseline: zero (black image), blur or mean."),
+    evidence: str = typer.Option("class", "--evidence", help="What a map explains: class (the class logit), abnormal (evidence against the normal class, No Finding or Normal: one map per image) or contrast (class logit minus the normal class's)."),
     targets: str = typer.Option("positive", "--targets", help="Classes to explain per image: positive (its positive labels), predicted or all."),
     target_threshold: float = typer.Option(0.5, "--target-threshold", help="Probability above which a class counts as predicted."),
     classes: str = typer.Option("", "--classes", help="Comma-separated classes to explain (default: all but No Finding)."),
@@ -36,7 +37,7 @@ def explain(
     from doll.explain.run import explain as run
 
     result = run(classifiers=str(classifiers), dataset=dataset, root=str(root), out=str(out), method=method,
-                 split=split, steps=steps, baseline=baseline, targets=targets, target_threshold=target_threshold,
+                 split=split, steps=steps, baseline=baseline, evidence=evidence, targets=targets, target_threshold=target_threshold,
                  classes=classes, smooth=smooth, sign=sign, label_rule=label_rule, batch_size=batch_size, precision=precision, block=block, lung_model=str(lung_model) if lung_model else "", image_size=image_size,
                  device=device, seed=seed, resume=resume, overwrite=overwrite, progress=not quiet)
     emit(result, keys=("images", "targets", "seconds", "seconds_per_image"),

@@ -96,6 +96,8 @@ def test_label_fraction_outside_range(capsys, phantom, tmp_path, fraction):
     (["pretrain", "--encoder", "vit"], "unknown --encoder 'vit'"),
     (["explain", "--sign", "both"], "unknown --sign 'both'"),
     (["explain", "--precision", "fp8"], "unknown --precision 'fp8'"),
+    (["explain", "--evidence", "shap"], "unknown --evidence 'shap'"),
+    (["explain", "--evidence", "abnormal", "--classes", "No Finding,Edema"], "leave 'No Finding' out of --classes"),
     (["finetune", "--task", "seg4cls", "--dataset", "jsrt", "--summarizer", "magic"], "unknown --summarizer 'magic'"),
     (["finetune", "--task", "mixed", "--dataset", "jsrt", "--pooling", "mean"], "unknown --pooling 'mean'"),
 ])

@@ -31,6 +31,47 @@ def test_ig_matches_captum(baseline):
             assert np.abs(a - ours[i][k]).max() <= 1e-4 * np.abs(a).max()
 
 
+def test_evidence_outputs():
+    """--evidence abnormal explains minus the normal logit, contrast the class logit minus it (IG is linear in
+    the output, so the maps are the same differences of the plain class maps)."""
+    from doll.explain.base import EvidenceOutput, normal_class
+
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 3).eval()
+    x = torch.randn(2, 1, 32, 32)
+    assert normal_class(["COVID-19", "Non-COVID", "Normal"], "abnormal") == 2
+    assert normal_class(["Edema"], "class") is None
+    with pytest.raises(DollError, match="needs a normal class"):
+        normal_class(["Edema", "Nodule"], "contrast")
+    ig = IntegratedGradients(steps=8)
+    plain = ig.attribute(EvidenceOutput(model, "class", None), x, [[0, 1, 2]] * 2)
+    abnormal = ig.attribute(EvidenceOutput(model, "abnormal", 2), x, [[0], [1]])
+    contrast = ig.attribute(EvidenceOutput(model, "contrast", 2), x, [[0, 1]] * 2)
+    for i in range(2):
+        scale = np.abs(plain[i]).max()
+        assert np.abs(abnormal[i][0] + plain[i][2]).max() <= 1e-4 * scale
+        assert np.abs(contrast[i] - (plain[i][:2] - plain[i][2:])).max() <= 1e-4 * scale
+
+
+def test_explain_abnormal_evidence_gives_each_class_of_an_image_the_same_map(pipeline, tmp_path):
+    import json
+
+    from conftest import cli
+
+    out = tmp_path / "ab.h5"
+    cli("explain", "--classifiers", pipeline["classifiers"], "--dataset", "phantom", "--root", pipeline["phantom"],
+        "--out", out, "--steps", 4, "--evidence", "abnormal", "--targets", "all", "--split", "valid")
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["settings"])["evidence"] == "abnormal"
+        sal, tmask = f["saliency"][:], f["targets"][:]
+        classes = json.loads(f.attrs["classes"])
+    assert "No Finding" in classes and not tmask[:, classes.index("No Finding")].any()
+    for s, t in zip(sal, tmask):
+        explained = s[t]
+        assert len(explained) > 1 and (explained == explained[0]).all()
+    assert sal[tmask].any()
+
+
 def test_ig_completeness_improves_with_steps():
     torch.manual_seed(0)
     model = build_classifier("resnet18", 3).eval()

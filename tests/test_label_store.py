@@ -3,8 +3,8 @@ rows: same content as writing whole arrays, whatever the piece size."""
 from __future__ import annotations
 
 import h5py
-import pytest
 import numpy as np
+import pytest
 
 from doll.errors import DollError
 from doll.labels import store, tools

@@ -6,10 +6,19 @@ normalised float tensor (B, 1, H, W) on the model's device, ``targets[i]`` is th
 list of class indices to explain for image i, and the result ``[i]`` is a float32
 array (len(targets[i]), H, W) of signed attributions. ``stats`` collects per-map
 diagnostics (e.g. IG completeness errors) for ``metrics.json``.
+
+What a map explains (``--evidence``): ``class``, the class's own logit; ``abnormal``,
+the evidence against the data set's normal class (minus the logit of ``No Finding`` /
+``Normal``: whatever makes the image look abnormal, the same map for every class of an
+image); ``contrast``, the class logit minus the normal class's. The explainers see a
+classifier wrapped in :class:`EvidenceOutput`, so every method explains exactly that
+output (IG's completeness holds for it).
 """
 from __future__ import annotations
 
 import importlib
+
+import torch
 
 from doll.errors import DollError
 
@@ -18,6 +27,38 @@ METHODS = {
     "ig-smooth": "doll.explain.ig:SmoothIntegratedGradients",
     "gradcam": "doll.explain.gradcam:GradCam",
 }
+
+
+EVIDENCE = ("class", "abnormal", "contrast")
+NORMAL_CLASSES = ("No Finding", "Normal")  # image labels that mean "nothing to localise"
+
+
+def normal_class(classes: list[str], evidence: str) -> int | None:
+    """Index of the normal class that ``evidence`` is measured against (None for ``class``)."""
+    if evidence not in EVIDENCE:
+        raise DollError(f"unknown --evidence {evidence!r}; choose one of {', '.join(EVIDENCE)}")
+    if evidence == "class":
+        return None
+    found = [i for i, c in enumerate(classes) if c in NORMAL_CLASSES]
+    if not found:
+        raise DollError(f"--evidence {evidence} needs a normal class ({' or '.join(NORMAL_CLASSES)}) among the "
+                        f"classifiers' classes ({', '.join(classes)}); use --evidence class")
+    return found[0]
+
+
+class EvidenceOutput(torch.nn.Module):
+    """A classifier whose output c is what ``--evidence`` explains for class c."""
+
+    def __init__(self, classifier: torch.nn.Module, evidence: str, normal: int | None):
+        super().__init__()
+        self.classifier, self.evidence, self.normal = classifier, evidence, normal
+
+    def forward(self, x):
+        logits = self.classifier(x)
+        if self.evidence == "class":
+            return logits
+        normal = logits[:, self.normal:self.normal + 1]
+        return -normal.expand_as(logits) if self.evidence == "abnormal" else logits - normal
 
 
 class Explainer:

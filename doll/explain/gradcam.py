@@ -21,7 +21,7 @@ class GradCam(Explainer):
 
     def attribute(self, model, images, targets):
         model.eval()
-        cam = LayerGradCam(model, _last_conv_block(model))
+        cam = LayerGradCam(model, _last_conv_block(getattr(model, "classifier", model)))  # unwrap EvidenceOutput
         out = []
         for i, tg in enumerate(targets):
             maps = []

@@ -14,7 +14,13 @@ from tqdm.auto import tqdm
 from doll.data import labels_of, load_split
 from doll.data.dataset import to_tensor
 from doll.errors import DollError
-from doll.explain.base import make_explainer
+from doll.explain.base import (
+    EVIDENCE,
+    NORMAL_CLASSES,
+    EvidenceOutput,
+    make_explainer,
+    normal_class,
+)
 from doll.explain.distill import DEFAULT_RULE, check_rule, distill
 from doll.explain.ig import check_precision, default_batch_size
 from doll.labels.store import Blocks, PartsWriter, write_label_file
@@ -26,7 +32,7 @@ from doll.utils import check_positive, resolve_device, write_json
 
 TARGET_MODES = ("positive", "predicted", "all")
 SIGNS = ("positive", "absolute")
-NOT_LOCALISED = ("No Finding",)  # classes never explained unless --classes names them
+NOT_LOCALISED = NORMAL_CLASSES  # classes never explained unless --classes names them
 
 
 @dataclass
@@ -39,6 +45,7 @@ class ExplainSettings:
     method: str = "ig"
     steps: int = 16
     baseline: str = "zero"
+    evidence: str = "class"  # what a map explains: class, abnormal or contrast (see doll.explain.base)
     targets: str = "positive"
     target_threshold: float = 0.5
     classes: str = ""  # comma-separated subset; default all but "No Finding"
@@ -115,6 +122,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     check_precision(s.precision)
     if s.sign not in SIGNS:
         raise DollError(f"unknown --sign {s.sign!r}; choose one of {', '.join(SIGNS)}")
+    if s.evidence not in EVIDENCE:
+        raise DollError(f"unknown --evidence {s.evidence!r}; choose one of {', '.join(EVIDENCE)}")
     if s.targets not in TARGET_MODES:
         raise DollError(f"unknown --targets {s.targets!r}; choose one of {', '.join(TARGET_MODES)}")
     out = Path(s.out)
@@ -138,6 +147,10 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     if unknown:
         raise DollError(f"--classes names unknown class(es) {', '.join(unknown)}; known: {', '.join(classes)}")
     allowed = np.array([c in wanted for c in classes])
+    normal = normal_class(classes, s.evidence)
+    if normal is not None and allowed[normal]:
+        raise DollError(f"--evidence {s.evidence} explains the other classes against {classes[normal]!r}; "
+                        f"leave {classes[normal]!r} out of --classes")
     raw = labels_of(arrays, len(classes))
     n = len(arrays.items)
 
@@ -178,10 +191,13 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         lo, hi = b * s.block, min(n, (b + 1) * s.block)
         x = to_tensor(inputs[lo:hi]).to(device)
         tg = targets[lo:hi]
+        # --evidence abnormal gives every class of an image the same map: explain it once
+        once = [t[:1] for t in tg] if s.evidence == "abnormal" else tg
         per_member = []
         for model, _, _ in members:
             explainer.stats.clear()
-            per_member.append(explainer.attribute(model, x, tg))
+            maps_m = explainer.attribute(EvidenceOutput(model, s.evidence, normal), x, once)
+            per_member.append([np.repeat(m, len(t), 0) for m, t in zip(maps_m, tg)] if once is not tg else maps_m)
             completeness += explainer.stats.get("completeness_rel_error", [])
             fallbacks += len(explainer.stats.get("fp32_fallbacks", []))
         tmask = np.zeros((hi - lo, len(classes)), bool)
