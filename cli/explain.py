@@ -29,6 +29,7 @@ def explain(
     batch_size: int = typer.Option(0, "--batch-size", help="Interpolated images per forward pass (sets peak memory); 0: 256 on a GPU, 16 on the CPU."),
     precision: str = typer.Option("auto", "--precision", help="IG arithmetic on a GPU: auto (float16 autocast, float32 where it overflows), fp16, bf16 or fp32. The CPU always uses float32."),
     lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder (its model/ subfolder): saliency is kept inside the lung field it predicts."),
+    field_margin: float = typer.Option(0.01, "--field-margin", help="With a lung model: the field that multiplies saliency is its predicted lung mask dilated by this fraction of the image size."),
     block: int = typer.Option(64, "--block", help="Images per resumable block (the unit of work shared among torchrun processes)."),
     image_size: int = typer.Option(0, "--image-size", help="Image size (0: the classifiers' own)."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
@@ -38,7 +39,7 @@ def explain(
 
     result = run(classifiers=str(classifiers), dataset=dataset, root=str(root), out=str(out), method=method,
                  split=split, steps=steps, baseline=baseline, evidence=evidence, targets=targets, target_threshold=target_threshold,
-                 classes=classes, smooth=smooth, sign=sign, label_rule=label_rule, batch_size=batch_size, precision=precision, block=block, lung_model=str(lung_model) if lung_model else "", image_size=image_size,
+                 classes=classes, smooth=smooth, sign=sign, label_rule=label_rule, batch_size=batch_size, precision=precision, block=block, lung_model=str(lung_model) if lung_model else "", field_margin=field_margin, image_size=image_size,
                  device=device, seed=seed, resume=resume, overwrite=overwrite, progress=not quiet)
     emit(result, keys=("images", "targets", "seconds", "seconds_per_image"),
          footer=f"labels: {out}  metrics: {out}.metrics.json")

@@ -97,6 +97,7 @@ def test_label_fraction_outside_range(capsys, phantom, tmp_path, fraction):
     (["explain", "--sign", "both"], "unknown --sign 'both'"),
     (["explain", "--precision", "fp8"], "unknown --precision 'fp8'"),
     (["explain", "--evidence", "shap"], "unknown --evidence 'shap'"),
+    (["explain", "--field-margin", "0.7"], "--field-margin must be in [0, 0.5)"),
     (["explain", "--evidence", "abnormal", "--classes", "No Finding,Edema"], "leave 'No Finding' out of --classes"),
     (["finetune", "--task", "seg4cls", "--dataset", "jsrt", "--summarizer", "magic"], "unknown --summarizer 'magic'"),
     (["finetune", "--task", "mixed", "--dataset", "jsrt", "--pooling", "mean"], "unknown --pooling 'mean'"),

@@ -185,7 +185,9 @@ def test_explain_with_lung_model_keeps_saliency_in_the_lung_field(pipeline, tmp_
         "--out", out, "--steps", 4, "--lung-model", tmp_path / "lung" / "model")
     with h5py.File(out, "r") as f:
         assert json.loads(f.attrs["settings"])["lung_model"].endswith("model")
-        fields = predict_lung_fields(str(tmp_path / "lung" / "model"), f["images"][:], torch.device("cpu"), 16)
+        assert json.loads(f.attrs["settings"])["field_margin"] == 0.01
+        # saliency lives inside the predicted lung mask dilated by --field-margin (1 % by default)
+        fields = predict_lung_fields(str(tmp_path / "lung" / "model"), f["images"][:], torch.device("cpu"), 16, 0.01)
         sal = f["saliency"][:]
         assert sal[np.broadcast_to(fields[:, None] == 0, sal.shape)].max() == 0
     with pytest.raises(DollError, match="not a `doll finetune --task lung` model"):

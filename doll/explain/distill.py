@@ -9,7 +9,7 @@ Algorithm (parameters in brackets, stored in the label file's attributes):
 3. normalise it robustly: divide by its 99th percentile and clip to [0, 1] (a map with
    no positive evidence stays 0);
 4. average the normalised maps of the ensemble members; with ``--lung-model``, multiply
-   by the lung field that model predicts for the image (dilated by 4 % of the size);
+   by the lung field that model predicts for the image (dilated by ``--field-margin``, 1 % of the size);
 5. quantise to uint8 (0-255): the ``saliency`` dataset.
 
 Label rule (``label_rule``): ``otsu`` (per map, Otsu's threshold on the non-zero

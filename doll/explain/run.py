@@ -26,7 +26,14 @@ from doll.explain.ig import check_precision, default_batch_size
 from doll.labels.store import Blocks, PartsWriter, write_label_file
 from doll.models.checkpoint import load_into, read_config
 from doll.models.classifier import build_classifier
-from doll.models.lung_field import lung_model_config, mask_images, predict_lung_fields
+from doll.models.lung_field import (
+    INPUT_MARGIN,
+    SALIENCY_MARGIN,
+    lung_field,
+    lung_model_config,
+    mask_images,
+    predict_lung_masks,
+)
 from doll.train import distributed as dist
 from doll.utils import check_positive, resolve_device, write_json
 
@@ -53,6 +60,7 @@ class ExplainSettings:
     smooth: float = 0.03
     label_rule: str = DEFAULT_RULE
     lung_model: str = ""  # a `doll finetune --task lung` model folder: restrict saliency to its lung field
+    field_margin: float = SALIENCY_MARGIN  # dilation of that field, as a fraction of the image size
     batch_size: int = 0  # interpolated images per forward pass; 0: 256 on a GPU, 16 on the CPU
     precision: str = "auto"  # IG on CUDA: auto (float16 autocast), fp16, bf16 or fp32
     block: int = 64  # images per resumable block
@@ -119,6 +127,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     check_rule(s.label_rule)
     if s.lung_model:
         lung_model_config(s.lung_model)
+    if not 0 <= s.field_margin < 0.5:
+        raise DollError(f"--field-margin must be in [0, 0.5) (a fraction of the image size), got {s.field_margin}")
     check_precision(s.precision)
     if s.sign not in SIGNS:
         raise DollError(f"unknown --sign {s.sign!r}; choose one of {', '.join(SIGNS)}")
@@ -157,12 +167,13 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     # classifiers trained with --lung-model see the lung field only: explain them on the same inputs
     trained_field = members[0][1].get("lung_model") or ""
     field_model = s.lung_model or trained_field
-    fields = predict_lung_fields(field_model, arrays.images, device, s.batch_size) if field_model else None
+    masks = predict_lung_masks(field_model, arrays.images, device, s.batch_size) if field_model else None
+    fields = None if masks is None else np.stack([lung_field(m, s.field_margin) for m in masks])  # x saliency
     inputs = arrays.images
     if trained_field:
-        same = field_model == trained_field
-        inputs = mask_images(arrays.images, fields if same else
-                             predict_lung_fields(trained_field, arrays.images, device, s.batch_size))
+        if field_model != trained_field:
+            masks = predict_lung_masks(trained_field, arrays.images, device, s.batch_size)
+        inputs = mask_images(arrays.images, np.stack([lung_field(m, INPUT_MARGIN) for m in masks]))
 
     # ensemble probabilities (cheap: one forward per image and member)
     probs = np.zeros((n, len(classes)), np.float32)

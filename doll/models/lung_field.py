@@ -19,11 +19,15 @@ from doll.models.adapters import set_mode
 from doll.models.checkpoint import load_into, read_config
 from doll.models.segmenter import build_pspnet
 
-MARGIN = 0.04  # dilation of the predicted lung mask, as a fraction of the image size
+INPUT_MARGIN = 0.04  # dilation of the lung mask that classifier inputs are faded with (x image size)
+SALIENCY_MARGIN = 0.01  # default dilation of the field that multiplies saliency (`explain --field-margin`)
 
 
-def lung_field(lung_mask: np.ndarray, margin: float = MARGIN) -> np.ndarray:
-    """A soft anatomical field from a lung mask: dilated by ``margin`` x size, edges blurred."""
+def lung_field(lung_mask: np.ndarray, margin: float = INPUT_MARGIN) -> np.ndarray:
+    """A soft anatomical field from a lung mask: dilated by ``margin`` x size, edges blurred
+    (``margin`` 0: the mask itself)."""
+    if margin <= 0:
+        return (lung_mask > 0).astype(np.float32)
     k = max(1, round(margin * lung_mask.shape[-1]))
     grown = cv2.dilate(lung_mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
     return np.clip(cv2.GaussianBlur(grown.astype(np.float32), (0, 0), k / 2), 0, 1)
@@ -40,22 +44,28 @@ def lung_model_config(folder: str) -> dict:
     return cfg
 
 
-def predict_lung_fields(folder: str, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+def predict_lung_fields(folder: str, images: np.ndarray, device: torch.device, batch_size: int,
+                        margin: float = INPUT_MARGIN) -> np.ndarray:
     """Soft lung fields (N, H, W) in [0, 1] for uint8 images (N, H, W)."""
+    return np.stack([lung_field(m, margin) for m in predict_lung_masks(folder, images, device, batch_size)])
+
+
+def predict_lung_masks(folder: str, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    """Binary lung masks (N, H, W) uint8 for uint8 images (N, H, W)."""
     cfg = lung_model_config(folder)
     model = build_pspnet(cfg["encoder"], 1)
     set_mode(model, cfg.get("mode", "full"), cfg["image_size"])
     load_into(model, folder)
     model = model.to(device).eval()
     size, own = images.shape[-1], cfg["image_size"]
-    out = np.zeros(images.shape, np.float32)
+    out = np.zeros(images.shape, np.uint8)
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             batch = np.stack([cv2.resize(np.asarray(im), (own, own), interpolation=cv2.INTER_AREA)
                               for im in images[i:i + batch_size]])
             pred = (model(to_tensor(batch).to(device))[:, 0] > 0).cpu().numpy().astype(np.uint8)
             for j, m in enumerate(pred):
-                out[i + j] = lung_field(cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST))
+                out[i + j] = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
     return out
 
 
