@@ -8,7 +8,7 @@
 #   D=/data/covidqu bash benchmarks/covidqu_labels.sh
 # Status: its steps ran end to end at SIZE=32 EPOCHS=1 LEPOCHS=1 MEMBERS=1 on the CPU; a GPU
 # run at the defaults was cut off by its time limit, so no figures at the defaults yet.
-# The README's 128 px table comes from the single commands listed there.
+# The README's 128 px table comes from the single commands listed there (2 members, 5 epochs).
 set -uo pipefail
 : "${D:?set D to the COVID-QU-Ex folder}"
 SIZE=${SIZE:-128}; EPOCHS=${EPOCHS:-10}; LEPOCHS=${LEPOCHS:-12}; MEMBERS=${MEMBERS:-3}; W=${W:-/tmp/q}
@@ -23,8 +23,12 @@ E="--classifiers $W/cls $R --split valid --classes COVID-19 --steps 16 --quiet -
 run() { name=$1; shift; doll explain $E --out $W/$name.h5 "$@" > /dev/null && doll evaluate-labels --labels $W/$name.h5 --json --quiet > $W/$name.eval.json
   python3 -c "import json,sys;r=json.load(open('$W/$name.eval.json'));f=lambda d:' '.join(f'{k}={d[k]:.3f}' for k in ('iou','topk_iou','pointing','ap'));print('$name', f(r['mean']), '| field_prior', f(r['field_prior']) if r.get('field_prior') else '', '| s/img', json.load(open('$W/$name.h5.metrics.json'))['seconds_per_image'])" | tee -a $O/quality.txt; }
 run ig
+run ig_raw --smooth 0
 run ig_s10 --smooth 0.1
 run ig_blur_s10 --smooth 0.1 --baseline blur
 run gradcam --method gradcam
+run abnormal_s10 --smooth 0.1 --evidence abnormal          # the best setting on the CPU (README)
+run abnormal_raw --smooth 0 --evidence abnormal
+run abnormal_gradcam --method gradcam --evidence abnormal
 cp $W/cls/metrics.json $O/cls_metrics.json 2>/dev/null
 echo "total: $(( $(date +%s) - t0 )) s"
