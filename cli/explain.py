@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
 
-labels_app = typer.Typer(help="Inspect, merge and export DoLL label files.", no_args_is_help=True)
+labels_app = typer.Typer(help="Inspect, merge, refine and export DoLL label files.", no_args_is_help=True)
 
 
 @app.command("explain")
@@ -100,6 +100,23 @@ def merge(
     from doll.labels.tools import merge as run
 
     emit(run([str(p) for p in inputs], str(out), overwrite), keys=("out", "rows"))
+
+
+@labels_app.command("refine")
+def refine(
+    labels: Path = typer.Argument(..., help="A DoLL label file."),
+    model: Path = typer.Option(..., "--model", help="The --out folder of `doll pretrain` run on these labels."),
+    out: Path = typer.Option(..., "--out", help="The refined label file to write (.h5)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU if present), cpu, cuda or cuda:N."),
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+):
+    """Self-training: relabel with a segmenter pretrained on the labels (its maps times the file's lung field)."""
+    from doll.labels.tools import refine as run
+
+    emit(run(str(labels), str(model), str(out), batch_size, device, overwrite, progress=not quiet),
+         keys=("out", "rows"))
 
 
 @labels_app.command("export")

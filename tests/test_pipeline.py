@@ -83,6 +83,33 @@ def test_labels_info_export_merge(pipeline, tmp_path, capsys):
         assert np.array_equal(a["saliency"][:], b["saliency"][:])
 
 
+def test_labels_refine_relabels_explained_classes_with_the_pretrained_segmenter(pipeline, tmp_path, capsys):
+    from cli.main import main
+
+    out = tmp_path / "refined.h5"
+    cli("labels", "refine", pipeline["labels"], "--model", pipeline["pretrain"], "--out", out, "--quiet")
+    own = read(pipeline["pretrain"] / "config.json")["doll"]["classes"]
+    with h5py.File(out, "r") as a, h5py.File(pipeline["labels"], "r") as b:
+        for key in ("images", "targets", "done", "paths"):
+            assert np.array_equal(a[key][:], b[key][:]), key
+        for key in ("labels", "probs"):  # NaN: unknown
+            assert np.array_equal(a[key][:], b[key][:], equal_nan=True), key
+        assert json.loads(a.attrs["settings"])["refined_with"] == str(pipeline["pretrain"])
+        classes = json.loads(b.attrs["classes"])
+        idx = [classes.index(c) for c in own]
+        sal, old, targets = a["saliency"][:], b["saliency"][:], b["targets"][:]
+        assert sal.shape == old.shape
+        refined = sal[:, idx]
+        assert not refined[~targets[:, idx]].any()  # classes a row does not explain stay empty
+        assert refined[targets[:, idx]].any() and not np.array_equal(refined, old[:, idx])
+    capsys.readouterr()
+    cli("evaluate-labels", "--labels", out, "--json")  # the refined file is a label file like any other
+    assert json.loads(capsys.readouterr().out)["pairs"] > 0
+    for model, says in ((pipeline["classifiers"] / "member_0", "needs a 'segmenter'"), (tmp_path / "none", "doll pretrain")):
+        with pytest.raises(SystemExit) as e:
+            main(["labels", "refine", str(pipeline["labels"]), "--model", str(model), "--out", str(tmp_path / "x.h5")])
+        assert e.value.code != 0 and says in capsys.readouterr().err
+
 def test_pretrained_pspnet_loads_with_smp(pipeline):
     import segmentation_models_pytorch as smp
 

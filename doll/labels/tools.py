@@ -1,4 +1,4 @@
-"""``doll labels info | merge | export``."""
+"""``doll labels info | merge | refine | export``."""
 from __future__ import annotations
 
 import csv
@@ -100,3 +100,68 @@ def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress
     result = {"command": "labels export", "out": str(out_dir), "masks": count, "label_rule": rule}
     write_json(out_dir / "export.json", result)
     return result
+
+
+def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = "auto",
+           overwrite: bool = False, progress: bool = True) -> dict:
+    """One self-training round: a new label file whose saliency is the sigmoid output of a
+    segmenter pretrained on ``path`` (`doll pretrain`), times the lung field the file was
+    made with (if any), for the classes each row explains; classes the segmenter was not
+    trained on and everything else are copied."""
+    import torch
+
+    from doll.data.dataset import to_tensor
+    from doll.models.checkpoint import load_into, read_config
+    from doll.models.lung_field import INPUT_MARGIN, predict_lung_fields
+    from doll.models.segmenter import build_pspnet
+    from doll.utils import resolve_device
+
+    if Path(out).exists() and not overwrite:
+        raise DollError(f"{out} already exists; pass --overwrite to replace it")
+    if not Path(model).is_dir():
+        raise DollError(f"--model {model} does not exist; pass the --out folder of `doll pretrain`")
+    cfg = read_config(model, kind="segmenter")["doll"]
+    dev = resolve_device(device)
+    with LabelFile(path) as lf:
+        classes, targets = lf.classes, lf["targets"][:]
+        own = cfg.get("classes") or []
+        if cfg.get("stage") != "pretrain" or not own or not set(own) <= set(classes):
+            raise DollError(f"--model {model} was not pretrained on labels with the classes of {path} "
+                            f"({', '.join(classes)}); pass a `doll pretrain` folder made from this kind of file")
+        index = [classes.index(c) for c in own]  # the file's channel of each model output
+        net = build_pspnet(cfg["encoder"], len(own))
+        load_into(net, model)
+        net = net.to(dev).eval()
+        settings = dict(lf.attr("settings") or {})
+        field_model = settings.get("field_model") or settings.get("lung_model") or ""
+        if field_model and not Path(field_model).is_dir():
+            raise DollError(f"{path} was made with the lung model {field_model}, which no longer exists")
+        n, size = len(lf), int(lf.attr("image_size"))
+        small = {k: lf[k][:] for k in ("targets", "labels", "probs", "done")}
+        small["paths"] = lf.paths()
+        attrs = {k: lf.attr(k) for k in ("classes", "method", "label_rule", "classifiers", "image_size",
+                                          "dataset", "root", "split") if lf.attr(k) is not None}
+        attrs["settings"] = {**settings, "refined_with": str(model)}
+        bar = tqdm(total=n, desc="refining", disable=not progress, leave=False)
+
+        def saliency_pieces():
+            for lo in range(0, n, batch_size):
+                images = lf["images"][lo:lo + batch_size]
+                with torch.no_grad():
+                    logits = net(to_tensor(images).to(dev)).float()
+                    if logits.shape[-1] != size:
+                        logits = torch.nn.functional.interpolate(logits, size=(size, size), mode="bilinear")
+                    maps = torch.sigmoid(logits).cpu().numpy()
+                if field_model:
+                    maps *= predict_lung_fields(field_model, images, dev, batch_size,
+                                                float(settings.get("field_margin", INPUT_MARGIN)))[:, None]
+                piece = lf["saliency"][lo:lo + batch_size]  # classes the model lacks keep their saliency
+                keep = (targets[lo:lo + batch_size] & small["done"][lo:lo + batch_size, None])[:, index]
+                piece[:, index] = np.round(maps * keep[..., None, None] * 255).astype(np.uint8)
+                bar.update(len(images))
+                yield lo, piece
+
+        write_label_file(out, {**small, "saliency": Blocks((n, len(classes), size, size), saliency_pieces()),
+                               "images": Blocks.of(lf["images"])}, attrs)
+        bar.close()
+    return {"command": "labels refine", "labels": path, "model": str(model), "out": str(out), "rows": n}
