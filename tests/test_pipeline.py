@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import SIZE, cli
+from conftest import SIZE, cli, cli_exit
 
 from doll.data.base import CHEXPERT_CLASSES
 
@@ -84,8 +84,6 @@ def test_labels_info_export_merge(pipeline, tmp_path, capsys):
 
 
 def test_labels_refine_relabels_explained_classes_with_the_pretrained_segmenter(pipeline, tmp_path, capsys):
-    from cli.main import main
-
     out = tmp_path / "refined.h5"
     cli("labels", "refine", pipeline["labels"], "--model", pipeline["pretrain"], "--out", out, "--quiet")
     own = read(pipeline["pretrain"] / "config.json")["doll"]["classes"]
@@ -106,9 +104,8 @@ def test_labels_refine_relabels_explained_classes_with_the_pretrained_segmenter(
     cli("evaluate-labels", "--labels", out, "--json")  # the refined file is a label file like any other
     assert json.loads(capsys.readouterr().out)["pairs"] > 0
     for model, says in ((pipeline["classifiers"] / "member_0", "needs a 'segmenter'"), (tmp_path / "none", "doll pretrain")):
-        with pytest.raises(SystemExit) as e:
-            main(["labels", "refine", str(pipeline["labels"]), "--model", str(model), "--out", str(tmp_path / "x.h5")])
-        assert e.value.code != 0 and says in capsys.readouterr().err
+        code, err = cli_exit(capsys, "labels", "refine", pipeline["labels"], "--model", model, "--out", tmp_path / "x.h5")
+        assert code != 0 and says in err
 
 def test_pretrained_pspnet_loads_with_smp(pipeline):
     import segmentation_models_pytorch as smp
