@@ -108,7 +108,7 @@ def refine(
     model: Path = typer.Option(..., "--model", help="The --out folder of `doll pretrain` run on these labels."),
     out: Path = typer.Option(..., "--out", help="The refined label file to write (.h5)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto (GPU if present), cpu, cuda or cuda:N."),
+    device: str = DEVICE,
     overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
 ):

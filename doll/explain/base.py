@@ -33,11 +33,15 @@ EVIDENCE = ("class", "abnormal", "contrast")
 NORMAL_CLASSES = ("No Finding", "Normal")  # image labels that mean "nothing to localise"
 
 
-def normal_class(classes: list[str], evidence: str) -> int | None:
-    """Index of the normal class that ``evidence`` is measured against (None for ``class``)."""
+def check_evidence(evidence: str) -> str:
     if evidence not in EVIDENCE:
         raise DollError(f"unknown --evidence {evidence!r}; choose one of {', '.join(EVIDENCE)}")
-    if evidence == "class":
+    return evidence
+
+
+def normal_class(classes: list[str], evidence: str) -> int | None:
+    """Index of the normal class that ``evidence`` is measured against (None for ``class``)."""
+    if check_evidence(evidence) == "class":
         return None
     found = [i for i, c in enumerate(classes) if c in NORMAL_CLASSES]
     if not found:

@@ -15,9 +15,9 @@ from doll.data import labels_of, load_split
 from doll.data.dataset import to_tensor
 from doll.errors import DollError
 from doll.explain.base import (
-    EVIDENCE,
     NORMAL_CLASSES,
     EvidenceOutput,
+    check_evidence,
     make_explainer,
     normal_class,
 )
@@ -132,8 +132,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     check_precision(s.precision)
     if s.sign not in SIGNS:
         raise DollError(f"unknown --sign {s.sign!r}; choose one of {', '.join(SIGNS)}")
-    if s.evidence not in EVIDENCE:
-        raise DollError(f"unknown --evidence {s.evidence!r}; choose one of {', '.join(EVIDENCE)}")
+    check_evidence(s.evidence)
     if s.targets not in TARGET_MODES:
         raise DollError(f"unknown --targets {s.targets!r}; choose one of {', '.join(TARGET_MODES)}")
     out = Path(s.out)

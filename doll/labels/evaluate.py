@@ -31,7 +31,7 @@ from doll.data.base import class_structure_pairs
 from doll.errors import DollError
 from doll.explain.distill import apply_rule
 from doll.labels.store import LabelFile
-from doll.models.lung_field import INPUT_MARGIN, predict_lung_fields
+from doll.models.lung_field import predict_lung_fields
 from doll.train.metrics import iou_dice
 
 
@@ -91,13 +91,12 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
         by_id = {it.id: i for i, it in enumerate(arrays.items)}
         rng = np.random.default_rng(seed)
         scores = {name: {c: {} for c in classes} for name in ("labels", "random", "lung_prior", "field_prior")}
-        field_model = settings.get("field_model") or settings.get("lung_model") or ""
+        field_model, field_margin = lf.saliency_field()
         field_rows = {}
         if field_model and Path(field_model).is_dir():
             rows = [r for r in range(len(paths)) if done[r] and targets[r].any()]
             if rows:
-                fields = predict_lung_fields(field_model, lf["images"][rows], torch.device("cpu"), 32,
-                                             float(settings.get("field_margin", INPUT_MARGIN)))  # older files: 4 %
+                fields = predict_lung_fields(field_model, lf["images"][rows], torch.device("cpu"), 32, field_margin)
                 field_rows = {r: np.round(255 * f).astype(np.uint8) for r, f in zip(rows, fields)}
 
         def add(kind, cls, values):

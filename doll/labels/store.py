@@ -123,6 +123,15 @@ class LabelFile:
     def label_rule(self) -> str:
         return self.attr("label_rule")
 
+    def saliency_field(self) -> tuple[str, float]:
+        """The lung model whose predicted field multiplied the saliency ('' when none) and
+        that field's margin (files made before ``--field-margin`` used the 4 % input field)."""
+        from doll.models.lung_field import INPUT_MARGIN
+
+        settings = self.attr("settings") or {}
+        model = settings.get("field_model") or settings.get("lung_model") or ""
+        return model, float(settings.get("field_margin", INPUT_MARGIN))
+
     def __len__(self):
         return len(self.done)
 

@@ -112,10 +112,11 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
 
     from doll.data.dataset import to_tensor
     from doll.models.checkpoint import load_into, read_config
-    from doll.models.lung_field import INPUT_MARGIN, predict_lung_fields
+    from doll.models.lung_field import load_lung_model, predict_lung_fields
     from doll.models.segmenter import build_pspnet
-    from doll.utils import resolve_device
+    from doll.utils import check_positive, resolve_device
 
+    check_positive(batch_size=batch_size)
     if Path(out).exists() and not overwrite:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
     if not Path(model).is_dir():
@@ -132,16 +133,16 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         net = build_pspnet(cfg["encoder"], len(own))
         load_into(net, model)
         net = net.to(dev).eval()
-        settings = dict(lf.attr("settings") or {})
-        field_model = settings.get("field_model") or settings.get("lung_model") or ""
+        field_model, field_margin = lf.saliency_field()
         if field_model and not Path(field_model).is_dir():
             raise DollError(f"{path} was made with the lung model {field_model}, which no longer exists")
+        lung = load_lung_model(field_model, dev) if field_model else None
         n, size = len(lf), int(lf.attr("image_size"))
         small = {k: lf[k][:] for k in ("targets", "labels", "probs", "done")}
         small["paths"] = lf.paths()
         attrs = {k: lf.attr(k) for k in ("classes", "method", "label_rule", "classifiers", "image_size",
                                           "dataset", "root", "split") if lf.attr(k) is not None}
-        attrs["settings"] = {**settings, "refined_with": str(model)}
+        attrs["settings"] = {**(lf.attr("settings") or {}), "refined_with": str(model)}
         bar = tqdm(total=n, desc="refining", disable=not progress, leave=False)
 
         def saliency_pieces():
@@ -153,8 +154,7 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
                         logits = torch.nn.functional.interpolate(logits, size=(size, size), mode="bilinear")
                     maps = torch.sigmoid(logits).cpu().numpy()
                 if field_model:
-                    maps *= predict_lung_fields(field_model, images, dev, batch_size,
-                                                float(settings.get("field_margin", INPUT_MARGIN)))[:, None]
+                    maps *= predict_lung_fields(field_model, images, dev, batch_size, field_margin, lung)[:, None]
                 piece = lf["saliency"][lo:lo + batch_size]  # classes the model lacks keep their saliency
                 keep = (targets[lo:lo + batch_size] & small["done"][lo:lo + batch_size, None])[:, index]
                 piece[:, index] = np.round(maps * keep[..., None, None] * 255).astype(np.uint8)

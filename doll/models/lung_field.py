@@ -44,20 +44,28 @@ def lung_model_config(folder: str) -> dict:
     return cfg
 
 
-def predict_lung_fields(folder: str, images: np.ndarray, device: torch.device, batch_size: int,
-                        margin: float = INPUT_MARGIN) -> np.ndarray:
-    """Soft lung fields (N, H, W) in [0, 1] for uint8 images (N, H, W)."""
-    return np.stack([lung_field(m, margin) for m in predict_lung_masks(folder, images, device, batch_size)])
-
-
-def predict_lung_masks(folder: str, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
-    """Binary lung masks (N, H, W) uint8 for uint8 images (N, H, W)."""
+def load_lung_model(folder: str, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """The lung model of ``folder`` on ``device``, in eval mode, and the image size it was trained at."""
     cfg = lung_model_config(folder)
     model = build_pspnet(cfg["encoder"], 1)
     set_mode(model, cfg.get("mode", "full"), cfg["image_size"])
     load_into(model, folder)
-    model = model.to(device).eval()
-    size, own = images.shape[-1], cfg["image_size"]
+    return model.to(device).eval(), cfg["image_size"]
+
+
+def predict_lung_fields(folder: str, images: np.ndarray, device: torch.device, batch_size: int,
+                        margin: float = INPUT_MARGIN, loaded: tuple | None = None) -> np.ndarray:
+    """Soft lung fields (N, H, W) in [0, 1] for uint8 images (N, H, W) (``loaded``: the
+    result of :func:`load_lung_model`, for callers that predict batch by batch)."""
+    masks = predict_lung_masks(folder, images, device, batch_size, loaded)
+    return np.stack([lung_field(m, margin) for m in masks])
+
+
+def predict_lung_masks(folder: str, images: np.ndarray, device: torch.device, batch_size: int,
+                       loaded: tuple | None = None) -> np.ndarray:
+    """Binary lung masks (N, H, W) uint8 for uint8 images (N, H, W)."""
+    model, own = loaded or load_lung_model(folder, device)
+    size = images.shape[-1]
     out = np.zeros(images.shape, np.uint8)
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
