@@ -108,15 +108,17 @@ def refine(
     model: Path = typer.Option(..., "--model", help="The --out folder of `doll pretrain` run on these labels."),
     out: Path = typer.Option(..., "--out", help="The refined label file to write (.h5)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder whose field replaces the file's own (default: the file's)."),
+    field_margin: float = typer.Option(None, "--field-margin", help="Dilation of the lung field as a fraction of the image size (default: the file's; 0: the predicted mask itself)."),
     device: str = DEVICE,
     overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
 ):
-    """Self-training: relabel with a segmenter pretrained on the labels (its maps times the file's lung field)."""
+    """Self-training: relabel with a segmenter pretrained on the labels (its maps times a lung field, by default the file's)."""
     from doll.labels.tools import refine as run
 
-    emit(run(str(labels), str(model), str(out), batch_size, device, overwrite, progress=not quiet),
-         keys=("out", "rows"))
+    emit(run(str(labels), str(model), str(out), batch_size, device, str(lung_model) if lung_model else "",
+             field_margin, overwrite, progress=not quiet), keys=("out", "rows"))
 
 
 @labels_app.command("export")

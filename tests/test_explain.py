@@ -192,6 +192,22 @@ def test_explain_with_lung_model_keeps_saliency_in_the_lung_field(pipeline, tmp_
         assert sal[np.broadcast_to(fields[:, None] == 0, sal.shape)].max() == 0
     with pytest.raises(DollError, match="not a `doll finetune --task lung` model"):
         predict_lung_fields(str(pipeline["pretrain"]), np.zeros((1, SIZE, SIZE), np.uint8), torch.device("cpu"), 1)
+    # labels refine can give a file with no field (the pipeline's) a new one: the mask itself at margin 0
+    from doll.labels.tools import refine
+
+    refined = tmp_path / "refined.h5"
+    cli("labels", "refine", pipeline["labels"], "--model", pipeline["pretrain"], "--out", refined,
+        "--lung-model", tmp_path / "lung" / "model", "--field-margin", 0, "--quiet")
+    with h5py.File(refined, "r") as f:
+        settings = json.loads(f.attrs["settings"])
+        assert settings["field_model"].endswith("model") and settings["field_margin"] == 0
+        masks = predict_lung_fields(str(tmp_path / "lung" / "model"), f["images"][:], torch.device("cpu"), 16, 0)
+        sal = f["saliency"][:]
+        assert sal.any() and sal[np.broadcast_to(masks[:, None] == 0, sal.shape)].max() == 0
+    with pytest.raises(DollError, match="has no lung field; --field-margin needs --lung-model"):
+        refine(str(pipeline["labels"]), str(pipeline["pretrain"]), str(tmp_path / "x.h5"), field_margin=0.0)
+    with pytest.raises(DollError, match=r"--field-margin must be in \[0, 0.5\)"):
+        refine(str(refined), str(pipeline["pretrain"]), str(tmp_path / "x.h5"), field_margin=0.5)
     # classifiers trained on the lung field alone: explain masks their inputs the same way, unasked
     lung = tmp_path / "lung" / "model"
     cli("train-classifiers", "--dataset", "phantom", "--root", pipeline["phantom"], "--out", tmp_path / "lcls",

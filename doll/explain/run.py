@@ -29,6 +29,7 @@ from doll.models.classifier import build_classifier
 from doll.models.lung_field import (
     INPUT_MARGIN,
     SALIENCY_MARGIN,
+    check_field_margin,
     lung_field,
     lung_model_config,
     mask_images,
@@ -127,8 +128,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     check_rule(s.label_rule)
     if s.lung_model:
         lung_model_config(s.lung_model)
-    if not 0 <= s.field_margin < 0.5:
-        raise DollError(f"--field-margin must be in [0, 0.5) (a fraction of the image size), got {s.field_margin}")
+    check_field_margin(s.field_margin)
     check_precision(s.precision)
     if s.sign not in SIGNS:
         raise DollError(f"unknown --sign {s.sign!r}; choose one of {', '.join(SIGNS)}")

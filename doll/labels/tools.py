@@ -103,20 +103,31 @@ def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress
 
 
 def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = "auto",
+           lung_model: str = "", field_margin: float | None = None,
            overwrite: bool = False, progress: bool = True) -> dict:
     """One self-training round: a new label file whose saliency is the sigmoid output of a
-    segmenter pretrained on ``path`` (`doll pretrain`), times the lung field the file was
-    made with (if any), for the classes each row explains; classes the segmenter was not
-    trained on and everything else are copied."""
+    segmenter pretrained on ``path`` (`doll pretrain`), times a lung field, for the classes
+    each row explains; classes the segmenter was not trained on and everything else are
+    copied. The field is the file's own (if any) unless ``lung_model`` and/or
+    ``field_margin`` replace it (a better lung model needs no new explanations)."""
     import torch
 
     from doll.data.dataset import to_tensor
     from doll.models.checkpoint import load_into, read_config
-    from doll.models.lung_field import load_lung_model, predict_lung_fields
+    from doll.models.lung_field import (
+        check_field_margin,
+        load_lung_model,
+        lung_model_config,
+        predict_lung_fields,
+    )
     from doll.models.segmenter import build_pspnet
     from doll.utils import check_positive, resolve_device
 
     check_positive(batch_size=batch_size)
+    if field_margin is not None:
+        check_field_margin(field_margin)
+    if lung_model:
+        lung_model_config(lung_model)
     if Path(out).exists() and not overwrite:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
     if not Path(model).is_dir():
@@ -133,7 +144,12 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         net = build_pspnet(cfg["encoder"], len(own))
         load_into(net, model)
         net = net.to(dev).eval()
-        field_model, field_margin = lf.saliency_field()
+        field_model, own_margin = lf.saliency_field()
+        field_model = str(lung_model) if lung_model else field_model
+        if field_margin is None:
+            field_margin = own_margin
+        elif not field_model:
+            raise DollError(f"{path} has no lung field; --field-margin needs --lung-model")
         if field_model and not Path(field_model).is_dir():
             raise DollError(f"{path} was made with the lung model {field_model}, which no longer exists")
         lung = load_lung_model(field_model, dev) if field_model else None
@@ -143,6 +159,8 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         attrs = {k: lf.attr(k) for k in ("classes", "method", "label_rule", "classifiers", "image_size",
                                           "dataset", "root", "split") if lf.attr(k) is not None}
         attrs["settings"] = {**(lf.attr("settings") or {}), "refined_with": str(model)}
+        if field_model:  # the field that shaped this saliency (evaluate-labels scores it as a prior)
+            attrs["settings"].update(field_model=field_model, field_margin=field_margin)
         bar = tqdm(total=n, desc="refining", disable=not progress, leave=False)
 
         def saliency_pieces():

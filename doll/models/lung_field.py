@@ -33,6 +33,11 @@ def lung_field(lung_mask: np.ndarray, margin: float = INPUT_MARGIN) -> np.ndarra
     return np.clip(cv2.GaussianBlur(grown.astype(np.float32), (0, 0), k / 2), 0, 1)
 
 
+def check_field_margin(margin: float) -> None:
+    if not 0 <= margin < 0.5:
+        raise DollError(f"--field-margin must be in [0, 0.5) (a fraction of the image size), got {margin}")
+
+
 def lung_model_config(folder: str) -> dict:
     """The ``doll`` config of a `doll finetune --task lung` model folder; DollError otherwise."""
     if not Path(folder).is_dir():
