@@ -220,3 +220,11 @@ def test_missing_lung_model_fails_before_any_output(capsys, pipeline, tmp_path):
     assert not (tmp_path / "cls").exists()
     expect_error(capsys, "--lung-model /x/nope does not exist", "explain", "--classifiers", pipeline["classifiers"],
                  "--root", pipeline["phantom"], "--out", tmp_path / "l.h5", "--lung-model", "/x/nope")
+
+
+def test_refine_field_margin_without_a_lung_field(capsys, pipeline, tmp_path):
+    expect_error(capsys, "has no lung field; --field-margin needs --lung-model", "labels", "refine",
+                 pipeline["labels"], "--model", pipeline["pretrain"], "--out", tmp_path / "r.h5", "--field-margin", 0)
+    assert not (tmp_path / "r.h5").exists()
+    expect_error(capsys, "--lung-model /x/nope does not exist", "labels", "refine", pipeline["labels"],
+                 "--model", pipeline["pretrain"], "--out", tmp_path / "r.h5", "--lung-model", "/x/nope")
