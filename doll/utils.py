@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic files, JSON, devices, seeds, run folders."""
+"""Small shared helpers: atomic files, JSON, devices, seeds, run folders, phase timing."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +9,8 @@ import os
 import random
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,24 @@ def tool_version() -> str:
     from doll import __version__
 
     return __version__
+
+
+class Stopwatch:
+    """Wall seconds per named phase, summed over calls: ``with watch("decode"): ...``.
+    Safe to use from several threads (each phase adds its own time)."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - start
+
+    def seconds(self, ndigits: int = 2) -> dict[str, float]:
+        return {k: round(v, ndigits) for k, v in self.totals.items()}

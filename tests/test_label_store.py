@@ -2,6 +2,8 @@
 rows: same content as writing whole arrays, whatever the piece size."""
 from __future__ import annotations
 
+import zlib
+
 import h5py
 import numpy as np
 import pytest
@@ -49,3 +51,19 @@ def test_parts_from_another_version_are_refused(tmp_path):
     with pytest.raises(DollError, match="another doll version; start it again with --overwrite"):
         parts.read(0, ("targets", "maps"))
     assert set(parts.read(0, ("targets",))) == {"targets"}
+
+
+def test_chunks_compressed_in_threads_read_back_through_hdf5s_gzip_filter(tmp_path):
+    rows = _rows(9, 2, "z")
+    rows["saliency"][4] = 0  # an all-zero row, as for images with no explained class
+    store.write_label_file(tmp_path / "c.h5", rows, ATTRS)
+    with h5py.File(tmp_path / "c.h5") as f:
+        ds = f["saliency"]
+        assert ds.compression == "gzip" and ds.compression_opts == store.GZIP_LEVEL and ds.chunks == (1, 3, 8, 8)
+        assert np.array_equal(ds[:], rows["saliency"]) and np.array_equal(f["images"][2:5], rows["images"][2:5])
+        mask, raw = ds.id.read_direct_chunk((4, 0, 0, 0))  # the zero row: stored deflated, all filters applied
+        assert mask == 0 and len(raw) < 100 and zlib.decompress(raw) == bytes(3 * 8 * 8)
+    bad = store.Blocks((9, 3, 8, 8), [(8, rows["saliency"][:2])])  # two rows from row 8 of 9
+    with pytest.raises(ValueError, match="does not fit"):
+        store.write_label_file(tmp_path / "d.h5", {**rows, "saliency": bad}, ATTRS)
+    assert not (tmp_path / "d.h5").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from doll.models.lung_field import (
     predict_lung_masks,
 )
 from doll.train import distributed as dist
-from doll.utils import check_positive, resolve_device, write_json
+from doll.utils import Stopwatch, check_positive, resolve_device, write_json
 
 TARGET_MODES = ("positive", "predicted", "all")
 SIGNS = ("positive", "absolute")
@@ -141,13 +142,16 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     if out.exists() and not s.overwrite:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
     t0 = time.time()
+    watch = Stopwatch()  # where the time goes: metrics["seconds_by_phase"]
     device = dist.init(resolve_device(s.device))
     s.batch_size = s.batch_size or default_batch_size(device)
-    members, classes = load_ensemble(s.classifiers, device)
+    with watch("load_classifiers"):
+        members, classes = load_ensemble(s.classifiers, device)
     size = s.image_size or members[0][1]["image_size"]
     explainer = make_explainer(s.method, steps=s.steps, baseline=s.baseline, batch_size=s.batch_size,
                                precision=s.precision, seed=s.seed)
-    fmt, arrays = load_split(s.dataset, s.root, s.split or None, size, progress=s.progress and dist.is_main())
+    with watch("decode"):
+        fmt, arrays = load_split(s.dataset, s.root, s.split or None, size, progress=s.progress and dist.is_main())
     if list(fmt.classes) != list(classes):
         raise DollError(f"the classifiers know {len(classes)} classes ({', '.join(classes[:3])}...) but dataset "
                         f"{s.dataset!r} has {len(fmt.classes)} ({', '.join(fmt.classes[:3])}...); use matching data")
@@ -166,17 +170,18 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     # classifiers trained with --lung-model see the lung field only: explain them on the same inputs
     trained_field = members[0][1].get("lung_model") or ""
     field_model = s.lung_model or trained_field
-    masks = predict_lung_masks(field_model, arrays.images, device, s.batch_size) if field_model else None
-    fields = None if masks is None else np.stack([lung_field(m, s.field_margin) for m in masks])  # x saliency
-    inputs = arrays.images
-    if trained_field:
-        if field_model != trained_field:
-            masks = predict_lung_masks(trained_field, arrays.images, device, s.batch_size)
-        inputs = mask_images(arrays.images, np.stack([lung_field(m, INPUT_MARGIN) for m in masks]))
+    with watch("lung_field"):
+        masks = predict_lung_masks(field_model, arrays.images, device, s.batch_size) if field_model else None
+        fields = None if masks is None else np.stack([lung_field(m, s.field_margin) for m in masks])  # x saliency
+        inputs = arrays.images
+        if trained_field:
+            if field_model != trained_field:
+                masks = predict_lung_masks(trained_field, arrays.images, device, s.batch_size)
+            inputs = mask_images(arrays.images, np.stack([lung_field(m, INPUT_MARGIN) for m in masks]))
 
     # ensemble probabilities (cheap: one forward per image and member)
     probs = np.zeros((n, len(classes)), np.float32)
-    with torch.no_grad():
+    with torch.no_grad(), watch("probabilities"):
         for i in range(0, n, s.batch_size):
             x = to_tensor(inputs[i:i + s.batch_size]).to(device)
             probs[i:i + len(x)] = np.mean([torch.sigmoid(m(x).float()).cpu().numpy() for m, _, _ in members], axis=0)
@@ -196,31 +201,50 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     bar = tqdm(total=sum(min(s.block, n - b * s.block) for b in todo), desc=f"explaining ({s.method})",
                unit="img", disable=not (s.progress and dist.is_main()))
     fallbacks = 0  # chunks whose float16 gradients overflowed and were redone in float32 (this process)
-    for b in todo:
-        completeness: list[float] = []
-        lo, hi = b * s.block, min(n, (b + 1) * s.block)
-        x = to_tensor(inputs[lo:hi]).to(device)
-        tg = targets[lo:hi]
-        # --evidence abnormal gives every class of an image the same map: explain it once
-        once = [t[:1] for t in tg] if s.evidence == "abnormal" else tg
-        per_member = []
-        for model, _, _ in members:
-            explainer.stats.clear()
-            maps_m = explainer.attribute(EvidenceOutput(model, s.evidence, normal), x, once)
-            per_member.append([np.repeat(m, len(t), 0) for m, t in zip(maps_m, tg)] if once is not tg else maps_m)
-            completeness += explainer.stats.get("completeness_rel_error", [])
-            fallbacks += len(explainer.stats.get("fp32_fallbacks", []))
-        tmask = np.zeros((hi - lo, len(classes)), bool)
+
+    def finish_block(b: int, lo: int, tg: list[list[int]], per_member: list, completeness: list[float]) -> None:
+        """Distil a block's maps and write it (in the writer thread, while the next block is explained)."""
+        tmask = np.zeros((len(tg), len(classes)), bool)
         maps = []  # the explained classes' saliency, in the row-major order of tmask
-        for j in range(hi - lo):
-            if tg[j]:
-                order = np.argsort(tg[j])
-                sal = distill([m[j] for m in per_member], s.sign, s.smooth, None if fields is None else fields[lo + j])
-                maps.extend(sal[order])
-                tmask[j, tg[j]] = True
-        maps = np.stack(maps) if maps else np.zeros((0, size, size), np.uint8)
-        parts.write(b, maps=maps, targets=tmask, completeness=np.array(completeness, np.float32))
-        bar.update(hi - lo)
+        with watch("distill"):
+            for j, t in enumerate(tg):
+                if t:
+                    sal = distill([m[j] for m in per_member], s.sign, s.smooth, None if fields is None else fields[lo + j])
+                    maps.extend(sal[np.argsort(t)])
+                    tmask[j, t] = True
+            maps = np.stack(maps) if maps else np.zeros((0, size, size), np.uint8)
+        with watch("write_blocks"):
+            parts.write(b, maps=maps, targets=tmask, completeness=np.array(completeness, np.float32))
+
+    # One writer thread: block k is distilled and written while block k+1 is explained (the
+    # GPU is not kept waiting for the CPU work; at most one finished block waits in memory).
+    pending = None  # (future, images in the block)
+
+    def wait_for_writer() -> None:
+        if pending is not None:
+            with watch("wait_for_writer"):
+                pending[0].result()  # re-raises the writer's errors here
+            bar.update(pending[1])
+
+    with ThreadPoolExecutor(1, thread_name_prefix="doll-writer") as writer:
+        for b in todo:
+            completeness: list[float] = []
+            lo, hi = b * s.block, min(n, (b + 1) * s.block)
+            x = to_tensor(inputs[lo:hi]).to(device)
+            tg = targets[lo:hi]
+            # --evidence abnormal gives every class of an image the same map: explain it once
+            once = [t[:1] for t in tg] if s.evidence == "abnormal" else tg
+            per_member = []
+            for model, _, _ in members:
+                explainer.stats.clear()
+                with watch("attribute"):
+                    maps_m = explainer.attribute(EvidenceOutput(model, s.evidence, normal), x, once)
+                per_member.append([np.repeat(m, len(t), 0) for m, t in zip(maps_m, tg)] if once is not tg else maps_m)
+                completeness += explainer.stats.get("completeness_rel_error", [])
+                fallbacks += len(explainer.stats.get("fp32_fallbacks", []))
+            wait_for_writer()
+            pending = (writer.submit(finish_block, b, lo, tg, per_member, completeness), hi - lo)
+        wait_for_writer()
     bar.close()
     dist.barrier()
 
@@ -251,12 +275,14 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         attrs = {"classes": classes, "method": s.method, "settings": run_settings, "label_rule": s.label_rule,
                  "classifiers": run_settings["members"], "image_size": size, "dataset": s.dataset,
                  "root": str(fmt.root), "split": s.split}
-        write_label_file(out, {"saliency": Blocks((n, len(classes), size, size), saliency_pieces()), "targets": tmask, "labels": raw, "probs": probs,
-                               "images": np.asarray(arrays.images), "paths": [it.id for it in arrays.items],
-                               "done": np.ones(n, bool)}, attrs)
+        with watch("assemble"):
+            write_label_file(out, {"saliency": Blocks((n, len(classes), size, size), saliency_pieces()), "targets": tmask, "labels": raw, "probs": probs,
+                                   "images": np.asarray(arrays.images), "paths": [it.id for it in arrays.items],
+                                   "done": np.ones(n, bool)}, attrs)
         shutil.rmtree(parts.folder, ignore_errors=True)
         metrics["seconds"] = round(time.time() - t0, 2)
         metrics["seconds_per_image"] = round(metrics["seconds"] / max(n, 1), 4)
+        metrics["seconds_by_phase"] = watch.seconds()  # this process's; attribute includes the GPU's time
         if device.type == "cuda":
             metrics["fp32_fallback_chunks"] = fallbacks
             metrics["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
