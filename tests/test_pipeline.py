@@ -81,6 +81,8 @@ def test_labels_info_export_merge(pipeline, tmp_path, capsys):
     with h5py.File(tmp_path / "m.h5", "r") as a, h5py.File(pipeline["labels"], "r") as b:
         assert a["saliency"].shape == b["saliency"].shape  # duplicates dropped
         assert np.array_equal(a["saliency"][:], b["saliency"][:])
+    merged = read(tmp_path / "m.h5.metrics.json")
+    assert merged["command"] == "labels merge" and merged["rows"] == info["rows"] and merged["seconds"] >= 0
 
 
 def test_labels_refine_relabels_explained_classes_with_the_pretrained_segmenter(pipeline, tmp_path, capsys):
@@ -100,12 +102,15 @@ def test_labels_refine_relabels_explained_classes_with_the_pretrained_segmenter(
         refined = sal[:, idx]
         assert not refined[~targets[:, idx]].any()  # classes a row does not explain stay empty
         assert refined[targets[:, idx]].any() and not np.array_equal(refined, old[:, idx])
+    metrics = read(tmp_path / "refined.h5.metrics.json")
+    assert metrics["command"] == "labels refine" and metrics["rows"] == len(targets)
     capsys.readouterr()
     cli("evaluate-labels", "--labels", out, "--json")  # the refined file is a label file like any other
     assert json.loads(capsys.readouterr().out)["pairs"] > 0
     for model, says in ((pipeline["classifiers"] / "member_0", "needs a 'segmenter'"), (tmp_path / "none", "doll pretrain")):
         code, err = cli_exit(capsys, "labels", "refine", pipeline["labels"], "--model", model, "--out", tmp_path / "x.h5")
         assert code != 0 and says in err
+
 
 def test_pretrained_pspnet_loads_with_smp(pipeline):
     import segmentation_models_pytorch as smp

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,7 @@ def info(path: str) -> dict:
 
 def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
     """Join label files made on separate machines (same classes, method and settings) row-wise."""
+    t0 = time.time()
     if not inputs:
         raise DollError("name the label files to merge")
     if Path(out).exists() and not overwrite:
@@ -66,7 +68,14 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
     for key in ("saliency", "images"):
         merged[key] = Blocks((n, *shapes[key]), pieces(key))
     write_label_file(out, merged, attrs)
-    return {"command": "labels merge", "inputs": inputs, "out": out, "rows": n}
+    return _finished({"command": "labels merge", "inputs": inputs, "out": out, "rows": n}, t0)
+
+
+def _finished(result: dict, t0: float) -> dict:
+    """Add the wall time and write ``<out>.metrics.json`` next to the label file written."""
+    result["seconds"] = round(time.time() - t0, 2)
+    write_json(str(result["out"]) + ".metrics.json", result)
+    return result
 
 
 def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress: bool = True) -> dict:
@@ -123,6 +132,7 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
     from doll.models.segmenter import build_pspnet
     from doll.utils import check_positive, resolve_device
 
+    t0 = time.time()
     check_positive(batch_size=batch_size)
     if field_margin is not None:
         check_field_margin(field_margin)
@@ -182,4 +192,4 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         write_label_file(out, {**small, "saliency": Blocks((n, len(classes), size, size), saliency_pieces()),
                                "images": Blocks.of(lf["images"])}, attrs)
         bar.close()
-    return {"command": "labels refine", "labels": path, "model": str(model), "out": str(out), "rows": n}
+    return _finished({"command": "labels refine", "labels": path, "model": str(model), "out": str(out), "rows": n}, t0)
