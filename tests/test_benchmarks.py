@@ -56,3 +56,26 @@ def test_ig_variants_cpu_rows_equal_reference():
         assert "error" not in r, r
         assert r["max_rel_diff"] < 1e-4, r  # float32 on the CPU: the ways differ only in batching
         assert r["s_per_img"] > 0 and r["comp_median"] >= 0
+
+
+def test_explain_pipeline_tiny(tmp_path):
+    """benchmarks/explain_pipeline.py: a whole tiny `doll explain` run, one JSON line, phases that add up."""
+    script = SCRIPT.parent / "explain_pipeline.py"
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"steady_s_per_image": 1e-7}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", DOLL_CACHE=str(tmp_path / "cache"))
+    args = ["--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--images", "40", "--members", "1",
+            "--steps", "2", "--block", "8", "--work", str(tmp_path / "work"), "--baseline-json", str(baseline)]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stdout  # the training log went to stderr
+    out = json.loads(lines[0])
+    assert (out["images"], out["members"], out["steps"], out["image_size"]) == (31, 1, 2, 32)  # the train split
+    phases = out["seconds_by_phase"]
+    assert {"attribute", "distill", "write_blocks", "wait_for_writer", "assemble"} <= set(phases)
+    assert phases["attribute"] > 0 and sum(phases.values()) <= out["seconds"] + 0.05 * len(phases)
+    assert 0 < out["steady_s_per_image"] <= out["seconds"] / out["images"]
+    assert out["chexpert_hours_at_this_rate"] == round(191_027 * out["steady_s_per_image"] / 3600, 2)
+    assert out["baseline_ratio"] > 1000 and "slower than the baseline" in proc.stderr
+    assert (tmp_path / "work" / "labels-resnet18-32px-40img-1m.h5").exists()
