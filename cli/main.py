@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if a != "--debug"]
     _register()
     try:
-        app(args=argv, prog_name="doll", standalone_mode=False)
+        code = app(args=argv, prog_name="doll", standalone_mode=False)
     except DollError as exc:
         if debug:
             raise
@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> None:
             # OSError from Python, or a library's own error wrapping it (safetensors' SafetensorError)
             _fail(f"disk full ({getattr(exc, 'filename', None) or 'while writing'}); free space or choose another --out", 2)
         _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback and report it)", 1)
+    # Outside standalone mode, typer (0.29 here) returns the code of a `typer.Exit`
+    # instead of raising it, and turns Ctrl-C into Exit(130): pass them on as exit codes.
+    if code == 130:
+        _fail("interrupted; rerun with --resume to continue where it stopped", 130)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

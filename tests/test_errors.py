@@ -228,3 +228,24 @@ def test_refine_field_margin_without_a_lung_field(capsys, pipeline, tmp_path):
     assert not (tmp_path / "r.h5").exists()
     expect_error(capsys, "--lung-model /x/nope does not exist", "labels", "refine", pipeline["labels"],
                  "--model", pipeline["pretrain"], "--out", tmp_path / "r.h5", "--lung-model", "/x/nope")
+
+
+def test_data_check_exit_codes_and_ctrl_c(capsys, tmp_path, monkeypatch):
+    """Exit codes survive typer returning (not raising) them: `data check` 1 on problems, Ctrl-C 130."""
+    from doll.data.phantom import make_phantoms
+
+    monkeypatch.setenv("DOLL_CACHE", str(tmp_path / "cache"))
+    make_phantoms(tmp_path / "ph", n=20, size=32, progress=False)
+    code, _ = cli_exit(capsys, "data", "check", "--dataset", "phantom", "--root", tmp_path / "ph", "--quiet")
+    assert code == 0
+    missing = sorted((tmp_path / "ph").rglob("*.jpg"))[0]
+    missing.unlink()
+    code, _ = cli_exit(capsys, "data", "check", "--dataset", "phantom", "--root", tmp_path / "ph", "--quiet")
+    assert code == 1
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("doll.data.check.check_dataset", interrupted)
+    code, err = cli_exit(capsys, "data", "check", "--dataset", "phantom", "--root", tmp_path / "ph", "--quiet")
+    assert code == 130 and "error: interrupted; rerun with --resume" in err
