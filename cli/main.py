@@ -50,6 +50,22 @@ def emit(result: dict, as_json: bool = False, keys: tuple[str, ...] = (), footer
         typer.echo(footer)
 
 
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        from doll import __version__
+
+        typer.echo(f"doll {__version__} (torch {torch.__version__}, cuda available: {torch.cuda.is_available()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print doll's, torch's version and whether CUDA is usable, then exit.")):
+    pass  # options of `doll` itself; the help text is the app's
+
+
 def _register() -> None:
     # registration order is the order `doll --help` lists the commands in
     from doll_cli import classify, data, demo, explain, finetune, pretrain  # noqa: F401

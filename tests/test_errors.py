@@ -249,3 +249,22 @@ def test_data_check_exit_codes_and_ctrl_c(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("doll.data.check.check_dataset", interrupted)
     code, err = cli_exit(capsys, "data", "check", "--dataset", "phantom", "--root", tmp_path / "ph", "--quiet")
     assert code == 130 and "error: interrupted; rerun with --resume" in err
+
+
+def test_version_and_bare_doll(capsys):
+    from doll import __version__
+
+    for args in (["--version"], []):
+        try:
+            from doll_cli.main import main
+
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = capsys.readouterr().out
+        assert code == 0
+        if args:
+            assert out.startswith(f"doll {__version__} (torch ") and "cuda available:" in out
+        else:  # `doll` alone shows the commands
+            assert "train-classifiers" in out and "explain" in out and "--version" in out
