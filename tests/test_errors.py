@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 
 import h5py
@@ -228,6 +229,13 @@ def test_refine_field_margin_without_a_lung_field(capsys, pipeline, tmp_path):
     assert not (tmp_path / "r.h5").exists()
     expect_error(capsys, "--lung-model /x/nope does not exist", "labels", "refine", pipeline["labels"],
                  "--model", pipeline["pretrain"], "--out", tmp_path / "r.h5", "--lung-model", "/x/nope")
+    # a file whose recorded lung model is not found (older files kept a relative path as typed)
+    old = tmp_path / "old.h5"
+    shutil.copy(pipeline["labels"], old)
+    with h5py.File(old, "a") as f:
+        f.attrs["settings"] = json.dumps({**json.loads(f.attrs["settings"]), "field_model": "lung/model"})
+    expect_error(capsys, "was made with the lung model lung/model, which does not exist", "labels", "refine", old,
+                 "--model", pipeline["pretrain"], "--out", tmp_path / "r.h5")
 
 
 def test_data_check_exit_codes_and_ctrl_c(capsys, tmp_path, monkeypatch):

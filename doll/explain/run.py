@@ -169,7 +169,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
 
     # classifiers trained with --lung-model see the lung field only: explain them on the same inputs
     trained_field = members[0][1].get("lung_model") or ""
-    field_model = s.lung_model or trained_field
+    # recorded absolute, so that refine and evaluate-labels find it from any folder
+    field_model = str(Path(s.lung_model).resolve()) if s.lung_model else trained_field
     with watch("lung_field"):
         masks = predict_lung_masks(field_model, arrays.images, device, s.batch_size) if field_model else None
         fields = None if masks is None else np.stack([lung_field(m, s.field_margin) for m in masks])  # x saliency

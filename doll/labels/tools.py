@@ -161,7 +161,9 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         elif not field_model:
             raise DollError(f"{path} has no lung field; --field-margin needs --lung-model")
         if field_model and not Path(field_model).is_dir():
-            raise DollError(f"{path} was made with the lung model {field_model}, which no longer exists")
+            raise DollError(f"{path} was made with the lung model {field_model}, which does not exist (files made "
+                            "before doll recorded it absolute keep the path as typed); pass it with --lung-model")
+        field_model = str(Path(field_model).resolve()) if field_model else ""  # found from any folder later
         lung = load_lung_model(field_model, dev) if field_model else None
         n, size = len(lf), int(lf.attr("image_size"))
         small = {k: lf[k][:] for k in ("targets", "labels", "probs", "done")}
