@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from explain_speed import compare_to_baseline  # the sibling script (its folder is on sys.path when run as a script)
 
 from doll.classify.train import train_classifiers
 from doll.data.phantom import make_phantoms
@@ -39,7 +40,6 @@ from doll.models.classifier import CLASSIFIER_ARCHS
 
 CHEXPERT_FRONTAL = 191_027  # frontal training images (chexpert_train.csv shipped with torchxrayvision)
 STARTUP_PHASES = ("load_classifiers", "decode")  # paid once per run, not per image
-SLOWER_WARNING = 1.2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,14 +108,7 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory(prefix="doll-explain-pipeline-") as tmp:
                 result = run(args, Path(tmp))
     if args.baseline_json:
-        with open(args.baseline_json) as fh:
-            base = json.load(fh)
-        ratio = result["steady_s_per_image"] / base["steady_s_per_image"]
-        result["baseline_ratio"] = round(ratio, 3)
-        if ratio > SLOWER_WARNING:
-            print(f"warning: doll explain is {100 * (ratio - 1):.0f}% slower than the baseline "
-                  f"({result['steady_s_per_image']} vs {base['steady_s_per_image']} s/image, {args.baseline_json})",
-                  file=sys.stderr)
+        compare_to_baseline(result, "steady_s_per_image", args.baseline_json, "doll explain")
     print(json.dumps(result))
     return 0
 

@@ -41,6 +41,18 @@ from doll.utils import resolve_device
 SLOWER_WARNING = 1.2  # warn when doll_s_per_image is > 20 % above the baseline's
 
 
+def compare_to_baseline(result: dict, key: str, baseline_json: str, what: str, value: float | None = None) -> None:
+    """Set ``result["baseline_ratio"]`` (``value``, default ``result[key]``, over the stored
+    result's ``key``) and warn on stderr when it is above ``SLOWER_WARNING``."""
+    with open(baseline_json) as fh:
+        base = json.load(fh)
+    ratio = (result[key] if value is None else value) / base[key]
+    result["baseline_ratio"] = round(ratio, 3)
+    if ratio > SLOWER_WARNING:
+        print(f"warning: {what} is {100 * (ratio - 1):.0f}% slower than the baseline "
+              f"({result[key]} vs {base[key]} s/image, {baseline_json})", file=sys.stderr)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="resnet18", choices=CLASSIFIER_ARCHS)
@@ -193,14 +205,7 @@ def main(argv=None) -> int:
                   targets=args.targets, steps=args.steps, batch_size=args.batch_size, precision=args.precision,
                   torch=torch.__version__, threads=torch.get_num_threads())
     if args.baseline_json:
-        with open(args.baseline_json) as fh:
-            base = json.load(fh)
-        ratio = per_image["doll"] / base["doll_s_per_image"]
-        result["baseline_ratio"] = round(ratio, 3)
-        if ratio > SLOWER_WARNING:
-            print(f"warning: doll IG is {100 * (ratio - 1):.0f}% slower than the baseline "
-                  f"({result['doll_s_per_image']} vs {base['doll_s_per_image']} s/image, {args.baseline_json})",
-                  file=sys.stderr)
+        compare_to_baseline(result, "doll_s_per_image", args.baseline_json, "doll IG", value=per_image["doll"])
     print(json.dumps(result))
     return 0
 
