@@ -67,3 +67,14 @@ def test_chunks_compressed_in_threads_read_back_through_hdf5s_gzip_filter(tmp_pa
     with pytest.raises(ValueError, match="does not fit"):
         store.write_label_file(tmp_path / "d.h5", {**rows, "saliency": bad}, ATTRS)
     assert not (tmp_path / "d.h5").exists()
+
+
+def test_attributes_round_trip_including_empty_strings(tmp_path):
+    """`doll explain --split ''` (every split) stores split ""; reading it back must not parse it as JSON."""
+    attrs = {**ATTRS, "split": "", "settings": {"steps": 4, "classes": ""}}
+    store.write_label_file(tmp_path / "e.h5", _rows(2, 3, "e"), attrs)
+    with store.LabelFile(tmp_path / "e.h5") as lf:
+        assert lf.attr("split") == ""
+        assert lf.attr("settings") == {"steps": 4, "classes": ""}
+        assert lf.attr("classes") == ["a", "b", "c"] and lf.attr("image_size") == 8 and lf.attr("root") == "/r"
+        assert lf.attr("missing", "x") == "x"

@@ -127,7 +127,7 @@ class LabelFile:
 
     def attr(self, key: str, default=None):
         v = self.f.attrs.get(key, default)
-        if isinstance(v, str) and v[:1] in "[{":
+        if isinstance(v, str) and v.startswith(("[", "{")):  # lists and dicts are stored as JSON
             return json.loads(v)
         return v
 
