@@ -79,3 +79,32 @@ def test_explain_pipeline_tiny(tmp_path):
     assert out["chexpert_hours_at_this_rate"] == round(191_027 * out["steady_s_per_image"] / 3600, 2)
     assert out["baseline_ratio"] > 1000 and "slower than the baseline" in proc.stderr
     assert (tmp_path / "work" / "labels-resnet18-32px-40img-1m.h5").exists()
+
+
+def test_ig_steps_tiny(tmp_path):
+    """benchmarks/ig_steps.py on phantoms: one run per step count, each compared with the most steps."""
+    script = SCRIPT.parent / "ig_steps.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", DOLL_CACHE=str(tmp_path / "cache"))
+    args = ["--steps", "1,2,8", "--evaluate", "--work", str(tmp_path / "work"),
+            "--set", "image_size=32", "--set", "device=cpu", "--set", "block=16"]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stdout
+    out = json.loads(lines[0])
+    assert out["reference_steps"] == 8 and set(out["by_steps"]) == {"1", "2", "8"}
+    assert out["settings"] == {"image_size": 32, "device": "cpu", "block": 16}
+    ref = out["by_steps"]["8"]
+    assert "label_iou" not in ref and ref["attribute_s_per_image"] > 0
+    for steps in ("1", "2"):
+        row = out["by_steps"][steps]
+        assert row["maps"] == ref["targets"] > 0
+        assert 0 <= row["label_iou"]["p10"] <= row["label_iou"]["mean"] <= 1
+        assert row["saliency_rel_l2"]["mean"] >= 0
+        assert set(row["evaluate"]) >= {"iou", "topk_iou", "pointing", "ap"}
+    # quadrature converges: 2 nodes agree with 8 better than 1 node does
+    assert out["by_steps"]["2"]["saliency_rel_l2"]["mean"] < out["by_steps"]["1"]["saliency_rel_l2"]["mean"]
+    assert out["by_steps"]["2"]["completeness_rel_error"]["median"] <= out["by_steps"]["1"]["completeness_rel_error"]["median"]
+    bad = subprocess.run([sys.executable, str(script), "--steps", "4", "--work", str(tmp_path / "w2")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "at least two" in bad.stderr
