@@ -5,6 +5,7 @@ traceback unless ``--debug``); 1 an internal error; 130 interrupted.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -67,11 +68,12 @@ def _options(version: bool = typer.Option(False, "--version", callback=_version,
 
 
 def _register() -> None:
-    # registration order is the order `doll --help` lists the commands in
-    from doll_cli import classify, data, demo, explain, finetune, pretrain  # noqa: F401
-
-    app.add_typer(data.data_app, name="data")
-    app.add_typer(explain.labels_app, name="labels")
+    # registration order is the order `doll --help` lists the commands in: the demo, then
+    # the stages in the order they run, then the tools
+    modules = {name: importlib.import_module(f"doll_cli.{name}")
+               for name in ("demo", "classify", "explain", "pretrain", "finetune", "data")}
+    app.add_typer(modules["data"].data_app, name="data")
+    app.add_typer(modules["explain"].labels_app, name="labels")
 
 
 def _fail(message: str, code: int) -> None:

@@ -274,5 +274,10 @@ def test_version_and_bare_doll(capsys):
         assert code == 0
         if args:
             assert out.startswith(f"doll {__version__} (torch ") and "cuda available:" in out
-        else:  # `doll` alone shows the commands
-            assert "train-classifiers" in out and "explain" in out and "--version" in out
+        else:  # `doll` alone shows the commands: the demo, the stages in the order they run, the tools
+            assert "--version" in out
+            order = ["demo", "train-classifiers", "explain", "evaluate-labels", "show", "pretrain", "finetune",
+                     "data", "labels"]
+            listed = [line.split()[1] for line in out.splitlines() if line.startswith("│ ") and len(line.split()) > 2
+                      and line.split()[1] in order]
+            assert listed == order, listed
