@@ -53,14 +53,19 @@ def test_evidence_outputs():
         assert np.abs(contrast[i] - (plain[i][:2] - plain[i][2:])).max() <= 1e-4 * scale
 
 
-def test_explain_abnormal_evidence_gives_each_class_of_an_image_the_same_map(pipeline, tmp_path):
+def test_explain_abnormal_evidence_gives_each_class_of_an_image_the_same_map(pipeline, tmp_path, capsys):
     import json
 
     from conftest import cli
 
     out = tmp_path / "ab.h5"
+    capsys.readouterr()
     cli("explain", "--classifiers", pipeline["classifiers"], "--dataset", "phantom", "--root", pipeline["phantom"],
         "--out", out, "--steps", 4, "--evidence", "abnormal", "--targets", "all", "--split", "valid")
+    printed = capsys.readouterr().out  # the summary shows whether --steps was enough
+    metrics = json.loads(out.with_name("ab.h5.metrics.json").read_text())
+    median = round(metrics["completeness_rel_error"]["median"], 4)
+    assert f"completeness_rel_error: {{'median': {median}, 'p90': " in printed, printed
     with h5py.File(out, "r") as f:
         assert json.loads(f.attrs["settings"])["evidence"] == "abnormal"
         sal, tmask = f["saliency"][:], f["targets"][:]
