@@ -11,7 +11,8 @@ images and compares every run with the one at the most steps (the reference):
   maps, per explained (image, class), mean and p90;
 * ``label_iou``: IoU of the pixel labels (the file's label rule) with the reference's,
   mean and p10 (maps that are empty in both count as 1);
-* ``attribute_s_per_image``: the engine's time (all members);
+* ``attribute_s_per_image``: the engine's time (all members) over all images of the split
+  (images without a target to explain cost nothing);
 * with ``--evaluate`` (data with ground truth): ``doll evaluate-labels``'s mean IoU,
   top-k IoU, pointing game and AP.
 
@@ -51,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                      "classifier trained here, in --work)")
     p.add_argument("--dataset", default="phantom")
     p.add_argument("--root", default="")
-    p.add_argument("--split", default="")
+    p.add_argument("--split", default="", help="the split to label, as doll explain --split ('' for all)")
     p.add_argument("--steps", default="4,8,16,32", help="comma-separated step counts; the largest is the reference")
     p.add_argument("--evaluate", action="store_true", help="also score each run with doll evaluate-labels")
     p.add_argument("--work", required=True, help="folder for the label files (and the phantom set)")
@@ -71,8 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--set {item!r}: use KEY=VALUE with KEY one of "
                     f"{', '.join(k for k in SETTINGS if k not in OWN)}")
         kind = SETTINGS[key].type
-        args.extra[key] = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(
-            kind, str)(value)
+        try:
+            args.extra[key] = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(
+                kind, str)(value)
+        except ValueError:
+            p.error(f"--set {item!r}: {key} takes a value of type {kind}")
     return args
 
 
@@ -106,10 +110,10 @@ def compare(path: str, reference: str) -> dict:
         targets = a["targets"][:] & b["targets"][:]
         for row in np.flatnonzero(targets.any(axis=1)):
             cs = np.flatnonzero(targets[row])
-            sa, sb = a["saliency"][row][cs].astype(np.float32), b["saliency"][row][cs].astype(np.float32)
-            rel += (np.linalg.norm((sa - sb).reshape(len(cs), -1), axis=1)
-                    / np.maximum(np.linalg.norm(sb.reshape(len(cs), -1), axis=1), 1e-6)).tolist()
-            la, lb = apply_rule(sa.round().astype(np.uint8), rule), apply_rule(sb.round().astype(np.uint8), rule)
+            sa, sb = a["saliency"][row][cs], b["saliency"][row][cs]  # uint8 (classes, H, W)
+            fa, fb = sa.reshape(len(cs), -1).astype(np.float32), sb.reshape(len(cs), -1).astype(np.float32)
+            rel += (np.linalg.norm(fa - fb, axis=1) / np.maximum(np.linalg.norm(fb, axis=1), 1e-6)).tolist()
+            la, lb = apply_rule(sa, rule), apply_rule(sb, rule)
             inter, union = (la & lb).sum(axis=(1, 2)), (la | lb).sum(axis=(1, 2))
             iou += np.where(union > 0, inter / np.maximum(union, 1), 1.0).tolist()
     if not rel:
