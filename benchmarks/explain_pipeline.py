@@ -59,15 +59,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace, work: Path) -> dict:
-    tag = f"{args.arch}-{args.image_size}px-{args.images}img-{args.members}m"
-    data, classifiers = work / f"phantoms-{args.image_size}px-{args.images}", work / f"classifiers-{tag}"
+def phantom_ensemble(work: Path, *, size: int, images: int, arch: str, members: int, epochs: int, device: str,
+                     seed: int = 0) -> tuple[Path, Path, str]:
+    """Phantoms in the CheXpert layout and a classifier ensemble trained on them, kept in ``work``
+    for the next run with the same settings: (data folder, classifiers folder, their tag)."""
+    tag = f"{arch}-{size}px-{images}img-{members}m"
+    data, classifiers = work / f"phantoms-{size}px-{images}", work / f"classifiers-{tag}"
     if not (data / "phantom.json").exists():
-        make_phantoms(data, n=args.images, size=args.image_size, seed=args.seed, progress=False)
+        make_phantoms(data, n=images, size=size, seed=seed, progress=False)
     if not (classifiers / "metrics.json").exists():
-        train_classifiers(dataset="phantom", root=str(data), out=str(classifiers), arch=args.arch,
-                          members=args.members, epochs=args.epochs, image_size=args.image_size,
-                          device=args.device, seed=args.seed, overwrite=True, progress=False)
+        train_classifiers(dataset="phantom", root=str(data), out=str(classifiers), arch=arch, members=members,
+                          epochs=epochs, image_size=size, device=device, seed=seed, overwrite=True, progress=False)
+    return data, classifiers, tag
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    data, classifiers, tag = phantom_ensemble(work, size=args.image_size, images=args.images, arch=args.arch,
+                                              members=args.members, epochs=args.epochs, device=args.device,
+                                              seed=args.seed)
     m = explain(classifiers=str(classifiers), dataset="phantom", root=str(data), out=str(work / f"labels-{tag}.h5"),
                 steps=args.steps, batch_size=args.batch_size, block=args.block, device=args.device,
                 seed=args.seed, overwrite=True, progress=False)

@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from explain_pipeline import phantom_ensemble  # the sibling script (its folder is on sys.path when run as a script)
 
 from doll.explain.distill import apply_rule
 from doll.explain.run import ExplainSettings, explain
@@ -64,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--steps must be comma-separated integers, got {args.steps!r}")
     if len(args.steps) < 2 or args.steps[0] <= 0:
         p.error("--steps needs at least two positive step counts")
+    if not args.classifiers and args.dataset != "phantom":
+        p.error("--classifiers is needed for any data set but the built-in phantoms")
     args.extra = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -78,22 +81,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         except ValueError:
             p.error(f"--set {item!r}: {key} takes a value of type {kind}")
     return args
-
-
-def phantom_classifiers(work: Path, extra: dict) -> tuple[str, str]:
-    """A small phantom set and one classifier trained on it (kept in ``work`` for the next run)."""
-    from doll.classify.train import train_classifiers
-    from doll.data.phantom import make_phantoms
-
-    size = int(extra.get("image_size") or 64)
-    data, classifiers = work / f"phantoms-{size}px", work / f"classifiers-{size}px"
-    if not (data / "phantom.json").exists():
-        make_phantoms(data, n=160, size=size, seed=0, progress=False)
-    if not (classifiers / "metrics.json").exists():
-        train_classifiers(dataset="phantom", root=str(data), out=str(classifiers), arch="resnet18", members=1,
-                          epochs=4, image_size=size, device=extra.get("device", "auto"), overwrite=True,
-                          progress=False)
-    return str(classifiers), str(data)
 
 
 def _stats(values: list[float], low: bool = False) -> dict:
@@ -125,10 +112,11 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     classifiers, root = args.classifiers, args.root
-    if not classifiers:
-        if args.dataset != "phantom":
-            raise SystemExit("--classifiers is needed for any data set but the built-in phantoms")
-        classifiers, root = phantom_classifiers(work, args.extra)
+    if not classifiers:  # a small phantom set and one classifier, kept in --work for the next run
+        data, folder, _ = phantom_ensemble(work, size=int(args.extra.get("image_size") or 64), images=160,
+                                           arch="resnet18", members=1, epochs=4,
+                                           device=args.extra.get("device", "auto"))
+        classifiers, root = str(folder), str(data)
     files, rows = {}, {}
     for steps in args.steps:
         files[steps] = str(work / f"labels-{steps}steps.h5")
