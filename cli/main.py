@@ -69,7 +69,10 @@ def _options(version: bool = typer.Option(False, "--version", callback=_version,
 
 def _register() -> None:
     # registration order is the order `doll --help` lists the commands in: the demo, then
-    # the stages in the order they run, then the tools
+    # the stages in the order they run, then the tools. Once per process: main() runs many
+    # times in one process in the tests, and each add_typer would add the groups again.
+    if app.registered_groups:
+        return
     modules = {name: importlib.import_module(f"doll_cli.{name}")
                for name in ("demo", "classify", "explain", "pretrain", "finetune", "data")}
     app.add_typer(modules["data"].data_app, name="data")

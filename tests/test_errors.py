@@ -281,3 +281,7 @@ def test_version_and_bare_doll(capsys):
             listed = [line.split()[1] for line in out.splitlines() if line.startswith("│ ") and len(line.split()) > 2
                       and line.split()[1] in order]
             assert listed == order, listed
+    # main() ran twice in this process: each sub-app is registered once
+    from doll_cli.main import app
+
+    assert sorted(g.name for g in app.registered_groups) == ["data", "labels"]
