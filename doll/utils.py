@@ -19,6 +19,17 @@ import torch
 from doll.errors import DollError
 
 
+@dataclasses.dataclass(kw_only=True)
+class RunOptions:
+    """The options every command's settings share (the CLI's --seed, --device, --resume,
+    --overwrite and --quiet)."""
+    seed: int = 0
+    device: str = "auto"  # auto (GPU if present), cpu, cuda or cuda:N
+    resume: bool = False  # continue an interrupted run in its output
+    overwrite: bool = False  # replace a previous run's output
+    progress: bool = True  # progress bars
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.

@@ -19,11 +19,17 @@ from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.losses import masked_bce
 from doll.train.metrics import auroc_per_class
-from doll.utils import check_positive, prepare_out_dir, resolve_device, write_json
+from doll.utils import (
+    RunOptions,
+    check_positive,
+    prepare_out_dir,
+    resolve_device,
+    write_json,
+)
 
 
 @dataclass
-class ClassifierSettings:
+class ClassifierSettings(RunOptions):
     dataset: str = "phantom"
     root: str = ""
     out: str = "artifacts/classifiers"
@@ -40,12 +46,7 @@ class ClassifierSettings:
     accumulate: int = 1  # gradient accumulation steps
     patience: int = 0  # early stopping after this many epochs without a better validation AUROC (0: off)
     lung_model: str = ""  # a `doll finetune --task lung` model folder: classifiers see only its lung field
-    seed: int = 0
-    device: str = "auto"
     num_workers: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
 
 
 class ClassificationTask:

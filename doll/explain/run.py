@@ -37,7 +37,7 @@ from doll.models.lung_field import (
     predict_lung_masks,
 )
 from doll.train import distributed as dist
-from doll.utils import Stopwatch, check_positive, resolve_device, write_json
+from doll.utils import RunOptions, Stopwatch, check_positive, resolve_device, write_json
 
 TARGET_MODES = ("positive", "predicted", "all")
 SIGNS = ("positive", "absolute")
@@ -45,7 +45,7 @@ NOT_LOCALISED = NORMAL_CLASSES  # classes never explained unless --classes names
 
 
 @dataclass
-class ExplainSettings:
+class ExplainSettings(RunOptions):
     classifiers: str = "artifacts/classifiers"
     dataset: str = "phantom"
     root: str = ""
@@ -67,11 +67,6 @@ class ExplainSettings:
     precision: str = "auto"  # IG on CUDA: auto (float16 autocast), fp16, bf16 or fp32
     block: int = 64  # images per resumable block
     image_size: int = 0  # 0: the classifiers' own size
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
 
 
 def _sha256(path: Path) -> str:

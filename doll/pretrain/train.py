@@ -23,11 +23,17 @@ from doll.models.segmenter import build_pspnet, smp_config
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
 from doll.train.losses import masked_bce, multilabel_seg_loss
-from doll.utils import check_positive, prepare_out_dir, resolve_device, write_json
+from doll.utils import (
+    RunOptions,
+    check_positive,
+    prepare_out_dir,
+    resolve_device,
+    write_json,
+)
 
 
 @dataclass
-class PretrainSettings:
+class PretrainSettings(RunOptions):
     labels: str = "artifacts/doll_labels.h5"
     out: str = "artifacts/pretrain"
     encoder: str = "resnet34"
@@ -43,12 +49,7 @@ class PretrainSettings:
     val_fraction: float = 0.1
     accumulate: int = 1  # gradient accumulation steps
     patience: int = 0  # early stopping on the validation IoU (0: off)
-    seed: int = 0
-    device: str = "auto"
     num_workers: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
 
 
 class SegmentationTask:

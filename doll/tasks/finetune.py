@@ -33,6 +33,7 @@ from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.metrics import segmentation_scores
 from doll.utils import (
+    RunOptions,
     check_fraction,
     check_positive,
     prepare_out_dir,
@@ -45,7 +46,7 @@ LUNGS = ("lungs", ["left lung", "right lung"])
 
 
 @dataclass
-class FinetuneSettings:
+class FinetuneSettings(RunOptions):
     task: str = "jsrt"
     dataset: str = "jsrt"
     root: str = ""
@@ -66,12 +67,7 @@ class FinetuneSettings:
     baselines: bool = True  # seg4cls: also train the plain classifier and the multitask net
     pseudo: str = "none"  # seg4cls: none, pseudo (teacher -> student on pseudo-masks) or boosted
     pooling: str = "max,amp-mlp"  # mixed: how classification logits come from the segmentation logits
-    seed: int = 0
-    device: str = "auto"
     num_workers: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
 
 
 class FinetuneTask(SegmentationTask):
