@@ -39,6 +39,13 @@ def tb_label(path: Path) -> float:
     return float(last)
 
 
+def tb_item(fmt: DatasetFormat, path: Path, masks: dict[str, str], meta: dict | None = None) -> Item:
+    """One image of a TB collection (Montgomery, Shenzhen): one patient per image, its TB label
+    from the file name, everything in "train" until ``apply_fractions`` moves some out."""
+    return Item(id=path.stem, image=fmt.inside(path.relative_to(fmt.root)), split="train", patient=path.stem,
+                labels=np.array([tb_label(path)], np.float32), masks=masks, meta=meta or {})
+
+
 def apply_fractions(fmt: DatasetFormat, items: list[Item]) -> None:
     """Move ``test_fraction`` then ``valid_fraction`` of the patients of "train" out (in place)."""
     seed = read_int(fmt, "seed", 0)
@@ -88,16 +95,6 @@ class Montgomery(DatasetFormat):
                 m = d / p.name
                 if m.is_file():
                     masks[s] = self.inside(m.relative_to(self.root))
-            items.append(
-                Item(
-                    id=p.stem,
-                    image=self.inside(p.relative_to(self.root)),
-                    split="train",
-                    patient=p.stem,
-                    labels=np.array([tb_label(p)], np.float32),
-                    masks=masks,
-                    meta={"merged_structures": {k: list(v) for k, v in MERGED.items()}},
-                )
-            )
+            items.append(tb_item(self, p, masks, {"merged_structures": {k: list(v) for k, v in MERGED.items()}}))
         apply_fractions(self, items)
         return items

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from doll.data.base import DatasetFormat, Item
 from doll.data.common import read_fraction, read_int
-from doll.data.montgomery import apply_fractions, find_base, tb_label
+from doll.data.montgomery import apply_fractions, find_base, tb_item
 from doll.errors import DollError
 
 
@@ -68,15 +66,6 @@ class Shenzhen(DatasetFormat):
                 m = self.mask_dir / f"{p.stem}_mask.png"
                 if m.is_file():
                     masks["lungs"] = self.inside(m.relative_to(self.root))
-            items.append(
-                Item(
-                    id=p.stem,
-                    image=self.inside(p.relative_to(self.root)),
-                    split="train",
-                    patient=p.stem,
-                    labels=np.array([tb_label(p)], np.float32),
-                    masks=masks,
-                )
-            )
+            items.append(tb_item(self, p, masks))
         apply_fractions(self, items)
         return items
