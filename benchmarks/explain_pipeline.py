@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ from explain_speed import compare_to_baseline  # the sibling script (its folder 
 
 from doll.classify.train import train_classifiers
 from doll.data.phantom import make_phantoms
-from doll.explain.run import explain
+from doll.explain.run import ExplainSettings, explain
 from doll.models.classifier import CLASSIFIER_ARCHS
 
 CHEXPERT_FRONTAL = 191_027  # frontal training images (chexpert_train.csv shipped with torchxrayvision)
@@ -71,6 +72,26 @@ def phantom_ensemble(work: Path, *, size: int, images: int, arch: str, members: 
         train_classifiers(dataset="phantom", root=str(data), out=str(classifiers), arch=arch, members=members,
                           epochs=epochs, image_size=size, device=device, seed=seed, overwrite=True, progress=False)
     return data, classifiers, tag
+
+
+def explain_settings(p: argparse.ArgumentParser, items: list[str], own: tuple[str, ...]) -> dict:
+    """``--set KEY=VALUE`` items as keyword arguments of ``doll.explain.run.explain`` (KEY: a
+    field of ExplainSettings that the script does not set itself); a bad one is a usage error."""
+    fields = {f.name: f for f in dataclasses.fields(ExplainSettings)}
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields or key in own:
+            p.error(f"--set {item!r}: use KEY=VALUE with KEY one of {', '.join(k for k in fields if k not in own)}")
+        kind = fields[key].type
+        if kind not in ("int", "float", "str"):
+            p.error(f"--set {item!r}: {key} ({kind}) cannot be set with --set")
+        try:
+            settings[key] = {"int": int, "float": float}.get(kind, str)(value)
+        except ValueError:
+            p.error(f"--set {item!r}: {key} takes a value of type {kind}")
+    return settings
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:

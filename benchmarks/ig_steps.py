@@ -30,20 +30,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
-from explain_pipeline import phantom_ensemble  # the sibling script (its folder is on sys.path when run as a script)
+from explain_pipeline import explain_settings, phantom_ensemble  # the sibling script (its folder is on sys.path when run as a script)
 
 from doll.explain.distill import apply_rule
-from doll.explain.run import ExplainSettings, explain
+from doll.explain.run import explain
 from doll.labels.evaluate import evaluate_labels
 from doll.labels.store import LabelFile
 
-SETTINGS = {f.name: f for f in dataclasses.fields(ExplainSettings)}
 OWN = ("classifiers", "dataset", "root", "split", "steps", "out", "overwrite", "resume", "progress")
 
 
@@ -67,19 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--steps needs at least two positive step counts")
     if not args.classifiers and args.dataset != "phantom":
         p.error("--classifiers is needed for any data set but the built-in phantoms")
-    args.extra = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in SETTINGS or key in OWN:
-            p.error(f"--set {item!r}: use KEY=VALUE with KEY one of "
-                    f"{', '.join(k for k in SETTINGS if k not in OWN)}")
-        kind = SETTINGS[key].type
-        try:
-            args.extra[key] = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(
-                kind, str)(value)
-        except ValueError:
-            p.error(f"--set {item!r}: {key} takes a value of type {kind}")
+    args.extra = explain_settings(p, args.set, OWN)
     return args
 
 

@@ -108,3 +108,32 @@ def test_ig_steps_tiny(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--steps", "4", "--work", str(tmp_path / "w2")],
                          capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2 and "at least two" in bad.stderr
+
+
+def test_label_seeds_tiny(tmp_path):
+    """benchmarks/label_seeds.py on phantoms: each member alone and the ensemble, scored and summarised."""
+    script = SCRIPT.parent / "label_seeds.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", DOLL_CACHE=str(tmp_path / "cache"))
+    args = ["--ensembles", "--work", str(tmp_path / "work"), "--set", "image_size=32", "--set", "device=cpu",
+            "--set", "steps=2", "--set", "block=16"]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stdout
+    out = json.loads(lines[0])
+    assert out["members"] == 2 and out["settings"] == {"image_size": 32, "device": "cpu", "steps": 2, "block": 16}
+    names = sorted(out["scores"])
+    assert len(names) == 3 and [n.split("/")[-1] for n in names if "/" in n] == ["member_0", "member_1"]
+    members = [out["scores"][n] for n in names if "/" in n]
+    for k in ("iou", "topk_iou", "pointing", "ap"):
+        s = out["over_members"][k]
+        assert s["min"] == min(m[k] for m in members) and s["max"] == max(m[k] for m in members)
+        assert abs(s["mean"] - (members[0][k] + members[1][k]) / 2) < 1e-3 and s["sd"] >= 0
+        assert 0 <= s["min"] <= s["mean"] <= s["max"] <= 1
+    assert out["over_ensembles"]["iou"]["sd"] == 0.0 and set(out["priors"]) == {"random"}
+    # the labels beat the random map on the phantoms, member by member
+    assert all(m["topk_iou"] > out["priors"]["random"]["topk_iou"] for m in members)
+    bad = subprocess.run([sys.executable, str(script), "--classifiers", str(tmp_path / "nothing"), "--dataset",
+                          "covidqu", "--work", str(tmp_path / "w2")], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert bad.returncode == 2 and "is not a folder" in bad.stderr
