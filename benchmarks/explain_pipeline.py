@@ -94,6 +94,15 @@ def explain_settings(p: argparse.ArgumentParser, items: list[str], own: tuple[st
     return settings
 
 
+def json_main(parse_args, run, argv=None) -> int:
+    """A benchmark's main: parse, run with every log on stderr, print the result as one JSON line."""
+    args = parse_args(argv)
+    with contextlib.redirect_stdout(sys.stderr):  # training and library logs: stdout carries only the JSON
+        result = run(args)
+    print(json.dumps(result))
+    return 0
+
+
 def run(args: argparse.Namespace, work: Path) -> dict:
     data, classifiers, tag = phantom_ensemble(work, size=args.image_size, images=args.images, arch=args.arch,
                                               members=args.members, epochs=args.epochs, device=args.device,

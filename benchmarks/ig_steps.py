@@ -29,13 +29,11 @@ images and compares every run with the one at the most steps (the reference):
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-from explain_pipeline import explain_settings, phantom_ensemble  # the sibling script (its folder is on sys.path when run as a script)
+from explain_pipeline import explain_settings, json_main, phantom_ensemble  # the sibling script (its folder is on sys.path when run as a script)
 
 from doll.explain.distill import apply_rule
 from doll.explain.run import explain
@@ -124,11 +122,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    with contextlib.redirect_stdout(sys.stderr):  # training and library logs: stdout carries only the JSON
-        result = run(args)
-    print(json.dumps(result))
-    return 0
+    return json_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,11 @@ lung masks; the predicted lung field when the labels have one).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import statistics
 import sys
 from pathlib import Path
 
-from explain_pipeline import explain_settings, phantom_ensemble  # sibling script (its folder is on sys.path)
+from explain_pipeline import explain_settings, json_main, phantom_ensemble  # sibling script (its folder is on sys.path)
 
 from doll.explain.run import explain
 from doll.labels.evaluate import evaluate_labels
@@ -55,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for folder in args.classifiers:
         if not Path(folder).is_dir():
             p.error(f"--classifiers {folder} is not a folder")
+    names = [Path(f).name for f in args.classifiers]
+    if len(set(names)) < len(names):  # runs are named after their folders
+        p.error(f"--classifiers: two folders have the same name ({', '.join(names)}); rename or link one")
     args.extra = explain_settings(p, args.set, OWN)
     return args
 
@@ -103,11 +104,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    with contextlib.redirect_stdout(sys.stderr):  # training and library logs: stdout carries only the JSON
-        result = run(args)
-    print(json.dumps(result))
-    return 0
+    return json_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":
