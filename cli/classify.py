@@ -25,6 +25,7 @@ def train_classifiers(
     accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
     patience: int = typer.Option(0, "--patience", help="Stop early after this many epochs without a better validation score (0: never)."),
     lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder (its model/ subfolder): the classifiers see only the lung field it predicts, so they cannot learn shortcuts outside it; `doll explain` masks their inputs the same way."),
+    hide: float = typer.Option(0.0, "--hide", help="Hide-and-Seek augmentation: black out each cell of an 8x8 grid with this probability while training (e.g. 0.5), so the classifiers learn from all of the evidence, not only its most telling spot (0: off)."),
     num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
 ):
@@ -34,6 +35,6 @@ def train_classifiers(
     result = run(dataset=dataset, root=str(root), out=str(out), arch=arch, members=members, image_size=image_size,
                  epochs=epochs, batch_size=batch_size, lr=lr, uncertain=uncertain, blank=blank, views=views,
                  valid_fraction=valid_fraction, accumulate=accumulate, patience=patience,
-                 lung_model=str(lung_model) if lung_model else "", num_workers=num_workers, device=device, seed=seed, resume=resume,
+                 lung_model=str(lung_model) if lung_model else "", hide=hide, num_workers=num_workers, device=device, seed=seed, resume=resume,
                  overwrite=overwrite, progress=not quiet)
     emit(result, keys=("mean_auroc", "n_train", "n_valid", "seconds"), footer=f"metrics: {out / 'metrics.json'}")

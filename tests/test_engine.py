@@ -76,3 +76,33 @@ def test_pickle_checkpoints_are_refused_and_never_run(tmp_path, monkeypatch):
 def test_checkpoint_of_wrong_kind_is_refused(pipeline):
     with pytest.raises(DollError, match="'segmenter'"):
         read_config(Path(pipeline["classifiers"]) / "member_0", kind="segmenter")
+
+
+def test_hide_and_seek_blacks_out_whole_grid_cells_and_nothing_else():
+    import numpy as np
+
+    from doll.data.dataset import HIDE_GRID, MEAN, STD, ArrayDataset
+
+    BLACK = (0 - MEAN) / STD  # a black pixel, normalised
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, size=(40, 32, 32), dtype=np.uint8)
+    y, w = np.ones((40, 2), np.float32), np.ones((40, 2), np.float32)
+    plain = ArrayDataset(images, y, w, augment=True, seed=3)
+    hidden = ArrayDataset(images, y, w, augment=True, seed=3, hide=0.5)
+    cell = 32 // HIDE_GRID
+    fractions = []
+    for i in range(len(images)):
+        a, b = plain[i]["image"][0].numpy(), hidden[i]["image"][0].numpy()
+        changed = ~np.isclose(a, b)
+        assert np.allclose(b[changed], BLACK)  # hidden pixels are black ...
+        cells = changed.reshape(HIDE_GRID, cell, HIDE_GRID, cell).any(axis=(1, 3))
+        blacked = np.isclose(b, BLACK).reshape(HIDE_GRID, cell, HIDE_GRID, cell).all(axis=(1, 3))
+        assert (blacked | ~cells).all()  # ... in whole cells, and every other pixel is as without hiding
+        fractions.append(blacked.mean())
+        assert np.allclose(hidden[i]["image"].numpy(), b)  # the same draw every time (resume-safe)
+    assert 0.4 < np.mean(fractions) < 0.6
+    hidden.set_epoch(1)
+    assert not np.allclose(hidden[0]["image"].numpy(), ArrayDataset(images, y, w, augment=True, seed=3, hide=0.5)[0]["image"].numpy())
+    with pytest.raises(ValueError, match="image labels only"):
+        ArrayDataset(images, masks=np.zeros((40, 1, 32, 32), np.float32), augment=True, hide=0.5)

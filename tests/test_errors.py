@@ -93,6 +93,7 @@ def test_label_fraction_outside_range(capsys, phantom, tmp_path, fraction):
     (["finetune", "--task", "liver", "--dataset", "jsrt"], "unknown --task 'liver'"),
     (["finetune", "--task", "jsrt", "--dataset", "jsrt", "--mode", "lora"], "unknown --mode 'lora'"),
     (["train-classifiers", "--arch", "vgg11"], "unknown --arch 'vgg11'"),
+    (["train-classifiers", "--hide", "1"], "--hide is a probability in [0, 1), got 1.0"),
     (["finetune", "--task", "jsrt", "--dataset", "jsrt", "--encoder", "vit"], "unknown --encoder 'vit'"),
     (["pretrain", "--encoder", "vit"], "unknown --encoder 'vit'"),
     (["explain", "--sign", "both"], "unknown --sign 'both'"),

@@ -46,6 +46,7 @@ class ClassifierSettings(RunOptions):
     accumulate: int = 1  # gradient accumulation steps
     patience: int = 0  # early stopping after this many epochs without a better validation AUROC (0: off)
     lung_model: str = ""  # a `doll finetune --task lung` model folder: classifiers see only its lung field
+    hide: float = 0.0  # Hide-and-Seek: black out each cell of an 8x8 grid with this probability while training
     num_workers: int = 0
 
 
@@ -80,6 +81,8 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     """Train ``members`` classifiers; returns (and writes to ``out/metrics.json``) their metrics."""
     s = settings or ClassifierSettings(**kwargs)
     check_positive(members=s.members, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size)
+    if not 0 <= s.hide < 1:
+        raise DollError(f"--hide is a probability in [0, 1), got {s.hide}")
     archs = member_archs(s.arch, s.members)
     if s.lung_model:
         lung_model_config(s.lung_model)  # a bad --lung-model fails before any output is written
@@ -106,7 +109,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     if lung_model:  # shortcut suppression: nothing outside the predicted lung field reaches the classifier
         train_images = mask_images(train.images, predict_lung_fields(lung_model, train.images, device, s.batch_size))
         val_images = mask_images(val.images, predict_lung_fields(lung_model, val.images, device, s.batch_size))
-    train_set = ArrayDataset(train_images, y_train, w_train, augment=True, seed=s.seed)
+    train_set = ArrayDataset(train_images, y_train, w_train, augment=True, seed=s.seed, hide=s.hide)
     val_set = ArrayDataset(val_images, y_val, w_val)
     task = ClassificationTask(classes)
     members, probs = [], []

@@ -5,6 +5,12 @@ Augmentation (training only): small rotation (+-7 deg), scale (0.9-1.1), transla
 and right structures are labelled and the heart sits on the patient's left. The
 random draw depends only on ``(seed, epoch, index)``, so a resumed run sees exactly
 the same augmented images as an uninterrupted one.
+
+Optional for classifiers, ``hide`` (Hide-and-Seek, Singh & Lee, ICCV 2017): the image is
+cut into an 8 x 8 grid and each cell is blacked out (the IG baseline, and the fill
+outside a lung field) with probability ``hide``, so that a classifier cannot rely on the
+single most telling spot and has to learn from all of the evidence; its explanations
+then cover more of the lesion.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 MEAN, STD = 0.5, 0.25  # applied to images scaled to [0, 1]
+HIDE_GRID = 8  # Hide-and-Seek cells per side
 NORMALISATION = {"scale": 1 / 255, "mean": MEAN, "std": STD}
 
 
@@ -23,7 +30,16 @@ def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     return x.sub_(MEAN).div_(STD).unsqueeze(-3)
 
 
-def augment(img: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator):
+def hide_cells(img: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Black out each cell of a HIDE_GRID x HIDE_GRID grid with probability ``p`` (a copy)."""
+    h, w = img.shape[:2]
+    keep = rng.random((HIDE_GRID, HIDE_GRID)) >= p
+    rows = np.minimum(np.arange(h) * HIDE_GRID // h, HIDE_GRID - 1)
+    cols = np.minimum(np.arange(w) * HIDE_GRID // w, HIDE_GRID - 1)
+    return img * keep[rows][:, cols].astype(img.dtype)
+
+
+def augment(img: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator, hide: float = 0.0):
     s = img.shape[0]
     angle = rng.uniform(-7, 7)
     scale = rng.uniform(0.9, 1.1)
@@ -35,6 +51,8 @@ def augment(img: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator)
     x = np.clip(x ** rng.uniform(0.8, 1.25), 0, 1)
     x = np.clip((x - 0.5) * rng.uniform(0.9, 1.1) + 0.5 + rng.uniform(-0.1, 0.1), 0, 1)
     out = (x * 255).round().astype(np.uint8)
+    if hide > 0:  # drawn last, so that hide=0 leaves every other draw as it was
+        out = hide_cells(out, hide, rng)
     if masks is not None:
         if masks.dtype == np.float16:  # OpenCV does not warp float16
             masks = masks.astype(np.float32)
@@ -46,13 +64,17 @@ def augment(img: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator)
 class ArrayDataset(Dataset):
     """Rows of cached arrays. Each sample is a dict with ``image`` (1, S, S), ``index``,
     and, when given, ``target``/``weight`` (C,) image labels, ``mask`` (K, S, S) float and
-    ``valid`` (K,): which mask channels carry a label (others are left out of the loss)."""
+    ``valid`` (K,): which mask channels carry a label (others are left out of the loss).
+    ``hide`` > 0 adds Hide-and-Seek to the augmentation (image labels only: a hidden
+    cell would make a mask wrong)."""
 
     def __init__(self, images, targets=None, weights=None, masks=None, valid=None, augment: bool = False,
-                 seed: int = 0, indices=None):
+                 seed: int = 0, indices=None, hide: float = 0.0):
+        if hide and masks is not None:
+            raise ValueError("hide (Hide-and-Seek) is for image labels only, not masks")
         self.images, self.targets, self.weights, self.masks, self.valid = images, targets, weights, masks, valid
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
-        self.augment, self.seed, self.epoch = augment, seed, 0
+        self.augment, self.seed, self.epoch, self.hide = augment, seed, 0, hide
         # an image listed several times (a few masks cycled) gets a different augmentation per copy
         self.repeats = len(np.unique(self.indices)) < len(self.indices)
 
@@ -68,7 +90,7 @@ class ArrayDataset(Dataset):
         masks = np.asarray(self.masks[j]) if self.masks is not None else None
         if self.augment:
             key = [self.seed, self.epoch, j, i] if self.repeats else [self.seed, self.epoch, j]
-            img, masks = augment(img, masks, np.random.default_rng(key))
+            img, masks = augment(img, masks, np.random.default_rng(key), self.hide)
         sample = {"image": to_tensor(img), "index": j}
         if self.targets is not None:
             sample["target"] = torch.as_tensor(self.targets[j], dtype=torch.float32)
