@@ -27,7 +27,6 @@ ATTRS = {"classes": ["a", "b", "c"], "method": "ig", "settings": {"steps": 4}, "
 
 def test_blocks_and_streamed_merge_equal_whole_arrays(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "ROWS_PER_WRITE", 3)  # several pieces per file, the last one short
-    monkeypatch.setattr(tools, "ROWS_PER_WRITE", 3)
     a, b = _rows(7, 0, "x"), _rows(5, 1, "y")
     b["paths"][1] = a["paths"][2]  # a duplicate row: merge keeps the first file's copy
     store.write_label_file(tmp_path / "a.h5", a, ATTRS)
@@ -36,6 +35,10 @@ def test_blocks_and_streamed_merge_equal_whole_arrays(tmp_path, monkeypatch):
     with h5py.File(tmp_path / "b.h5") as f:
         assert np.array_equal(f["saliency"][:], b["saliency"]) and np.array_equal(f["images"][:], b["images"])
 
+    def no_deflating(row):
+        raise AssertionError("merge deflated a row again instead of copying it as stored")
+
+    monkeypatch.setattr(store, "_deflate", no_deflating)
     result = tools.merge([str(tmp_path / "a.h5"), str(tmp_path / "b.h5")], str(tmp_path / "m.h5"))
     assert result["rows"] == 11
     keep_b = np.array([True, False, True, True, True])
@@ -43,6 +46,20 @@ def test_blocks_and_streamed_merge_equal_whole_arrays(tmp_path, monkeypatch):
         assert lf.paths() == a["paths"] + [p for p, k in zip(b["paths"], keep_b) if k]
         for key in ("saliency", "images", "targets", "labels", "probs"):
             assert np.array_equal(lf[key][:], np.concatenate([a[key], b[key][keep_b]])), key
+
+
+def test_stored_rows_decode_a_dataset_of_another_layout(tmp_path):
+    rows = _rows(5, 3, "w")
+    with h5py.File(tmp_path / "other.h5", "w") as f:  # not one gzip chunk per row: rows come decoded
+        f.create_dataset("plain", data=rows["images"])
+        f.create_dataset("chunked", data=rows["images"], chunks=(2, 8, 8), compression="gzip")
+        for key in ("plain", "chunked"):
+            got = list(store.stored_rows(f[key], [4, 1]))
+            assert all(isinstance(g, np.ndarray) for g in got)
+            assert np.array_equal(np.concatenate(got), rows["images"][[4, 1]])
+        store.write_label_file(tmp_path / "o.h5", {**rows, "images": store.Blocks.copy(f["chunked"])}, ATTRS)
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert np.array_equal(f["images"][:], rows["images"]) and f["images"].chunks == (1, 8, 8)
 
 
 def test_parts_from_another_version_are_refused(tmp_path):

@@ -50,7 +50,9 @@ COMPRESS_THREADS = min(8, os.cpu_count() or 1)  # zlib releases the GIL: chunks 
 
 class Blocks:
     """A row dataset given piece by piece, so that no process holds it whole: its full
-    ``shape`` and an iterable of ``(first row, array)`` pieces (dtype uint8)."""
+    ``shape`` and an iterable of ``(first row, piece)``. A piece is a uint8 array of rows,
+    or ``bytes``: one row as :func:`stored_rows` reads it from another label file, written
+    as is (no inflating and deflating again)."""
 
     def __init__(self, shape: tuple[int, ...], pieces):
         self.shape, self.pieces = tuple(shape), pieces
@@ -59,6 +61,26 @@ class Blocks:
     def of(cls, array: np.ndarray) -> Blocks:
         """An array (in memory or memory-mapped), copied ``ROWS_PER_WRITE`` rows at a time."""
         return cls(array.shape, ((lo, array[lo:lo + ROWS_PER_WRITE]) for lo in range(0, len(array), ROWS_PER_WRITE)))
+
+    @classmethod
+    def copy(cls, ds: h5py.Dataset) -> Blocks:
+        """Every row of a dataset of another label file, as stored where it can be."""
+        return cls(ds.shape, enumerate(stored_rows(ds, range(len(ds)))))
+
+
+def stored_rows(ds: h5py.Dataset, rows):
+    """The given rows of a label file's big dataset, one at a time: the compressed bytes of
+    the row when the dataset has the layout :func:`write_label_file` gives it (one gzip
+    chunk per row), else the decoded row (an array of one row)."""
+    as_stored = ds.chunks == (1, *ds.shape[1:]) and ds.compression == "gzip" and ds.dtype == np.uint8
+    tail = (0,) * (ds.ndim - 1)
+    for i in rows:
+        if as_stored:
+            filters, chunk = ds.id.read_direct_chunk((int(i), *tail))
+            if filters == 0:  # every filter applied, as write_label_file stores it
+                yield chunk
+                continue
+        yield ds[int(i):int(i) + 1]
 
 
 def write_label_file(path: str | Path, rows: dict, attrs: dict) -> None:
@@ -76,6 +98,9 @@ def write_label_file(path: str | Path, rows: dict, attrs: dict) -> None:
                                       compression="gzip", compression_opts=GZIP_LEVEL)
                 tail = (0,) * (len(blocks.shape) - 1)
                 for lo, piece in blocks.pieces:
+                    if isinstance(piece, bytes):  # one row, stored as this file stores it
+                        ds.id.write_direct_chunk((lo, *tail), piece)
+                        continue
                     piece = np.ascontiguousarray(piece, dtype=np.uint8)
                     if piece.shape[1:] != blocks.shape[1:] or lo + len(piece) > blocks.shape[0]:
                         raise ValueError(f"{key}: piece {piece.shape} at row {lo} does not fit {blocks.shape}")

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from doll.errors import DollError
 from doll.explain.distill import apply_rule
-from doll.labels.store import ROWS_PER_WRITE, Blocks, LabelFile, write_label_file
+from doll.labels.store import Blocks, LabelFile, stored_rows, write_label_file
 from doll.utils import atomic_path, write_json
 
 
@@ -54,16 +54,13 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
     merged["paths"] = merged["paths"].tolist()
     n = len(merged["done"])
 
-    def pieces(key: str):  # kept rows, ROWS_PER_WRITE at a time, one input file open at a time
+    def pieces(key: str):  # kept rows, as stored, one input file open at a time
         row = 0
         for p, keep in zip(inputs, keeps):
             with LabelFile(p) as lf:
-                for lo in range(0, len(keep), ROWS_PER_WRITE):
-                    k = keep[lo:lo + ROWS_PER_WRITE]
-                    if k.any():
-                        piece = lf[key][lo:lo + len(k)][k]
-                        yield row, piece
-                        row += len(piece)
+                for piece in stored_rows(lf[key], np.flatnonzero(keep)):
+                    yield row, piece
+                    row += 1
 
     for key in ("saliency", "images"):
         merged[key] = Blocks((n, *shapes[key]), pieces(key))
@@ -192,6 +189,6 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
                 yield lo, piece
 
         write_label_file(out, {**small, "saliency": Blocks((n, len(classes), size, size), saliency_pieces()),
-                               "images": Blocks.of(lf["images"])}, attrs)
+                               "images": Blocks.copy(lf["images"])}, attrs)
         bar.close()
     return _finished({"command": "labels refine", "labels": path, "model": str(model), "out": str(out), "rows": n}, t0)
