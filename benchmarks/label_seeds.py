@@ -7,9 +7,11 @@ labels of different quality. Judge a label setting by the spread over members, n
 one ensemble. For every member of every ``--classifiers`` folder this script writes the
 labels of that member alone; with ``--ensembles`` also those of each folder as a whole.
 It prints one JSON object: the scores (IoU at the file's rule, top-k IoU, pointing game,
-AP) of each run, their mean, standard deviation, min and max over the members, and the
-priors of the last run (a random map; the ground-truth lung mask where the data set has
-lung masks; the predicted lung field when the labels have one).
+AP) of each run (with the predicted lung field's own scores, ``field_prior``, when its
+labels have a field), their mean, standard deviation, min and max over the members, and
+the priors: a random map; the ground-truth lung mask where the data set has lung masks;
+the predicted lung field when every run has the same one (members trained with other
+lung models, or ``--set lung_model=...``, have their own: see each run's ``field_prior``).
 
     # COVID-QU-Ex Val COVID-19 (the README's "Run to run" table): three pairs of lung-field
     # classifiers, trained with `doll train-classifiers ... --members 2 --seed 0|2|4`
@@ -94,8 +96,13 @@ def run(args: argparse.Namespace) -> dict:
                 overwrite=True, progress=False, **args.extra)
         e = evaluate_labels(str(out), progress=False)
         scores[name] = {k: round(e["mean"][k], 4) for k in SCORES}
-        priors = {p: {k: round(e[p][k], 4) for k in SCORES} for p in ("random", "lung_prior", "field_prior")
-                  if e.get(p)}
+        if e.get("field_prior"):
+            scores[name]["field_prior"] = {k: round(e["field_prior"][k], 4) for k in SCORES}
+        if not priors:  # the same for every run: they depend on the images and the label rule only
+            priors = {p: {k: round(e[p][k], 4) for k in SCORES} for p in ("random", "lung_prior") if e.get(p)}
+    fields = [r.get("field_prior") for r in scores.values()]
+    if fields[0] and all(f == fields[0] for f in fields):
+        priors["field_prior"] = fields[0]
     members = [scores[name] for name, _ in runs[:n_members]]
     return {"dataset": args.dataset, "split": args.split, "settings": args.extra, "members": n_members,
             "scores": scores, "over_members": summary(members),

@@ -137,3 +137,30 @@ def test_label_seeds_tiny(tmp_path):
                           "covidqu", "--work", str(tmp_path / "w2")], capture_output=True, text=True, timeout=120,
                          env=env)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr
+
+
+def test_label_seeds_keeps_each_runs_own_field_prior(tmp_path, monkeypatch):
+    """Members trained with different lung models have different field priors: each run keeps
+    its own, and the summary names one only when every run shares it."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import label_seeds
+
+    for name in ("a", "b"):
+        (tmp_path / name / "member_0").mkdir(parents=True)
+    fields = {"labels-0.h5": 0.4, "labels-1.h5": 0.5}
+
+    def evaluate(path, progress):
+        score = {"iou": 0.3, "topk_iou": 0.35, "pointing": 0.6, "ap": 0.5}
+        field = dict(score, topk_iou=fields[Path(path).name])
+        return {"mean": score, "random": dict(score, topk_iou=0.1), "field_prior": field}
+
+    monkeypatch.setattr(label_seeds, "explain", lambda **kw: None)
+    monkeypatch.setattr(label_seeds, "evaluate_labels", evaluate)
+    args = label_seeds.parse_args(["--classifiers", str(tmp_path / "a"), str(tmp_path / "b"), "--dataset", "covidqu",
+                                   "--work", str(tmp_path / "w")])
+    out = label_seeds.run(args)
+    assert out["scores"]["a/member_0"]["field_prior"]["topk_iou"] == 0.4
+    assert out["scores"]["b/member_0"]["field_prior"]["topk_iou"] == 0.5
+    assert set(out["priors"]) == {"random"}  # no one field prior for runs with different fields
+    fields["labels-1.h5"] = 0.4
+    assert label_seeds.run(args)["priors"]["field_prior"]["topk_iou"] == 0.4
