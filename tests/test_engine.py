@@ -106,3 +106,14 @@ def test_hide_and_seek_blacks_out_whole_grid_cells_and_nothing_else():
     assert not np.allclose(hidden[0]["image"].numpy(), ArrayDataset(images, y, w, augment=True, seed=3, hide=0.5)[0]["image"].numpy())
     with pytest.raises(ValueError, match="image labels only"):
         ArrayDataset(images, masks=np.zeros((40, 1, 32, 32), np.float32), augment=True, hide=0.5)
+
+
+def test_hide_values_are_cycled_over_the_members_like_archs():
+    from doll.classify.train import member_hides
+
+    assert member_hides(0.5, 3) == [0.5, 0.5, 0.5]
+    assert member_hides("0,0.5", 4) == [0.0, 0.5, 0.0, 0.5]
+    assert member_hides("0", 2) == [0.0, 0.0]
+    for bad in ("", "1", "0,-0.1"):
+        with pytest.raises(DollError, match="--hide"):
+            member_hides(bad, 2)

@@ -46,7 +46,9 @@ class ClassifierSettings(RunOptions):
     accumulate: int = 1  # gradient accumulation steps
     patience: int = 0  # early stopping after this many epochs without a better validation AUROC (0: off)
     lung_model: str = ""  # a `doll finetune --task lung` model folder: classifiers see only its lung field
-    hide: float = 0.0  # Hide-and-Seek: black out each cell of an 8x8 grid with this probability while training
+    # Hide-and-Seek: black out each cell of an 8x8 grid with this probability while training; several
+    # values, comma-separated, are cycled over the members like arch (e.g. "0,0.5": every other member)
+    hide: float | str = 0.0
     num_workers: int = 0
 
 
@@ -77,12 +79,25 @@ def member_archs(arch: str, members: int) -> list[str]:
     return [archs[i % len(archs)] for i in range(members)]
 
 
+def member_hides(hide: float | str, members: int) -> list[float]:
+    """The Hide-and-Seek probability of each member: one value, or several cycled over the members."""
+    try:
+        values = [float(v) for v in str(hide).split(",") if v.strip()]
+    except ValueError:
+        raise DollError(f"--hide takes probabilities in [0, 1), comma-separated, got {hide!r}") from None
+    if not values:
+        raise DollError("--hide is empty; give a probability in [0, 1) (0: off)")
+    for v in values:
+        if not 0 <= v < 1:
+            raise DollError(f"--hide is a probability in [0, 1), got {v}")
+    return [values[i % len(values)] for i in range(members)]
+
+
 def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> dict:
     """Train ``members`` classifiers; returns (and writes to ``out/metrics.json``) their metrics."""
     s = settings or ClassifierSettings(**kwargs)
     check_positive(members=s.members, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size)
-    if not 0 <= s.hide < 1:
-        raise DollError(f"--hide is a probability in [0, 1), got {s.hide}")
+    hides = member_hides(s.hide, s.members)
     archs = member_archs(s.arch, s.members)
     if s.lung_model:
         lung_model_config(s.lung_model)  # a bad --lung-model fails before any output is written
@@ -109,7 +124,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     if lung_model:  # shortcut suppression: nothing outside the predicted lung field reaches the classifier
         train_images = mask_images(train.images, predict_lung_fields(lung_model, train.images, device, s.batch_size))
         val_images = mask_images(val.images, predict_lung_fields(lung_model, val.images, device, s.batch_size))
-    train_set = ArrayDataset(train_images, y_train, w_train, augment=True, seed=s.seed, hide=s.hide)
+    train_set = ArrayDataset(train_images, y_train, w_train, augment=True, seed=s.seed)
     val_set = ArrayDataset(val_images, y_val, w_val)
     task = ClassificationTask(classes)
     members, probs = [], []
@@ -120,18 +135,18 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         settings = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed, device=s.device,
                                   num_workers=s.num_workers, monitor="val_auroc", monitor_mode="max",
                                   progress=s.progress, accumulate=s.accumulate, patience=s.patience)
-        train_set.seed = seed
+        train_set.seed, train_set.hide = seed, hides[m]
         folder = out / f"member_{m}"
         folder.mkdir(parents=True, exist_ok=True)
         ck = {"kind": "classifier", "arch": arch, "classes": classes, "in_channels": 1, "image_size": s.image_size,
               "normalisation": NORMALISATION, "seed": seed, "dataset": s.dataset, "uncertain": s.uncertain,
-              "lung_model": lung_model}
+              "lung_model": lung_model, "hide": hides[m]}
         engine = Engine(model, task, settings, folder, ck)
         metrics = engine.fit(train_set, val_set, resume=s.resume)
         load_into(engine.model, folder)  # evaluate the best weights, not the last epoch's
         pred = predict_all(engine.model, task, val_set, s.batch_size, engine.device)
         probs.append(pred["prob"])
-        members.append({"name": folder.name, "arch": arch, "seed": seed, "best_epoch": metrics["best_epoch"],
+        members.append({"name": folder.name, "arch": arch, "seed": seed, "hide": hides[m], "best_epoch": metrics["best_epoch"],
                         "val_auroc": auroc_per_class(pred["prob"], y_val, w_val, classes)["mean"],
                         "history": metrics["history"]})
     ens = auroc_per_class(np.mean(probs, axis=0), y_val, w_val, classes)
