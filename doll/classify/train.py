@@ -76,7 +76,12 @@ def member_archs(arch: str, members: int) -> list[str]:
     for a in archs:
         if a not in CLASSIFIER_ARCHS:
             raise DollError(f"unknown --arch {a!r}; choose one of {', '.join(CLASSIFIER_ARCHS)}")
-    return [archs[i % len(archs)] for i in range(members)]
+    return cycled(archs, members)
+
+
+def cycled(values: list, members: int) -> list:
+    """One value per member: the values given, repeated in turn."""
+    return [values[i % len(values)] for i in range(members)]
 
 
 def member_hides(hide: float | str, members: int) -> list[float]:
@@ -90,7 +95,7 @@ def member_hides(hide: float | str, members: int) -> list[float]:
     for v in values:
         if not 0 <= v < 1:
             raise DollError(f"--hide is a probability in [0, 1), got {v}")
-    return [values[i % len(values)] for i in range(members)]
+    return cycled(values, members)
 
 
 def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> dict:

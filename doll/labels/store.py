@@ -99,6 +99,8 @@ def write_label_file(path: str | Path, rows: dict, attrs: dict) -> None:
                 tail = (0,) * (len(blocks.shape) - 1)
                 for lo, piece in blocks.pieces:
                     if isinstance(piece, bytes):  # one row, stored as this file stores it
+                        if not 0 <= lo < blocks.shape[0]:
+                            raise ValueError(f"{key}: a stored row at row {lo} does not fit {blocks.shape}")
                         ds.id.write_direct_chunk((lo, *tail), piece)
                         continue
                     piece = np.ascontiguousarray(piece, dtype=np.uint8)
