@@ -41,7 +41,8 @@ def explain(
                  split=split, steps=steps, baseline=baseline, evidence=evidence, targets=targets, target_threshold=target_threshold,
                  classes=classes, smooth=smooth, sign=sign, label_rule=label_rule, batch_size=batch_size, precision=precision, block=block, lung_model=str(lung_model) if lung_model else "", field_margin=field_margin, image_size=image_size,
                  device=device, seed=seed, resume=resume, overwrite=overwrite, progress=not quiet)
-    emit(result, keys=("images", "targets", "seconds", "seconds_per_image", "completeness_rel_error"),
+    emit(result, keys=("images", "targets", "seconds", "seconds_per_image", "completeness_rel_error",
+                       "completeness_rel_error_by_member"),
          footer=f"labels: {out}  metrics: {out}.metrics.json")
 
 

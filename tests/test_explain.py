@@ -66,6 +66,12 @@ def test_explain_abnormal_evidence_gives_each_class_of_an_image_the_same_map(pip
     metrics = json.loads(out.with_name("ab.h5.metrics.json").read_text())
     median = round(metrics["completeness_rel_error"]["median"], 4)
     assert f"completeness_rel_error: {{'median': {median}, 'p90': " in printed, printed
+    by_member = metrics["completeness_rel_error_by_member"]  # which member's --steps fall short
+    assert sorted(by_member) == ["member_0", "member_1"]
+    assert "completeness_rel_error_by_member: {'member_0': {'median': " in printed, printed
+    medians = [m["median"] for m in by_member.values()]
+    assert min(medians) <= metrics["completeness_rel_error"]["median"] <= max(medians)
+    assert max(m["max"] for m in by_member.values()) == metrics["completeness_rel_error"]["max"]
     with h5py.File(out, "r") as f:
         assert json.loads(f.attrs["settings"])["evidence"] == "abnormal"
         sal, tmask = f["saliency"][:], f["targets"][:]

@@ -102,6 +102,11 @@ def load_ensemble(folder: str | Path, device: torch.device):
     return members, classes
 
 
+def completeness_summary(errors: np.ndarray) -> dict[str, float]:
+    """Median, 90th percentile and max of IG's relative completeness errors."""
+    return {"median": float(np.median(errors)), "p90": float(np.quantile(errors, 0.9)), "max": float(errors.max())}
+
+
 def select_targets(raw: np.ndarray, probs: np.ndarray, mode: str, threshold: float, allowed: np.ndarray) -> list[list[int]]:
     if mode == "positive":
         chosen = raw == 1
@@ -198,7 +203,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
                unit="img", disable=not (s.progress and dist.is_main()))
     fallbacks = 0  # chunks whose float16 gradients overflowed and were redone in float32 (this process)
 
-    def finish_block(b: int, lo: int, tg: list[list[int]], per_member: list, completeness: list[float]) -> None:
+    def finish_block(b: int, lo: int, tg: list[list[int]], per_member: list, completeness: list[list[float]]) -> None:
         """Distil a block's maps and write it (in the writer thread, while the next block is explained)."""
         tmask = np.zeros((len(tg), len(classes)), bool)
         maps = []  # the explained classes' saliency, in the row-major order of tmask
@@ -210,7 +215,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
                     tmask[j, t] = True
             maps = np.stack(maps) if maps else np.zeros((0, size, size), np.uint8)
         with watch("write_blocks"):
-            parts.write(b, maps=maps, targets=tmask, completeness=np.array(completeness, np.float32))
+            parts.write(b, maps=maps, targets=tmask, completeness=np.array(completeness, np.float32))  # (members, targets)
 
     # One writer thread: block k is distilled and written while block k+1 is explained (the
     # GPU is not kept waiting for the CPU work; at most one finished block waits in memory).
@@ -224,7 +229,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
 
     with ThreadPoolExecutor(1, thread_name_prefix="doll-writer") as writer:
         for b in todo:
-            completeness: list[float] = []
+            completeness: list[list[float]] = []  # per member, its targets' IG completeness errors
             lo, hi = b * s.block, min(n, (b + 1) * s.block)
             x = to_tensor(inputs[lo:hi]).to(device)
             tg = targets[lo:hi]
@@ -236,7 +241,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
                 with watch("attribute"):
                     maps_m = explainer.attribute(EvidenceOutput(model, s.evidence, normal), x, once)
                 per_member.append([np.repeat(m, len(t), 0) for m, t in zip(maps_m, tg)] if once is not tg else maps_m)
-                completeness += explainer.stats.get("completeness_rel_error", [])
+                completeness.append(explainer.stats.get("completeness_rel_error", []))
                 fallbacks += len(explainer.stats.get("fp32_fallbacks", []))
             wait_for_writer()
             pending = (writer.submit(finish_block, b, lo, tg, per_member, completeness), hi - lo)
@@ -255,7 +260,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
                 raise DollError(f"block {b} of the run is missing; run again with --resume")
             z = parts.read(b, ("targets", "completeness"))
             tmask[b * s.block:b * s.block + len(z["targets"])] = z["targets"]
-            comp.append(z["completeness"])
+            comp.append(z["completeness"].reshape(len(members), -1))  # (members, targets of the block)
 
         def saliency_pieces():  # one block in memory at a time
             for b in blocks:
@@ -264,10 +269,12 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
                 piece[z["targets"]] = z["maps"]
                 yield b * s.block, piece
 
-        comp = np.concatenate(comp) if comp else np.zeros(0)
-        if s.method.startswith("ig") and len(comp):
-            metrics["completeness_rel_error"] = {"median": float(np.median(comp)), "p90": float(np.quantile(comp, 0.9)),
-                                                 "max": float(comp.max())}
+        comp = np.concatenate(comp, axis=1) if comp else np.zeros((len(members), 0))
+        if s.method.startswith("ig") and comp.size:
+            metrics["completeness_rel_error"] = completeness_summary(comp)
+            if len(members) > 1:  # one member's path can be much harder to integrate than the others'
+                metrics["completeness_rel_error_by_member"] = {
+                    info["folder"]: completeness_summary(c) for (_, _, info), c in zip(members, comp)}
         attrs = {"classes": classes, "method": s.method, "settings": run_settings, "label_rule": s.label_rule,
                  "classifiers": run_settings["members"], "image_size": size, "dataset": s.dataset,
                  "root": str(fmt.root), "split": s.split}
