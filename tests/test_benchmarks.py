@@ -164,3 +164,28 @@ def test_label_seeds_keeps_each_runs_own_field_prior(tmp_path, monkeypatch):
     assert set(out["priors"]) == {"random"}  # no one field prior for runs with different fields
     fields["labels-1.h5"] = 0.4
     assert label_seeds.run(args)["priors"]["field_prior"]["topk_iou"] == 0.4
+
+
+def test_ig_path_tiny(tmp_path):
+    """benchmarks/ig_path.py on phantoms: each member's output along the IG path and its completeness by steps."""
+    script = SCRIPT.parent / "ig_path.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", DOLL_CACHE=str(tmp_path / "cache"))
+    args = ["--work", str(tmp_path / "work"), "--image-size", "32", "--images", "3", "--steps", "1,4,16",
+            "--grid", "6", "--device", "cpu", "--split", ""]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["images"] == 3 and out["reference_steps"] == 16 and len(out["alphas"]) == 6
+    assert sorted(out["members"]) == ["member_0", "member_1"]
+    for row in out["members"].values():
+        path = row["path"]
+        assert len(path["mean"]) == 6 and path["p10"][0] == path["p90"][0]  # one black baseline for every image
+        assert all(lo <= m <= hi for lo, m, hi in zip(path["p10"], path["mean"], path["p90"]))
+        assert row["path_variation_median"] >= row["abs_delta_median"] - 1e-4 > -1e-4
+        steps = row["by_steps"]
+        assert "top_overlap" not in steps["16"] and 0 <= steps["1"]["top_overlap"] <= 1
+        assert steps["4"]["top_overlap"] >= steps["1"]["top_overlap"]  # quadrature converges towards 16 steps
+        assert steps["16"]["abs_error"]["median"] < steps["1"]["abs_error"]["median"]
+    bad = subprocess.run([sys.executable, str(script), "--work", str(tmp_path / "work"), "--image-size", "32",
+                          "--class", "Nope", "--device", "cpu"], capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode != 0 and "--class 'Nope' is not one of" in bad.stderr
