@@ -9,9 +9,10 @@
 #   explain Train, pretrain on it and run `doll labels refine` on the best Val file; 1),
 #   NW (data loader workers, nproc), W (work folder, /tmp/q), OUT (where quality.txt goes, default W)
 #   D=/data/covidqu bash benchmarks/covidqu_labels.sh
-# Status: every step, the refine round included, ran end to end at SIZE=32 EPOCHS=1 LEPOCHS=1
-# MEMBERS=1 on the 2-core CPU (494 s); a GPU run at the former defaults (3 plain members,
-# 10 epochs) was cut off by its time limit, so no figures at the defaults yet.
+# Status: every step, the refine round included, ran end to end with the current defaults
+# scaled down (SIZE=32 EPOCHS=1 LEPOCHS=1 MEMBERS=2 NW=2, so one Hide-and-Seek and one plain
+# member) on the 2-core CPU: 785 s, 2026-12-01. A GPU run at the former defaults (3 plain
+# members, 10 epochs) was cut off by its time limit, so no figures at the defaults yet.
 # The README's 128 px tables come from the single commands listed there (same settings,
 # except that the classifiers there see the field of a lung model trained on 5 % of the
 # lung masks, and only the saliency field comes from the all-masks lung model).

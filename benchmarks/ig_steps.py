@@ -6,7 +6,8 @@ script runs ``doll.explain.run.explain`` once per step count on the same classif
 images and compares every run with the one at the most steps (the reference):
 
 * ``completeness_rel_error``: IG's own check, |sum IG - (f(x) - f(b))| / |f(x) - f(b)|
-  (median, p90), from the run's metrics;
+  (median, p90), from the run's metrics (and ``completeness_rel_error_by_member`` for an
+  ensemble; ``ig_path.py`` shows why one member's can be large);
 * ``saliency_rel_l2``: || saliency - reference || / || reference || of the stored uint8
   maps, per explained (image, class), mean and p90;
 * ``label_iou``: IoU of the pixel labels (the file's label rule) with the reference's,
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace) -> dict:
         phases = m["seconds_by_phase"]
         rows[steps] = {"attribute_s_per_image": round(phases.get("attribute", 0.0) / max(m["images"], 1), 5),
                        "completeness_rel_error": m.get("completeness_rel_error"), "targets": m["targets"]}
+        if "completeness_rel_error_by_member" in m:
+            rows[steps]["completeness_rel_error_by_member"] = m["completeness_rel_error_by_member"]
         if args.evaluate:
             e = evaluate_labels(files[steps], progress=False)
             rows[steps]["evaluate"] = {k: round(v, 4) for k, v in e["mean"].items()}
