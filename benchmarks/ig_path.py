@@ -19,7 +19,7 @@ Inputs are prepared as `doll explain` prepares them (faded outside the lung fiel
 classifiers' ``--lung-model``; same ``--evidence`` and ``--baseline``).
 
     # COVID-QU-Ex Val COVID-19, the README's 4-member ensemble
-    python benchmarks/ig_path.py --classifiers CLS_HS --dataset covidqu --root DIR --split valid \\
+    python benchmarks/ig_path.py --classifiers CLS --dataset covidqu --root DIR --split valid \\
         --class COVID-19 --evidence abnormal --images 64 --steps 16,32,64
     # phantoms (no download; trains two small classifiers in --work first)
     python benchmarks/ig_path.py --work /tmp/path
