@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import shutil
 import tempfile
 import threading
@@ -105,12 +104,6 @@ def resolve_device(device: str = "auto") -> torch.device:
             raise DollError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) present")
         return dev
     raise DollError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = "config.json") -> Path:

@@ -94,11 +94,6 @@ class DatasetFormat:
             raise DollError(f"path {str(path)!r} points outside the data root {self.root}; the index file is corrupt or hostile")
         return full
 
-    def require(self, path: Path, what: str) -> Path:
-        if not path.exists():
-            raise DollError(f"{what} not found at {path}; is --root the folder of the {self.name} download?")
-        return path
-
 
 # mask structure -> the image class(es) it localises, where the names differ
 CLASS_ALIASES = {"infection": ("COVID-19", "COVID", "covid", "Covid-19")}

@@ -33,12 +33,3 @@ def build_classifier(arch: str, num_classes: int) -> nn.Module:
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     _first_conv_to_one_channel(model)
     return model
-
-
-def gradcam_layer(model: nn.Module, arch: str) -> nn.Module:
-    """The last convolutional block, for Grad-CAM."""
-    if arch.startswith("resnet"):
-        return model.layer4
-    if arch.startswith("densenet"):
-        return model.features
-    return model.features
