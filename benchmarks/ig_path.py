@@ -113,13 +113,14 @@ def run(args: argparse.Namespace) -> dict:
         images = mask_images(images, predict_lung_fields(members[0][1]["lung_model"], images, device, args.batch_size))
     x = to_tensor(images).to(device)
     b = make_baseline(x, args.baseline)
+    diff = x - b
     alphas = np.linspace(0, 1, args.grid)
     normal = normal_class(classes, args.evidence)
     out = {}
     for model, _, info in members:
         f = EvidenceOutput(model, args.evidence, normal).eval()
         with torch.no_grad():
-            path = np.stack([np.concatenate([f(b[i:i + args.batch_size] + a * (x - b)[i:i + args.batch_size])[:, c]
+            path = np.stack([np.concatenate([f(b[i:i + args.batch_size] + a * diff[i:i + args.batch_size])[:, c]
                                              .float().cpu().numpy() for i in range(0, len(x), args.batch_size)])
                              for a in alphas]).astype(np.float64)  # (grid, images)
         delta = path[-1] - path[0]
