@@ -29,7 +29,7 @@ def finetune(
     boosted: bool = typer.Option(False, "--boosted", help="seg4cls: like --pseudo, but image labels clean the pseudo-masks (negatives: empty; positives with an empty pseudo-mask: dropped)."),
     pooling: str = typer.Option("max,amp-mlp", "--pooling", help="mixed: class logits from the segmentation logits by max, amp-mlp (8x8 max pool + MLP) or both."),
     accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
-    strict: bool = typer.Option(False, "--strict", help="Refuse masks whose size differs from their image's (default: resize them)."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse masks that are neither their image's size nor that size divided by a whole number (default: resize them)."),
     num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
 ):

@@ -49,8 +49,18 @@ def test_unknown_dataset(capsys, tmp_path):
 def test_csv_without_required_column(capsys, broken_chexpert, tmp_path):
     p = broken_chexpert / "train.csv"
     p.write_text(p.read_text().replace("Cardiomegaly", "Cardio"))
-    expect_error(capsys, "lacks the column(s) Cardiomegaly", "train-classifiers", "--dataset", "chexpert",
+    expect_error(capsys, "has no 'Cardiomegaly' column (found: Path,", "train-classifiers", "--dataset", "chexpert",
                  "--root", broken_chexpert, "--out", tmp_path / "o")
+
+
+def test_truncated_csv_row(capsys, broken_chexpert, tmp_path):
+    p = broken_chexpert / "train.csv"
+    lines = p.read_text().splitlines()
+    lines[2] = ",".join(lines[2].split(",")[:6])  # the second image's row, cut as by an interrupted download
+    p.write_text("\n".join(lines) + "\n")
+    n = len(lines[0].split(","))
+    expect_error(capsys, f"train.csv line 3 has 6 fields but the header has {n}; the file is truncated",
+                 "train-classifiers", "--dataset", "chexpert", "--root", broken_chexpert, "--out", tmp_path / "o")
 
 
 def test_label_value_out_of_range(capsys, broken_chexpert, tmp_path):

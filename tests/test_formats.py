@@ -456,3 +456,83 @@ def test_symlink_escape_refused(tmp_path):
     os.symlink(outside, root / "images" / "x.png")
     with pytest.raises(DollError, match="outside the data root"):
         open_dataset("folder", root).items()
+
+
+# --------------------------------------------------------------------------- CheXpert
+def chexpert_fixture(root: Path, prefix: str = "CheXpert-v1.0-small", bom: bool = False) -> Path:
+    from doll.data.base import CHEXPERT_CLASSES
+
+    header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_CLASSES]
+    rows = []
+    for p in range(4):
+        rel = f"train/patient{p:05d}/study1/view1_frontal.jpg"
+        img(root / rel)
+        labels = ["1.0" if c == p else ("-1.0" if c == p + 1 else "") for c in range(len(CHEXPERT_CLASSES))]
+        rows.append([f"{prefix}/{rel}", "Female", "50", "Frontal", "AP", *labels])
+    text = "\n".join(",".join(r) for r in [header, *rows]) + "\n"
+    (root / "train.csv").write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
+    return root
+
+
+def test_chexpert_renamed_root_bom_and_valid_fraction(tmp_path):
+    root = chexpert_fixture(tmp_path / "chexpert_unzipped", bom=True)  # not named CheXpert-v1.0-small, CSV from Excel
+    items = open_dataset("chexpert", root).items()
+    assert len(items) == 4 and all(it.image.is_file() and root.resolve() in it.image.parents for it in items)
+    it = by_id(items)["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"]
+    assert it.labels[1] == 1.0 and it.labels[2] == -1.0 and math.isnan(it.labels[0])
+    # train-classifiers --valid-fraction passes valid_fraction, read by every format; valid_from_train is an alias
+    for option in ("valid_fraction", "valid_from_train"):
+        ds = open_dataset("chexpert", root, **{option: 0.5, "seed": 3})
+        assert len(ds.items("valid")) == 2 and len(ds.items("train")) == 2
+    with pytest.raises(DollError, match="valid_fraction=1.0 for chexpert is out of range"):
+        open_dataset("chexpert", root, valid_fraction=1.0).items()
+
+
+def test_chexpert_truncated_row(tmp_path):
+    root = chexpert_fixture(tmp_path / "CheXpert-v1.0-small")
+    lines = (root / "train.csv").read_text().splitlines()
+    (root / "train.csv").write_text("\n".join([*lines[:-1], lines[-1][:40]]) + "\n")
+    with pytest.raises(DollError, match="line 5 has [0-9]+ fields but the header has 19; the file is truncated"):
+        open_dataset("chexpert", root).items()
+
+
+def test_jsrt_folds_csv_with_any_file_name(tmp_path):
+    for n in ("JPCLN001", "JPCLN002", "JPCNN001"):
+        img(tmp_path / "images" / f"{n}.jpg")
+    write(tmp_path / "folds.csv", "image,fold\nJPCLN001.jpg,1\nJPCLN002.IMG.png,2\njpcnn001,2\n")
+    it = by_id(open_dataset("jsrt", tmp_path).items())
+    assert [it[n].split for n in ("JPCLN001", "JPCLN002", "JPCNN001")] == ["train", "test", "test"]
+    write(tmp_path / "folds.csv", "image,fold\nJPCLN101.png,1\n")
+    with pytest.raises(DollError, match="none of the 1 images in .*folds.csv is in"):
+        open_dataset("jsrt", tmp_path).items()
+
+
+def test_edited_mask_is_not_served_from_cache(tmp_path, monkeypatch):
+    from doll.data.arrays import load_arrays
+    from doll.data.base import Item
+
+    monkeypatch.setenv("DOLL_CACHE", str(tmp_path / "cache"))
+    mask = img(tmp_path / "heart.png", value=0)
+    item = Item(id="a", image=img(tmp_path / "a.png"), masks={"heart": mask})
+    assert load_arrays([item], 16, ["heart"], progress=False).masks.sum() == 0
+    img(mask, value=255)
+    os.utime(mask, ns=(1, 2))  # an edit, whatever the file system's clock resolution
+    assert load_arrays([item], 16, ["heart"], progress=False).masks.sum() == 16 * 16
+
+
+def test_strict_accepts_masks_on_a_subsampled_grid(tmp_path):
+    image = img(tmp_path / "a.png", size=(64, 64))
+    assert load_mask(img(tmp_path / "half.png", size=(32, 32), value=255), 16, expect_shape=(64, 64)).all()
+    with pytest.raises(DollError, match=r"is 48x32 but its image is 64x64 \(--strict\)"):
+        load_mask(img(tmp_path / "odd.png", size=(32, 48), value=255), 16, expect_shape=read_raw(image).shape)
+
+
+def test_finetune_holds_out_patients_when_no_split_has_masks(tmp_path):
+    from doll.tasks.finetune import FinetuneSettings, load_task_data
+
+    root = montgomery_fixture(tmp_path)  # everything is "train"; 4 images have lung masks
+    names, train, test, split = load_task_data(FinetuneSettings(task="lung", dataset="montgomery", root=str(root),
+                                                                progress=False), 16)
+    assert names == ["lungs"] and split == "20% of train patients (seed 0)"
+    assert len(train[0]) == 3 and len(test[0]) == 1 and test[1].shape == (1, 1, 16, 16)
+    assert {it.id for it in train[2]}.isdisjoint(it.id for it in test[2])

@@ -110,7 +110,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     t0 = time.time()
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
     dist.barrier()
-    opts = {"views": s.views, "valid_from_train": s.valid_fraction, "seed": s.seed}
+    opts = {"views": s.views, "valid_fraction": s.valid_fraction, "seed": s.seed}
     show = s.progress and dist.is_main()
     fmt, train = load_split(s.dataset, s.root, "train", s.image_size, progress=show, **opts)
     _, val = load_split(s.dataset, s.root, "valid", s.image_size, progress=show, **opts)

@@ -36,13 +36,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DOLL_CACHE", "artifacts/cache"))
 
 
+def _file_key(path: Path | None) -> str:
+    """A file's path, size and mtime: an edited file (same name) gets a new cache key."""
+    st = path.stat() if path is not None and path.exists() else None
+    return f"{path or ''}|{st and st.st_size}|{st and st.st_mtime_ns}\n"
+
+
 def _key(items: list[Item], size: int, structures: list[str]) -> str:
     h = hashlib.sha1(f"v{PREPROCESS_VERSION}|{size}|{'|'.join(structures)}".encode())
     for it in items:
-        st = it.image.stat() if it.image.exists() else None
-        h.update(f"{it.image}|{st and st.st_size}|{st and st.st_mtime_ns}\n".encode())
+        h.update(_file_key(it.image).encode())
         for s in structures:
-            h.update(f"{it.masks.get(s, '')}".encode())
+            h.update(_file_key(it.masks.get(s)).encode())
     return h.hexdigest()[:20]
 
 
@@ -56,8 +61,8 @@ def load_arrays(items: list[Item], size: int, structures: list[str] | None = Non
                 cache: bool = True, progress: bool = True, skip_unreadable: bool = False,
                 strict: bool = False) -> Arrays:
     """Decode ``items`` to arrays (cached). Unreadable images raise, or are dropped with
-    ``skip_unreadable`` (all unreadable always raises). ``strict``: a mask whose size
-    differs from its image's raises instead of being resized."""
+    ``skip_unreadable`` (all unreadable always raises). ``strict``: a mask that is neither its
+    image's size nor that size divided by a whole number raises instead of being resized."""
     structures = list(structures or [])
     if not items:
         raise DollError("no images to load; check --root, --dataset and the split")

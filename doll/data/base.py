@@ -91,7 +91,8 @@ class DatasetFormat:
         """Join ``path`` to ``base`` (default: the root); refuse a result outside the root."""
         full = ((base or self.root) / path).resolve()
         if self.root != full and self.root not in full.parents:
-            raise DollError(f"path {str(path)!r} points outside the data root {self.root}; the index file is corrupt or hostile")
+            raise DollError(f"path {str(path)!r} points outside the data root {self.root}; paths with '..', "
+                           "absolute paths and symlinks that leave the root are refused")
         return full
 
 

@@ -62,7 +62,15 @@ def read_csv(path: Path, required: list[str], what: str) -> tuple[list[str], lis
             if header is None:
                 raise DollError(f"{what} {path} is empty; it needs a header row with: {', '.join(required)}")
             header = [h.strip() for h in header]
-            rows = [dict(zip(header, (v.strip() for v in row))) for row in reader if any(v.strip() for v in row)]
+            last_needed = max((header.index(c) for c in required if c in header), default=-1)
+            rows = []
+            for row in reader:
+                if not any(v.strip() for v in row):
+                    continue
+                if len(row) <= last_needed:
+                    raise DollError(f"{what} {path} line {reader.line_num} has {len(row)} fields but the header has "
+                                    f"{len(header)}; the file is truncated or damaged, get it again")
+                rows.append(dict(zip(header, (v.strip() for v in row))))
     except UnicodeDecodeError:
         raise DollError(f"{what} {path} is not a text CSV file; re-export it as UTF-8 CSV") from None
     for col in required:

@@ -76,13 +76,21 @@ def load_image(path: str | Path, size: int, with_shape: bool = False):
 
 def load_mask(path: str | Path, size: int, expect_shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a mask (any nonzero pixel is foreground): uint8 0/1 (size, size), nearest neighbour.
-    With ``expect_shape`` (``--strict``), a mask whose size differs from its image's is an error."""
+    With ``expect_shape`` (``--strict``), a mask must be its image's size or that size
+    divided by a whole number in both directions (SCR's 1024 px masks of 2048 px JSRT
+    images); any other size is an error."""
     m = read_raw(path)
-    if expect_shape is not None and tuple(m.shape[:2]) != tuple(expect_shape):
+    if expect_shape is not None and not same_grid(m.shape[:2], expect_shape):
         raise DollError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but its image is {expect_shape[1]}x{expect_shape[0]} "
                         "(--strict); fix the mask or drop --strict to resize it")
     m = (m > 0).astype(np.uint8)
     return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def same_grid(mask_shape: tuple[int, int], image_shape: tuple[int, int]) -> bool:
+    """The mask covers the image on the same pixel grid, possibly subsampled by a whole factor."""
+    (mh, mw), (ih, iw) = mask_shape, image_shape
+    return mh > 0 and mw > 0 and ih % mh == 0 and iw % mw == 0 and ih // mh == iw // mw
 
 
 def image_shape(path: str | Path) -> tuple[int, int]:

@@ -38,14 +38,15 @@ from doll.data.common import IMAGE_EXTS, read_csv, read_int
 from doll.errors import DollError
 
 MASK_EXTS = {".gif", ".png", ".bmp", ".tif", ".tiff"}
+KNOWN_EXTS = IMAGE_EXTS | MASK_EXTS | {".img"}
 
 
 def _key(path: Path) -> str:
-    """Match key of an image or mask file: stem, upper case, a second extension dropped."""
-    stem = path.stem
-    if Path(stem).suffix.upper() in {".IMG", ".PNG", ".GIF"}:
-        stem = Path(stem).stem
-    return stem.upper()
+    """Match key of an image or mask file (or a name in folds.csv): the name without its
+    image extensions (``JPCLN001.IMG.png`` -> ``JPCLN001``), upper case."""
+    while path.suffix.lower() in KNOWN_EXTS:
+        path = path.with_suffix("")
+    return path.name.upper()
 
 
 def nodule_label(name: str) -> float:
@@ -130,7 +131,7 @@ class JSRT(DatasetFormat):
                 raise DollError(f"{path.name} line {n}: image {name!r} is not a file name; list image file names or stems")
             if row["fold"] not in ("1", "2", "1.0", "2.0"):
                 raise DollError(f"{path.name} line {n}: fold {row['fold']!r} is invalid; use 1 or 2")
-            folds[_key(Path(name + ".x"))] = int(float(row["fold"]))
+            folds[_key(Path(name))] = int(float(row["fold"]))
         return folds
 
     def _load(self) -> list[Item]:
@@ -158,7 +159,13 @@ class JSRT(DatasetFormat):
                 for key, p in index.items():
                     if key in keys:
                         masks[key][s] = p
-            fold_of = self._folds_csv() if (self.root / "folds.csv").is_file() else self._alternate(list(keys))
+            if (self.root / "folds.csv").is_file():
+                fold_of = self._folds_csv()
+                if not fold_of.keys() & keys.keys():
+                    raise DollError(f"none of the {len(fold_of)} images in {self.root / 'folds.csv'} is in "
+                                    f"{self.images_dir}; list their file names or stems")
+            else:
+                fold_of = self._alternate(list(keys))
 
         items = []
         for key, path in keys.items():

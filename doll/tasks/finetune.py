@@ -9,7 +9,8 @@ Tasks and the structures they segment (multi-label: structures may overlap):
   COVID-positive test images alone, with the mean predicted area (fraction of the
   image) on the negative ones.
 
-The test split is ``test`` when the data set has one with masks, else ``valid``. Validation IoU and
+The test split is ``test`` when the data set has one with masks, else ``valid``, else 20 % of
+the train patients (``HOLDOUT_FRACTION``, chosen by ``--seed``). Validation IoU and
 Dice on it are recorded every epoch (the training-efficiency curve); the reported
 model is the last epoch's (no selection on the test split).
 """
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from doll.data import JSRT_STRUCTURES, load_arrays, open_dataset
+from doll.data.common import hold_out
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
 from doll.models.adapters import set_mode
@@ -42,6 +44,7 @@ from doll.utils import (
 )
 
 TASKS = ("jsrt", "lung", "covid", "seg4cls", "mixed")
+HOLDOUT_FRACTION = 0.2  # test split carved from train when a data set has no other split with masks
 LUNGS = ("lungs", ["left lung", "right lung"])
 
 
@@ -61,7 +64,7 @@ class FinetuneSettings(RunOptions):
     batch_size: int = 8
     lr: float = 1e-3
     seeds: int = 1
-    strict: bool = False  # a mask whose size differs from its image's is an error (else resized)
+    strict: bool = False  # a mask not on its image's pixel grid is an error (else resized)
     accumulate: int = 1
     summarizer: str = "all"  # seg4cls: rule, linear, pool-linear, cnn-mask, embedding, comma-separated, or all
     baselines: bool = True  # seg4cls: also train the plain classifier and the multitask net
@@ -97,16 +100,27 @@ def task_structures(task: str, available: list[str]) -> list[tuple[str, list[str
 
 
 def load_task_data(s: FinetuneSettings, size: int):
+    """(output names, train, test, test split description). The test split is ``test``
+    when it has masks, else ``valid`` (COVID-QU-Ex ships Test without masks); a data set
+    with masks in neither (Montgomery, Shenzhen) has ``HOLDOUT_FRACTION`` of its train
+    patients held out as the test split, chosen by ``--seed``."""
     fmt = open_dataset(s.dataset, s.root, fold=s.fold)
     outputs = task_structures(s.task, list(fmt.structures))
     sources = sorted({src for _, srcs in outputs for src in srcs})
-    def has_masks(split):
-        return any(src in it.masks for it in fmt.items(split) for src in sources)
 
-    test_split = "test" if "test" in fmt.splits and has_masks("test") else "valid"  # COVID-QU-Ex Test has no masks
+    def with_masks(split):
+        return [it for it in fmt.items(split) if any(src in it.masks for src in sources)] if split in fmt.splits else []
+
+    parts = {"train": with_masks("train")}
+    test_split = "test" if with_masks("test") else "valid"
+    parts[test_split] = with_masks(test_split)
+    if not parts[test_split] and len(parts["train"]) > 1:
+        held = hold_out([it.patient or it.id for it in parts["train"]], HOLDOUT_FRACTION, s.seed)
+        test_split = f"{int(HOLDOUT_FRACTION * 100)}% of train patients (seed {s.seed})"
+        parts = {"train": [it for it in parts["train"] if (it.patient or it.id) not in held],
+                 test_split: [it for it in parts["train"] if (it.patient or it.id) in held]}
     data = {}
-    for split in ("train", test_split):
-        items = [it for it in fmt.items(split) if any(src in it.masks for src in sources)]
+    for split, items in parts.items():
         if not items:
             raise DollError(f"{s.dataset} at {fmt.root} has no {split} images with {s.task} masks")
         arr = load_arrays(items, size, sources, progress=s.progress and dist.is_main(), strict=s.strict)
