@@ -43,6 +43,11 @@ def test_two_process_training_and_explaining(pipeline, tmp_path):
     assert 0 <= m2["mean_auroc"] <= 1
     one = json.loads((pipeline["classifiers"] / "metrics.json").read_text())
     assert m2["n_train"] == one["n_train"] and m2["n_valid"] == one["n_valid"]  # same data, all ranks' outputs gathered
+    # pretraining a PSPNet: smp keeps encoder stages it never runs; DDP must not wait for their gradients
+    pre = tmp_path / "pre2"
+    torchrun("pretrain", "--labels", pipeline["labels"], "--out", pre, "--encoder", "resnet18", "--epochs", 1,
+             "--batch-size", 4)
+    assert len(json.loads((pre / "metrics.json").read_text())["history"]) == 1
     # explaining: the shards of 2 processes join into the same file as 1 process makes
     ref = tmp_path / "one.h5"
     from doll.explain.run import explain

@@ -117,3 +117,97 @@ def test_hide_values_are_cycled_over_the_members_like_archs():
     for bad in ("", "1", "0,-0.1"):
         with pytest.raises(DollError, match="--hide"):
             member_hides(bad, 2)
+
+
+class _Points(torch.utils.data.Dataset):
+    def __init__(self, n=6):
+        self.x = torch.randn(n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "index": i}
+
+
+class _Task:
+    """Shrink a linear map's outputs; its validation score is undefined (like AUROC without positives)."""
+
+    def loss(self, model, batch):
+        return model(batch["image"].flatten(1)).pow(2).mean()
+
+    def predict(self, model, batch):
+        return {"y": model(batch["image"].flatten(1)).cpu().numpy()}
+
+    def metrics(self, outputs):
+        return {"auroc": float("nan")}
+
+
+def _fit(out, resume=False, **settings):
+    from doll.train.engine import Engine, EngineSettings
+
+    torch.manual_seed(0)
+    es = EngineSettings(**{"epochs": 4, "batch_size": 2, "device": "cpu", "progress": False, **settings})
+    engine = Engine(torch.nn.Linear(16, 2), _Task(), es, out, {"kind": "classifier"})
+    return engine.fit(_Points(), _Points(), resume=resume)
+
+
+def test_schedule_counts_the_last_partial_accumulation_group(tmp_path):
+    # 3 batches per epoch with --accumulate 2: 2 optimiser steps per epoch, not 1, so the cosine
+    # schedule reaches 0 only at the very end (it used to reach it after epoch 2 of 4)
+    lrs = [r["lr"] for r in _fit(tmp_path / "acc", accumulate=2)["history"]]
+    assert all(lr > 0 for lr in lrs[:-1]) and lrs == sorted(lrs, reverse=True), lrs
+
+
+def test_undefined_monitor_keeps_the_latest_epoch_and_never_stops_early(tmp_path):
+    m = _fit(tmp_path / "nan", epochs=3, monitor="val_auroc", monitor_mode="max", patience=1)
+    assert m["epochs_run"] == 3 and m["best_epoch"] == 3 and m["best"]["epoch"] == 3
+
+
+def test_resume_of_a_finished_run_whose_metrics_the_stage_replaced(tmp_path):
+    from doll.utils import write_json
+
+    first = _fit(tmp_path / "run", epochs=2)
+    write_json(tmp_path / "run" / "metrics.json", {"command": "pretrain", "finished": True})  # as pretrain does
+    again = _fit(tmp_path / "run", epochs=2, resume=True)
+    assert again["best_epoch"] == first["best_epoch"] == 2
+    assert [r["train_loss"] for r in again["history"]] == [r["train_loss"] for r in first["history"]]
+
+
+def test_pspnet_weights_that_never_run_are_frozen():
+    from doll.models.segmenter import build_pspnet
+
+    for encoder in ("resnet18", "densenet121"):
+        model = build_pspnet(encoder, 3, aux=True)
+        masks, labels = model(torch.randn(2, 1, 32, 32))
+        (masks.sum() + labels.sum()).backward()
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+        assert frozen and all(".layer4." in n or "denseblock4" in n or ".layer3." in n or "denseblock3" in n
+                              or "transition" in n or "norm5" in n for n in frozen), frozen[:5]
+
+
+def test_damaged_weights_are_a_clear_error(tmp_path):
+    from doll.models.checkpoint import load_into, save_model
+    from doll.models.segmenter import build_pspnet
+    from doll.tasks.finetune import load_imagenet_encoder
+
+    model = build_pspnet("resnet18", 2)
+    save_model(tmp_path / "ck", model, {"kind": "segmenter"})
+    weights = tmp_path / "ck" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(DollError, match="model.safetensors is corrupt or truncated"):
+        load_into(model, tmp_path / "ck")
+    with pytest.raises(DollError, match="corrupt or truncated"):
+        load_imagenet_encoder(model, str(weights))
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(DollError, match="holds a Tensor, not a state dict"):
+        load_imagenet_encoder(model, str(tmp_path / "tensor.pt"))
+
+
+def test_seg4cls_and_mixed_pass_accumulate_to_the_engine():
+    from doll.tasks.finetune import FinetuneSettings
+    from doll.tasks.seg4cls import engine_settings
+
+    assert engine_settings(FinetuneSettings(task="seg4cls", accumulate=4), 2, 8).accumulate == 4

@@ -72,7 +72,9 @@ def attach_adapters(model: nn.Module, image_size: int = 64, reduction: int = 8) 
 
 
 def set_mode(model: nn.Module, mode: str, image_size: int = 64) -> dict:
-    """Freeze according to ``mode``; returns trainable/total parameter counts."""
+    """Freeze according to ``mode``; returns parameter counts: ``total_params`` counts the
+    weights the network runs, ``unused_params`` those it carries but never runs (the
+    encoder stages smp's PSPNet keeps, see ``doll.models.segmenter.freeze_unused``)."""
     if mode not in MODES:
         raise DollError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode in ("adapter", "head"):
@@ -81,9 +83,10 @@ def set_mode(model: nn.Module, mode: str, image_size: int = 64) -> dict:
         for n, p in model.named_parameters():
             p.requires_grad = n.startswith("segmentation_head") or (mode == "adapter" and n.startswith("adapters"))
         freeze_batchnorm(model)
-    total = sum(p.numel() for p in model.parameters())
+    unused = sum(p.numel() for p in model.parameters() if getattr(p, "unused", False))
+    total = sum(p.numel() for p in model.parameters()) - unused
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"mode": mode, "trainable_params": trainable, "total_params": total,
+    return {"mode": mode, "trainable_params": trainable, "total_params": total, "unused_params": unused,
             "trainable_fraction": trainable / max(total, 1)}
 
 

@@ -52,8 +52,18 @@ def read_config(folder: str | Path, kind: str | None = None) -> dict:
     return config
 
 
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a damaged file is a DollError, not a crash."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for bad headers
+        first = (str(exc).splitlines() or [""])[0]
+        raise DollError(f"{path} is corrupt or truncated ({type(exc).__name__}: {first}); copy it again or rerun "
+                        "the command that wrote it") from None
+
+
 def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(folder) / MODEL_FILE))
+    return read_safetensors(Path(folder) / MODEL_FILE)
 
 
 def load_into(model: torch.nn.Module, folder: str | Path, strict: bool = True) -> None:

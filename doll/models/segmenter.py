@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import segmentation_models_pytorch as smp
+import torch
 from segmentation_models_pytorch.base import SegmentationHead
 from torch import nn
 
@@ -15,8 +16,34 @@ def build_pspnet(encoder: str, num_classes: int, aux: bool = False) -> nn.Module
     if encoder not in ENCODERS:
         raise DollError(f"unknown --encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
     aux_params = {"classes": num_classes, "dropout": 0.2} if aux else None
-    return smp.PSPNet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=num_classes,
-                      aux_params=aux_params)
+    model = smp.PSPNet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=num_classes,
+                       aux_params=aux_params)
+    freeze_unused(model)
+    return model
+
+
+def freeze_unused(model: nn.Module, size: int = 64) -> int:
+    """Freeze the weights no forward pass reaches; returns how many tensors were frozen.
+
+    smp's PSPNet runs only the first ``encoder_depth`` (3) encoder stages but keeps the
+    later ones (its state dict, and so doll's checkpoints, include them). Left trainable,
+    they never get a gradient: DDP under torchrun then fails at the second step, and
+    ``trainable_params`` counts weights that cannot change. One forward and backward on a
+    blank image finds them."""
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics updated, no dropout
+    p = next(model.parameters())
+    out = model(torch.zeros(1, 1, size, size, device=p.device, dtype=p.dtype))
+    sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+    frozen = 0
+    for q in model.parameters():
+        if q.requires_grad and q.grad is None:
+            q.requires_grad_(False)
+            q.unused = True  # survives load_state_dict; set_mode leaves it out of the counts
+            frozen += 1
+        q.grad = None
+    model.train(was_training)
+    return frozen
 
 
 def drop_aux_head(model: nn.Module) -> nn.Module:

@@ -28,7 +28,7 @@ from doll.data.common import hold_out
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
 from doll.models.adapters import set_mode
-from doll.models.checkpoint import load_into, read_config
+from doll.models.checkpoint import load_into, read_config, read_safetensors
 from doll.models.segmenter import build_pspnet, drop_aux_head, replace_head, smp_config
 from doll.pretrain.train import SegmentationTask
 from doll.train import distributed as dist
@@ -135,15 +135,15 @@ def load_imagenet_encoder(model, path: str) -> int:
     if not p.is_file():
         raise DollError(f"--init imagenet:{path}: no such file (weights are never downloaded; name a local file)")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(p))
+        state = read_safetensors(p)
     else:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
             raise DollError(f"refusing to load {p}: not a plain state dict ({type(exc).__name__})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise DollError(f"{p} holds a {type(state).__name__}, not a state dict (name -> tensor)")
     own = model.encoder.state_dict()
     matched = {}
     for k, v in state.items():

@@ -480,7 +480,8 @@ def robust_pneumothorax(methods: dict, test, names: list[str], root: str) -> dic
 # ----------------------------------------------------------------------------- the run
 def engine_settings(s, epochs, batch_size, monitor="epoch"):
     return EngineSettings(epochs=epochs, batch_size=batch_size, lr=s.lr, seed=s.seed, device=s.device,
-                          num_workers=s.num_workers, monitor=monitor, monitor_mode="max", progress=s.progress)
+                          num_workers=s.num_workers, monitor=monitor, monitor_mode="max", progress=s.progress,
+                          accumulate=s.accumulate)
 
 
 def task_image_size(s: FinetuneSettings) -> int:

@@ -132,6 +132,8 @@ class Engine:
         if not dist.active():
             return self.model
         ids = [self.device.index] if self.device.type == "cuda" else None
+        # every trainable weight must get a gradient each step, or DDP stalls (build_pspnet freezes the
+        # encoder stages smp's PSPNet keeps but never runs)
         return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def fit(self, train_set, val_set, resume: bool = False) -> dict:
@@ -139,7 +141,9 @@ class Engine:
         metrics_file = out / "metrics.json"
         if resume and metrics_file.exists() and read_json(metrics_file).get("finished"):
             if (out / LAST).exists():  # leave the model as a finished fit leaves it: the last epoch's weights
-                unwrap(self.model).load_state_dict(load_train_state(out / LAST)["model"])
+                ck = load_train_state(out / LAST)
+                unwrap(self.model).load_state_dict(ck["model"])
+                return self._metrics(ck["state"], True)  # metrics.json may since hold the calling stage's result
             return read_json(metrics_file)
         ws = dist.world_size() if dist.active() else 1
         sampler = DistributedSampler(train_set, num_replicas=ws, rank=dist.rank() if ws > 1 else 0,
@@ -148,7 +152,7 @@ class Engine:
                             pin_memory=self.device.type == "cuda", drop_last=len(train_set) > s.batch_size * ws)
         if len(loader) == 0:
             raise DollError(f"no training batches: {len(train_set)} images with --batch-size {s.batch_size}")
-        steps_per_epoch = max(1, len(loader) // s.accumulate)
+        steps_per_epoch = math.ceil(len(loader) / s.accumulate)  # a last, partial group also steps
         total = steps_per_epoch * s.epochs
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
@@ -165,11 +169,14 @@ class Engine:
             sched.load_state_dict(ck["scheduler"])
             self.scaler.load_state_dict(ck["scaler"])
             torch.set_rng_state(ck["rng_torch"])
+            if ck.get("rng_cuda") and self.device.type == "cuda":  # dropout on the GPU draws from these
+                torch.cuda.set_rng_state_all(ck["rng_cuda"])
             random.setstate(ck["rng_python"])
             state = ck["state"]
         model = self._ddp()
         start = time.time()
         main = dist.is_main()
+        warned = False
         for epoch in range(state["epoch"], s.epochs):
             t0 = time.time()
             sampler.set_epoch(epoch)
@@ -195,7 +202,7 @@ class Engine:
                 running += loss.item() * len(batch["index"])
                 count += len(batch["index"])
                 bar.set_postfix(loss=f"{running / count:.4f}")
-            train_loss = torch.tensor([running, count], dtype=torch.float64)
+            train_loss = torch.tensor([running, count], dtype=torch.float64, device=self.device)  # NCCL needs CUDA
             if dist.active():
                 torch.distributed.all_reduce(train_loss)
             row = {"epoch": epoch + 1, "train_loss": float(train_loss[0] / train_loss[1]), "lr": opt.param_groups[0]["lr"]}
@@ -205,11 +212,19 @@ class Engine:
             row["seconds"] = round(time.time() - t0, 3)
             state["history"].append(row)
             value = row.get(s.monitor, row["train_loss"])
-            if value is None or math.isnan(value):  # e.g. AUROC on a split without positives
-                value = -math.inf if s.monitor_mode == "max" else math.inf
-            better = state["best"] is None or (value > state["best"] if s.monitor_mode == "max" else value < state["best"])
+            defined = value is not None and not math.isnan(value)
+            best = state["best"]
+            best_defined = best is not None and math.isfinite(best)
+            if not defined:  # e.g. AUROC on a validation split where no class has positives and negatives
+                better = not best_defined  # nothing to compare yet: keep the latest epoch, no early stop
+                if main and not warned:
+                    tqdm.write(f"[{out.name}] warning: {s.monitor} is undefined at epoch {epoch + 1}; until it is "
+                               "defined the latest epoch is kept")
+                    warned = True
+            else:
+                better = not best_defined or (value > best if s.monitor_mode == "max" else value < best)
             if better:
-                state.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
+                state.update(best=value if defined else None, best_epoch=epoch + 1, bad_epochs=0)
                 if main:
                     save_model(out, self.model, {**self.checkpoint_config, "epoch": epoch + 1,
                                                  "settings": asdict(s)}, self.extra_config)
@@ -221,7 +236,8 @@ class Engine:
                 save_train_state(out / LAST, {
                     "model": unwrap(self.model).state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "scaler": self.scaler.state_dict(),
-                    "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(), "state": state})
+                    "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(), "state": state,
+                    "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []})
                 write_json(metrics_file, self._metrics(state, False))
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float) and k != "lr")
                 tqdm.write(f"[{out.name}] epoch {epoch + 1}/{s.epochs}  {shown}")
