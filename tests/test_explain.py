@@ -106,13 +106,21 @@ def test_distill_and_rules():
     assert apply_rule(sal, "quantile:0.99")[0].sum() <= apply_rule(sal, "quantile:0.9")[0].sum()
     with pytest.raises(DollError):
         apply_rule(sal, "quantile:2")
+    two = np.zeros((1, 4, 4), np.uint8)
+    two[0, 0, :] = 100
+    two[0, 1, :] = 200
+    assert apply_rule(two, "otsu")[0].sum() == 4  # the bright level only, as cv2's Otsu splits them
+    one = np.zeros((1, 4, 4), np.uint8)
+    one[0, 0, :2] = 7
+    assert apply_rule(one, "otsu")[0].sum() == 2  # a single level: the whole map
 
 
-def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp_path):
+@pytest.mark.parametrize("method", ["ig", "ig-smooth"])
+def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp_path, method):
     import doll.explain.run as run
 
     args = dict(classifiers=str(pipeline["classifiers"]), dataset="phantom", root=str(pipeline["phantom"]),
-                steps=4, block=16, progress=False)
+                steps=4, block=16, progress=False, method=method)
     run.explain(**args, out=str(tmp_path / "ref.h5"))
     cut, parts = tmp_path / "cut.h5", tmp_path / "cut.h5.parts"
     original, calls = run.PartsWriter.write, {"n": 0}
@@ -139,6 +147,50 @@ def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp
     with h5py.File(tmp_path / "ref.h5", "r") as a, h5py.File(cut, "r") as b:
         for key in ("saliency", "targets", "labels", "probs", "images", "done"):
             assert np.array_equal(a[key][:], b[key][:], equal_nan=key == "labels"), key
+    if method == "ig":  # after running out of GPU memory: resume with a smaller --batch-size
+        with pytest.raises(KeyboardInterrupt):
+            run.PartsWriter.write, calls["n"] = dying_write, 0
+            try:
+                run.explain(**args, out=str(tmp_path / "cut2.h5"))
+            finally:
+                run.PartsWriter.write = original
+        run.explain(**args, out=str(tmp_path / "cut2.h5"), resume=True, batch_size=8)
+        with h5py.File(tmp_path / "ref.h5", "r") as a, h5py.File(tmp_path / "cut2.h5", "r") as b:
+            assert np.array_equal(a["saliency"][:], b["saliency"][:])
+            assert np.allclose(a["probs"][:], b["probs"][:], atol=1e-6)  # other batches: float rounding only
+
+
+def test_explain_resume_on_changed_data_or_unknown_blocks_is_refused(pipeline, tmp_path):
+    import shutil
+
+    import doll.explain.run as run
+
+    root = tmp_path / "phantom"
+    shutil.copytree(pipeline["phantom"], root)
+    args = dict(classifiers=str(pipeline["classifiers"]), dataset="phantom", root=str(root), steps=2, block=16,
+                progress=False)
+    original = run.PartsWriter.write
+
+    def dying_write(self, block, **arrays):
+        original(self, block, **arrays)
+        raise KeyboardInterrupt
+
+    run.PartsWriter.write = dying_write
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run.explain(**args, out=str(tmp_path / "cut.h5"))
+    finally:
+        run.PartsWriter.write = original
+    csv = next(root.glob("CheXpert-*/train.csv"))
+    csv.write_text("".join(csv.read_text().splitlines(keepends=True)[:-1]))  # one image fewer
+    with pytest.raises(DollError, match="--resume with other images or labels"):
+        run.explain(**args, out=str(tmp_path / "cut.h5"), resume=True)
+    (tmp_path / "cut.h5.parts" / "settings.json").unlink()  # blocks of an unknown run are never reused
+    with pytest.raises(DollError, match="holds blocks but no settings.json"):
+        run.explain(**args, out=str(tmp_path / "cut.h5"))
+    run.explain(**args, out=str(tmp_path / "cut.h5"), overwrite=True)
+    with h5py.File(tmp_path / "cut.h5", "r") as f:
+        assert f["done"][:].all()
 
 
 def test_explain_kill9_then_resume_gives_identical_file(pipeline, tmp_path):

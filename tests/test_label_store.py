@@ -95,3 +95,20 @@ def test_attributes_round_trip_including_empty_strings(tmp_path):
         assert lf.attr("settings") == {"steps": 4, "classes": ""}
         assert lf.attr("classes") == ["a", "b", "c"] and lf.attr("image_size") == 8 and lf.attr("root") == "/r"
         assert lf.attr("missing", "x") == "x"
+
+
+def test_merge_joins_splits_explained_the_same_way_and_refuses_other_settings(tmp_path):
+    members = [{"folder": "member_0", "arch": "resnet18", "sha256": "ab"}]
+    settings = {"steps": 4, "batch_size": 16, "root": "/r", "split": "train", "classifiers": "/m/cls", "members": members}
+    store.write_label_file(tmp_path / "train.h5", _rows(3, 0, "train"), {**ATTRS, "settings": settings})
+    other_machine = {**settings, "batch_size": 256, "root": "/mnt/r", "split": "valid", "classifiers": "/x/cls",
+                     "members": [{**members[0], "folder": "/x/cls/member_0"}]}
+    store.write_label_file(tmp_path / "valid.h5", _rows(2, 1, "valid"),
+                           {**ATTRS, "settings": other_machine, "root": "/mnt/r", "split": "valid"})
+    assert tools.merge([str(tmp_path / "train.h5"), str(tmp_path / "valid.h5")], str(tmp_path / "m.h5"))["rows"] == 5
+    with store.LabelFile(tmp_path / "m.h5") as lf:
+        assert lf.attr("split") == "" and lf.attr("root") == "/r"  # evaluation looks in every split
+    retrained = {**settings, "members": [{**members[0], "sha256": "cd"}], "steps": 8}
+    store.write_label_file(tmp_path / "other.h5", _rows(2, 2, "other"), {**ATTRS, "settings": retrained})
+    with pytest.raises(DollError, match=r"differs from .*train.h5 in settings \(members, steps\)"):
+        tools.merge([str(tmp_path / "train.h5"), str(tmp_path / "other.h5")], str(tmp_path / "m2.h5"))

@@ -75,6 +75,11 @@ class Explainer:
     def attribute(self, model, images, targets):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def reseed(self, *key) -> None:
+        """Called before each ``attribute`` with the block and member explained: a method that
+        draws noise restarts its generator from (seed, key), so a block's maps do not depend
+        on which blocks ran before it (``--resume``, torchrun shards)."""
+
 
 def make_explainer(method: str, **settings) -> Explainer:
     if method not in METHODS:

@@ -12,8 +12,8 @@ Algorithm (parameters in brackets, stored in the label file's attributes):
    by the lung field that model predicts for the image (dilated by ``--field-margin``, 1 % of the size);
 5. quantise to uint8 (0-255): the ``saliency`` dataset.
 
-Label rule (``label_rule``): ``otsu`` (per map, Otsu's threshold on the non-zero
-saliency), ``quantile:Q`` (pixels at or above the map's Q-quantile, e.g. 0.9 = top
+Label rule (``label_rule``): ``otsu`` (per map, the pixels above Otsu's threshold on the
+non-zero saliency, as ``cv2.THRESH_OTSU`` splits them), ``quantile:Q`` (pixels at or above the map's Q-quantile, e.g. 0.9 = top
 10 %), or ``threshold:T`` (saliency >= T on the 0-255 scale). Pixels with saliency 0
 are never labelled.
 """
@@ -76,13 +76,14 @@ def apply_rule(saliency: np.ndarray, rule: str) -> np.ndarray:
     for i, s in enumerate(flat):
         if not s.any():
             continue
-        if kind == "threshold":
-            t = float(arg)
-        elif kind == "quantile":
-            t = np.quantile(s, float(arg))
-        else:
+        if kind == "otsu":  # Otsu's threshold t on the nonzero pixels; as in cv2, a label is s > t
             nz = s[s > 0]
+            if nz.min() == nz.max():  # one level: nothing to separate, the whole map is the label
+                out[i] = s > 0
+                continue
             t, _ = cv2.threshold(nz.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-            t = max(t, 1)
+            out[i] = s > t
+            continue
+        t = float(arg) if kind == "threshold" else np.quantile(s, float(arg))
         out[i] = (s >= t) & (s > 0)
     return out.reshape(saliency.shape)

@@ -24,6 +24,8 @@ Completeness errors ``|sum IG - (f(x) - f(b))| / |f(x) - f(b)|`` are collected i
 """
 from __future__ import annotations
 
+import hashlib
+
 import cv2
 import numpy as np
 import torch
@@ -149,20 +151,26 @@ class IntegratedGradients(Explainer):
 
 
 class SmoothIntegratedGradients(IntegratedGradients):
-    """IG averaged over ``samples`` noisy copies of the image (noise std ``noise`` x image std)."""
+    """IG averaged over ``samples`` noisy copies of each image (noise std ``noise`` x that
+    image's std). The noise comes from a generator restarted from (seed, block, member)."""
 
     name = "ig-smooth"
 
     def __init__(self, samples: int = 4, noise: float = 0.1, seed: int = 0, **settings):
         super().__init__(**settings)
-        self.samples, self.noise = samples, noise
+        self.samples, self.noise, self.seed = samples, noise, seed
         self.settings.update(samples=samples, noise=noise)
         self.gen = torch.Generator().manual_seed(seed)
 
+    def reseed(self, *key) -> None:
+        digest = hashlib.sha256(repr((self.seed, *key)).encode()).hexdigest()
+        self.gen = torch.Generator().manual_seed(int(digest[:15], 16))
+
     def attribute(self, model, images, targets):
         total = None
+        scale = self.noise * images.std(dim=tuple(range(1, images.ndim)), keepdim=True)
         for _ in range(self.samples):
-            eps = torch.randn(images.shape, generator=self.gen).to(images.device) * self.noise * images.std()
+            eps = torch.randn(images.shape, generator=self.gen).to(images.device) * scale
             maps = super().attribute(model, images + eps, targets)
             total = maps if total is None else [a + m for a, m in zip(total, maps)]
         return [a / self.samples for a in total]

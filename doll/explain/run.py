@@ -77,6 +77,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def data_fingerprint(items, labels: np.ndarray) -> dict:
+    """The images a run explains (their ids, in order) and their labels, hashed: a resume
+    after images were added, removed or relabelled is refused instead of putting the old
+    blocks' maps on other images."""
+    h = hashlib.sha256("\n".join(it.id for it in items).encode())
+    h.update(np.ascontiguousarray(np.nan_to_num(labels, nan=9.0), dtype=np.float32).tobytes())
+    return {"images": len(items), "sha256": h.hexdigest()}
+
+
 def load_ensemble(folder: str | Path, device: torch.device):
     """The members (``member_*`` folders, or one checkpoint folder) of a classifier ensemble."""
     folder = Path(folder)
@@ -191,9 +200,14 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     run_settings = {k: v for k, v in asdict(s).items() if k not in ("out", "resume", "overwrite", "progress", "device")}
     run_settings["members"] = [info for _, _, info in members]
     run_settings["field_model"] = field_model  # the lung model whose field shaped the saliency, if any
-    if s.overwrite and not s.resume:
+    # --resume continues only the same run on the same images; --batch-size only bounds memory
+    # (the advice after running out of GPU memory is to halve it and resume)
+    resume_key = {**{k: v for k, v in run_settings.items() if k != "batch_size"},
+                  "data": data_fingerprint(arrays.items, raw)}
+    if s.overwrite and not s.resume and dist.is_main():
         shutil.rmtree(Path(str(out) + ".parts"), ignore_errors=True)
-    parts = PartsWriter(str(out) + ".parts", run_settings, resume=s.resume, owner=dist.is_main())
+    dist.barrier()  # no rank writes a block before rank 0 has cleared the old ones
+    parts = PartsWriter(str(out) + ".parts", resume_key, resume=s.resume, owner=dist.is_main())
     dist.barrier()
     blocks = list(range((n + s.block - 1) // s.block))
     world, rank = (dist.world_size(), dist.rank()) if dist.active() else (1, 0)
@@ -236,8 +250,9 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
             # --evidence abnormal gives every class of an image the same map: explain it once
             once = [t[:1] for t in tg] if s.evidence == "abnormal" else tg
             per_member = []
-            for model, _, _ in members:
+            for k, (model, _, _) in enumerate(members):
                 explainer.stats.clear()
+                explainer.reseed(b, k)
                 with watch("attribute"):
                     maps_m = explainer.attribute(EvidenceOutput(model, s.evidence, normal), x, once)
                 per_member.append([np.repeat(m, len(t), 0) for m, t in zip(maps_m, tg)] if once is not tg else maps_m)
@@ -257,7 +272,9 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         comp = []
         for b in blocks:
             if not parts.has(b):
-                raise DollError(f"block {b} of the run is missing; run again with --resume")
+                raise DollError(f"block {b} of the run (explained by rank {b % world}) is missing from {parts.folder}; "
+                                + ("under torchrun on several machines --out must be on a file system they all share"
+                                   if world > 1 else "run again with --resume"))
             z = parts.read(b, ("targets", "completeness"))
             tmask[b * s.block:b * s.block + len(z["targets"])] = z["targets"]
             comp.append(z["completeness"].reshape(len(members), -1))  # (members, targets of the block)

@@ -219,7 +219,10 @@ class PartsWriter:
                 raise DollError(f"{self.folder} holds an unfinished run; pass --resume to continue it or --overwrite")
             if previous != json.loads(json.dumps(settings)):
                 changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-                raise DollError(f"--resume with different settings ({', '.join(changed)}); use the first run's settings")
+                what = "other images or labels" if changed == ["data"] else f"different settings ({', '.join(changed)})"
+                raise DollError(f"--resume with {what}; use the first run's settings and data, or --overwrite")
+        elif any(self.folder.glob("block_*.npz")):  # blocks of a run whose settings are unknown: never reuse them
+            raise DollError(f"{self.folder} holds blocks but no settings.json; pass --overwrite to start again")
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(settings_file) as tmp:
             tmp.write_text(json.dumps(settings, sort_keys=True))

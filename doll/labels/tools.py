@@ -20,8 +20,24 @@ def info(path: str) -> dict:
         return lf.info()
 
 
+# settings that say where and how fast a run went, not what its maps are
+RUN_ONLY_SETTINGS = ("root", "split", "classifiers", "batch_size", "block")
+
+
+def output_settings(settings: dict) -> dict:
+    """The settings that decide a row's maps: ``settings`` without ``RUN_ONLY_SETTINGS``, and
+    the members by architecture and weights' sha256 (not by the folder they were read from)."""
+    out = {k: v for k, v in (settings or {}).items() if k not in RUN_ONLY_SETTINGS}
+    if "members" in out:
+        out["members"] = [{"arch": m.get("arch"), "sha256": m.get("sha256")} for m in out["members"]]
+    return out
+
+
 def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
-    """Join label files made on separate machines (same classes, method and settings) row-wise."""
+    """Join label files row-wise: e.g. the splits of a data set explained on separate machines.
+    They must agree on what decides the maps (classes, method, ``output_settings``, label
+    rule, image size, data set); where they came from (root, split, batch size) may differ.
+    A merged file of several splits records split "" (all), so evaluation looks in every split."""
     t0 = time.time()
     if not inputs:
         raise DollError("name the label files to merge")
@@ -31,15 +47,26 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
     keeps: list[np.ndarray] = []
     attrs = None
     seen: set[str] = set()
+    first = None
+    splits = []
     for p in inputs:
         with LabelFile(p) as lf:
-            mine = {k: lf.attr(k) for k in ("classes", "method", "settings", "label_rule", "image_size", "dataset")}
-            if attrs is None:
-                attrs = {**mine, "classifiers": lf.attr("classifiers"), "root": lf.attr("root"), "split": lf.attr("split")}
+            mine = {k: lf.attr(k) for k in ("classes", "method", "label_rule", "image_size", "dataset")}
+            mine["settings"] = output_settings(lf.attr("settings"))
+            splits.append(lf.attr("split"))
+            if first is None:
+                first = mine
+                attrs = {k: lf.attr(k) for k in ("classes", "method", "settings", "label_rule", "image_size", "dataset",
+                                                 "classifiers", "root")}
                 shapes = {k: lf[k].shape[1:] for k in ("saliency", "images")}
-            elif any(attrs[k] != mine[k] for k in mine):
-                bad = [k for k in mine if attrs[k] != mine[k]]
-                raise DollError(f"{p} differs from {inputs[0]} in {', '.join(bad)}; only shards of one run can be merged")
+            elif any(first[k] != mine[k] for k in mine):
+                bad = [k for k in mine if first[k] != mine[k]]
+                if "settings" in bad:
+                    bad[bad.index("settings")] = "settings (" + ", ".join(sorted(
+                        k for k in set(first["settings"]) | set(mine["settings"])
+                        if first["settings"].get(k) != mine["settings"].get(k))) + ")"
+                raise DollError(f"{p} differs from {inputs[0]} in {', '.join(bad)}; only label files explained the "
+                                "same way can be merged")
             keep = lf.done.copy()
             paths = lf.paths()
             for i, q in enumerate(paths):
@@ -50,6 +77,7 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
             for k in ("targets", "labels", "probs", "done"):
                 small.setdefault(k, []).append(lf[k][:][keep])
             small.setdefault("paths", []).append(np.array(paths, dtype=object)[keep])
+    attrs["split"] = splits[0] if len(set(splits)) == 1 else ""
     merged: dict = {k: np.concatenate(v) for k, v in small.items()}
     merged["paths"] = merged["paths"].tolist()
     n = len(merged["done"])
