@@ -106,14 +106,30 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise DollError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
-def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = "config.json") -> Path:
-    """Create ``out``; refuse a folder that already holds a run unless resuming or overwriting."""
+# settings that do not change what a run computes: --resume may change them
+RUN_ONLY_SETTINGS = ("out", "resume", "overwrite", "progress", "device", "num_workers")
+
+
+def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = "config.json",
+                    settings: dict | None = None) -> Path:
+    """Create ``out``; refuse a folder that already holds a run unless resuming or overwriting.
+    With ``settings`` (the command's settings, as written into ``config.json``), ``--resume``
+    of a run made with other settings is refused: its finished models would be reported
+    under the new settings."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DollError(f"--out {out} is a file; choose a folder")
     holds_run = out.is_dir() and any(out.iterdir())
     if holds_run and not (resume or overwrite):
         raise DollError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if holds_run and resume and settings is not None and (out / "config.json").is_file():
+        stored = read_json(out / "config.json")
+        stored = stored.get("doll", {}).get("run", stored)  # a checkpoint folder's config: the run's settings
+        given = json.loads(json.dumps(settings))
+        changed = sorted(k for k in given if k not in RUN_ONLY_SETTINGS and k in stored and stored[k] != given[k])
+        if changed:
+            raise DollError(f"--resume with different settings ({', '.join(changed)}) from the run in {out}; use "
+                            "its settings, or --overwrite to start again")
     if holds_run and overwrite and not resume:
         if not (out / marker).exists() and not (out / "metrics.json").exists():
             raise DollError(f"{out} is not empty and does not look like a doll run; refusing to delete it with --overwrite")

@@ -211,3 +211,14 @@ def test_seg4cls_and_mixed_pass_accumulate_to_the_engine():
     from doll.tasks.seg4cls import engine_settings
 
     assert engine_settings(FinetuneSettings(task="seg4cls", accumulate=4), 2, 8).accumulate == 4
+
+
+def test_under_torchrun_cuda_means_this_ranks_gpu_on_every_call(monkeypatch):
+    from doll.train import distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist.dist, "is_initialized", lambda: True)  # the stage already joined the group
+    assert dist.init(torch.device("cuda", 0)) == torch.device("cuda", 1)  # the engine's call, --device cuda:0
+    assert dist.init(torch.device("cuda")) == torch.device("cuda", 1)
+    assert dist.init(torch.device("cpu")) == torch.device("cpu")

@@ -158,6 +158,14 @@ def test_output_holding_another_run(capsys, pipeline):
                  "--out", pipeline["classifiers"])
     expect_error(capsys, "already exists", "explain", "--classifiers", pipeline["classifiers"], "--root",
                  pipeline["phantom"], "--out", pipeline["labels"])
+    # --resume of a finished run with other settings would report its models under the new ones
+    from conftest import SIZE
+
+    expect_error(capsys, "--resume with different settings (epochs, members)", "train-classifiers", "--dataset",
+                 "phantom", "--root", pipeline["phantom"], "--out", pipeline["classifiers"], "--members", 3,
+                 "--epochs", 3, "--image-size", SIZE, "--batch-size", 16, "--resume")
+    expect_error(capsys, "--resume with different settings (epochs)", "pretrain", "--labels", pipeline["labels"],
+                 "--out", pipeline["pretrain"], "--encoder", "resnet18", "--epochs", 5, "--batch-size", 8, "--resume")
 
 
 def test_cuda_without_gpu(capsys, phantom, tmp_path):

@@ -70,7 +70,7 @@ def test_cli_writes_all_methods(run):
     rule = m["methods"]["seg4cls_rule"]["thresholds"]
     assert set(rule) == set(m["classes"])
     for r in rule.values():
-        assert r["t"] in (0.3, 0.5, 0.7, 0.9) and r["tau"] >= 1
+        assert r["t"] in (0.3, 0.5, 0.7, 0.9) and r["tau"] >= 0
     # the masks: half of the training images (the validation patients are carved out of train)
     assert m["n_masks"] == round(0.5 * m["n_train"]) and m["n_val"] > 0 and m["test_split"] == "valid"
     iou = m["segmenter"]["iou_on_test_positives"]["mean"]
@@ -123,7 +123,7 @@ def _blobs(n=40, size=24, seed=0):
 def test_rule_summarizer_on_blobs():
     prob, raw = _blobs()
     (p,) = fit_summary_rule(prob, raw)
-    assert p["t"] >= 0.3 and 1 <= p["tau"] <= 16 and p["val_balanced_accuracy"] == 1.0
+    assert p["t"] >= 0.3 and 0 <= p["tau"] <= 15 and p["val_balanced_accuracy"] == 1.0
     test_prob, test_raw = _blobs(seed=1)
     scores, decisions = apply_summary_rule(test_prob, [p])
     assert auroc(scores[:, 0], test_raw[:, 0]) == 1.0
@@ -220,7 +220,7 @@ def test_cli_semi_supervised_student(phantom, cache, tmp_path, flag):
     assert not (out / "classifier").exists()
 
 
-def test_alternating_task_alternates_and_restarts_each_epoch():
+def test_alternating_task_alternates_across_epochs():
     import torch
 
     from doll.tasks.mixed import AlternatingTask, SegToClass
@@ -240,17 +240,23 @@ def test_alternating_task_alternates_and_restarts_each_epoch():
             seg = self.w * x.repeat(1, 2, 1, 1)
             return seg, seg.flatten(2).amax(-1)
 
-    data = Data()
-    task = AlternatingTask(["a", "b"], data)
     batch = {"image": torch.ones(2, 1, 4, 4), "seg_image": torch.zeros(2, 1, 4, 4),
              "mask": torch.zeros(2, 2, 4, 4), "valid": torch.ones(2, 2),
              "target": torch.ones(2, 2), "weight": torch.ones(2, 2)}
-    for _ in range(3):
-        task.loss(Net(), batch)
-    data.epoch = 1
-    for _ in range(2):
-        task.loss(Net(), batch)
-    assert seen == [0.0, 1.0, 0.0, 0.0, 1.0]  # seg, cls, seg | new epoch: seg, cls
+    for batches, expected in ((3, [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]),  # seg, cls, seg | cls, seg, cls
+                              (1, [0.0, 1.0, 0.0]),  # one batch per epoch: the losses still take turns
+                              (2, [0.0, 1.0, 0.0, 1.0])):
+        data, task = Data(), AlternatingTask(["a", "b"], Data(), batches)
+        task.data = data
+        seen.clear()
+        for step in range(len(expected)):
+            data.epoch = step // batches
+            task.loss(Net(), batch)
+        assert seen == expected, (batches, seen)
+    from doll.train.engine import batches_per_epoch
+
+    assert [batches_per_epoch(n, 16) for n in (8, 16, 17, 240)] == [1, 1, 1, 15]
+    assert batches_per_epoch(31, 16, world=2) == 1 and batches_per_epoch(100, 16, world=2) == 3
     # max pooling: the class logit is the max of its segmentation logits
     seg = torch.nn.Conv2d(1, 3, 1)
     net = SegToClass(seg, 3, "max")

@@ -108,7 +108,8 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         lung_model_config(s.lung_model)  # a bad --lung-model fails before any output is written
     device = dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     t0 = time.time()
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
+        else Path(s.out)
     dist.barrier()
     opts = {"views": s.views, "valid_fraction": s.valid_fraction, "seed": s.seed}
     show = s.progress and dist.is_main()

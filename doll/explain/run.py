@@ -153,6 +153,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     t0 = time.time()
     watch = Stopwatch()  # where the time goes: metrics["seconds_by_phase"]
     device = dist.init(resolve_device(s.device))
+    if device.type == "cuda":  # peak_cuda_mb is this command's, not earlier work's in the same process
+        torch.cuda.reset_peak_memory_stats(device)
     s.batch_size = s.batch_size or default_batch_size(device)
     with watch("load_classifiers"):
         members, classes = load_ensemble(s.classifiers, device)

@@ -131,7 +131,7 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
         info = lf.info()
     model = build_pspnet(s.encoder, len(names), aux=s.aux)
     y, w = apply_policy(image_labels, "ignore", "ignore")
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else None
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() else None
     dist.barrier()
     n_val = int(round(len(images) * s.val_fraction))
     idx = np.random.default_rng(s.seed).permutation(len(images))  # label files are often sorted by class

@@ -234,8 +234,8 @@ def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
     names, train, test, test_split = load_task_data(s, size)
     out = Path(s.out)
     if dist.is_main():
-        prepare_out_dir(out, resume=s.resume, overwrite=s.overwrite)
-        write_json(out / "config.json", {"command": "finetune", **asdict(s), "image_size": size})
+        prepare_out_dir(out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s))
+        write_json(out / "config.json", {"command": "finetune", **asdict(s), "image_size_used": size})
     dist.barrier()
     runs = []
     for r in range(s.seeds):

@@ -53,7 +53,7 @@ from doll.tasks.seg4cls import (
     task_image_size,
 )
 from doll.train import distributed as dist
-from doll.train.engine import Engine, predict_all
+from doll.train.engine import Engine, batches_per_epoch, predict_all
 from doll.train.losses import masked_bce, multilabel_seg_loss
 from doll.utils import (
     prepare_out_dir,
@@ -100,16 +100,18 @@ class AlternatingData(Dataset):
 
 
 class AlternatingTask:
-    """Even batches of an epoch: segmentation loss; odd batches: classification loss."""
+    """Even training steps: segmentation loss; odd steps: classification loss. Steps are
+    counted across epochs (``batches`` per epoch), so an odd number of batches per epoch
+    does not give one loss an extra batch every epoch (or, with one batch, all of them)."""
 
-    def __init__(self, classes: list[str], data: AlternatingData):
-        self.classes, self.data = classes, data
+    def __init__(self, classes: list[str], data: AlternatingData, batches: int):
+        self.classes, self.data, self.batches = classes, data, batches
         self._epoch, self._batch = None, 0
 
     def loss(self, model, batch):
         if self._epoch != self.data.epoch:
             self._epoch, self._batch = self.data.epoch, 0
-        seg_turn = self._batch % 2 == 0
+        seg_turn = (self.data.epoch * self.batches + self._batch) % 2 == 0
         self._batch += 1
         seg, cls = model(batch["seg_image"] if seg_turn else batch["image"])
         if seg_turn:  # 0 * cls keeps every weight in the graph (DDP wants them all used)
@@ -155,9 +157,10 @@ def mixed(s: FinetuneSettings) -> dict:
     size = task_image_size(s)
     names, sources, train, _val, test, test_split, _ = load_parts(s, size, need_val=False, test_needs_masks=True)
     C, n, bs = len(names), len(train), s.batch_size
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
+        else Path(s.out)
     if dist.is_main():
-        write_json(out / "config.json", {"command": "finetune", **asdict(s), "poolings": poolings, "image_size": size,
+        write_json(out / "config.json", {"command": "finetune", **asdict(s), "poolings": poolings, "image_size_used": size,
                                          "classes": names, "mask_structures": sources, "test_split": test_split})
     k = max(1, int(round(s.label_fraction * n)))
     subset = np.sort(np.random.default_rng(s.seed).permutation(n)[:k])
@@ -192,7 +195,7 @@ def mixed(s: FinetuneSettings) -> dict:
         data = AlternatingData(ArrayDataset(train.images, y_tr, w_tr, augment=True, seed=s.seed),
                                ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True,
                                             seed=s.seed + 1, indices=np.resize(subset, max(n, k))), s.seed)
-        task = AlternatingTask(names, data)
+        task = AlternatingTask(names, data, batches_per_epoch(n, min(bs, n), dist.world_size() if dist.active() else 1))
         name = f"alternating_{pooling}"
         e = Engine(net, task, engine_settings(s, s.epochs, min(bs, n)), out / name, {**ck, **init_info,
                    "kind": "seg_to_class", "pooling": pooling})

@@ -22,9 +22,9 @@ Data
   * raw labels 1 / 0 / -1 / NaN; -1 and NaN are left out of every AUROC and loss.
 
 Methods (``metrics.json`` keys)
-  * ``seg4cls_rule``: per class, t in {0.3, 0.5, 0.7, 0.9} and tau (pixels) in {1} and
-    the 0, 10, ..., 90 % quantiles of the validation positives' pixel counts; an image is
-    positive when at least tau pixels have probability > t; (t, tau) maximise balanced
+  * ``seg4cls_rule``: per class, t in {0.3, 0.5, 0.7, 0.9} and tau (pixels) in {0} and
+    the 0, 10, ..., 90 % quantiles of the validation positives' pixel counts, less one; an
+    image is positive when more than tau pixels have probability > t; (t, tau) maximise balanced
     accuracy on validation. The continuous score for AUROC is the number of pixels with
     probability > t (so AUROC depends on t, not on tau);
   * ``seg4cls_linear``: per class, logistic regression on its probability map average-
@@ -273,14 +273,14 @@ def fit_summary_rule(prob: np.ndarray, raw: np.ndarray) -> list[dict]:
     for c in range(prob.shape[1]):
         y = raw[:, c]
         if not ((y == 1).any() and (y == 0).any()):
-            out.append({"t": 0.5, "tau": 1.0, "val_balanced_accuracy": None, "fallback": True})
+            out.append({"t": 0.5, "tau": 0.0, "val_balanced_accuracy": None, "fallback": True})
             continue
         best = None
         for t in RULE_T:
             n = counts[t][:, c]
-            taus = sorted({1.0, *(max(1.0, math.ceil(v)) for v in np.quantile(n[y == 1], RULE_Q))})
+            taus = sorted({0.0, *(max(0.0, math.ceil(v) - 1.0) for v in np.quantile(n[y == 1], RULE_Q))})
             for tau in taus:
-                ba = _balanced_accuracy(n >= tau, y)
+                ba = _balanced_accuracy(n > tau, y)
                 if best is None or ba > best["val_balanced_accuracy"] + 1e-12:
                     best = {"t": t, "tau": float(tau), "val_balanced_accuracy": float(ba), "fallback": False}
         out.append(best)
@@ -288,9 +288,9 @@ def fit_summary_rule(prob: np.ndarray, raw: np.ndarray) -> list[dict]:
 
 
 def apply_summary_rule(prob: np.ndarray, params: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, decisions): pixel counts above each class's t, and count >= tau."""
+    """(scores, decisions): pixel counts above each class's t, and count > tau."""
     scores = np.stack([rule_counts(prob[:, c:c + 1], p["t"])[:, 0] for c, p in enumerate(params)], 1)
-    return scores, scores >= np.array([p["tau"] for p in params])[None]
+    return scores, scores > np.array([p["tau"] for p in params])[None]
 
 
 def _features(prob: torch.Tensor, kind: str) -> torch.Tensor:
@@ -532,8 +532,9 @@ def seg4cls(s: FinetuneSettings) -> dict:
     size = task_image_size(s)
     names, sources, train, val, test, test_split, val_desc = load_parts(s, size)
     C = len(names)
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite) if dist.is_main() else Path(s.out)
-    config = {"command": "finetune", **asdict(s), "summarizers": chosen, "image_size": size, "classes": names,
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
+        else Path(s.out)
+    config = {"command": "finetune", **asdict(s), "summarizers": chosen, "image_size_used": size, "classes": names,
               "mask_structures": sources, "test_split": test_split, "validation": val_desc}
     if dist.is_main():
         write_json(out / "config.json", config)
@@ -651,7 +652,9 @@ def _baselines(s, names, train, val, test, subset, size, out, ck, scores, detail
     ce.fit(ArrayDataset(train.images, y_tr, w_tr, augment=True, seed=s.seed), val_cls, resume=s.resume)
     load_into(ce.model, out / "classifier")
     scores["classifier"] = predict_all(ce.model, cls_task, test_cls, bs, ce.device)["prob"]
-    details["classifier"] = {"arch": arch, "n_train": n}
+    # the baseline classifier always starts from random weights and trains fully, whatever --init
+    # and --mode say about the segmenters: with a pretrained --init the comparison favours those
+    details["classifier"] = {"arch": arch, "n_train": n, "init": "random", "mode": "full"}
 
     # -- 3. multitask (Y-Net style)
     torch.manual_seed(s.seed)

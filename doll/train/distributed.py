@@ -1,10 +1,15 @@
 """torchrun / DDP glue: rank and world size from the environment, gather, barrier."""
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
+
+# How long ranks wait for each other in one collective. NCCL's default (10 min) is shorter
+# than rank 0's assembly of a CheXpert-sized label file while the others wait at a barrier.
+TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("DOLL_DIST_TIMEOUT_MIN", "120")))
 
 
 def world_size() -> int:
@@ -20,14 +25,17 @@ def is_main() -> bool:
 
 
 def init(device: torch.device) -> torch.device:
-    """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); return this rank's device."""
-    if world_size() <= 1 or dist.is_initialized():
+    """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); return this rank's
+    device: under torchrun, ``cuda`` or ``cuda:N`` means this rank's GPU, ``cuda:LOCAL_RANK``,
+    on every call (a stage and each engine it starts call this)."""
+    if world_size() <= 1:
         return device
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return device
 
 

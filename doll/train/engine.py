@@ -64,7 +64,11 @@ class EngineSettings:
 def amp_dtype(device: torch.device):
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:  # a GPU without bf16 units (before Ampere) "supports" it by emulation, slowly: use fp16 there
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no including_emulation and reports native support only
+        native = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if native else torch.float16
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -75,6 +79,14 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Batches each rank's training loader yields per epoch in ``Engine.fit`` (its sampler
+    pads to ``ceil(n / world)`` per rank; the last partial batch is dropped when there is
+    more than one batch in all)."""
+    per_rank = math.ceil(n / world)
+    return per_rank // batch_size if n > batch_size * world else math.ceil(per_rank / batch_size)
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
@@ -150,6 +162,7 @@ class Engine:
                                      shuffle=True, seed=s.seed, drop_last=False)
         loader = DataLoader(train_set, batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
                             pin_memory=self.device.type == "cuda", drop_last=len(train_set) > s.batch_size * ws)
+        assert len(loader) == batches_per_epoch(len(train_set), s.batch_size, ws)
         if len(loader) == 0:
             raise DollError(f"no training batches: {len(train_set)} images with --batch-size {s.batch_size}")
         steps_per_epoch = math.ceil(len(loader) / s.accumulate)  # a last, partial group also steps
@@ -167,10 +180,11 @@ class Engine:
             unwrap(self.model).load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
-            self.scaler.load_state_dict(ck["scaler"])
+            if ck["scaler"] and self.scaler.is_enabled():  # empty when saved by a run without fp16
+                self.scaler.load_state_dict(ck["scaler"])
             torch.set_rng_state(ck["rng_torch"])
-            if ck.get("rng_cuda") and self.device.type == "cuda":  # dropout on the GPU draws from these
-                torch.cuda.set_rng_state_all(ck["rng_cuda"])
+            if torch.is_tensor(ck.get("rng_cuda")) and ck["rng_cuda"].numel() and self.device.type == "cuda":
+                torch.cuda.set_rng_state(ck["rng_cuda"], self.device)  # dropout on this rank's GPU draws from it
             random.setstate(ck["rng_python"])
             state = ck["state"]
         model = self._ddp()
@@ -237,7 +251,8 @@ class Engine:
                     "model": unwrap(self.model).state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "scaler": self.scaler.state_dict(),
                     "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(), "state": state,
-                    "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []})
+                    "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+                    else torch.zeros(0, dtype=torch.uint8)})
                 write_json(metrics_file, self._metrics(state, False))
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float) and k != "lr")
                 tqdm.write(f"[{out.name}] epoch {epoch + 1}/{s.epochs}  {shown}")
