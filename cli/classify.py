@@ -23,10 +23,10 @@ def train_classifiers(
     views: str = typer.Option("frontal", "--views", help="CheXpert views: frontal, lateral or all."),
     valid_fraction: float = typer.Option(0.0, "--valid-fraction", help="Carve this fraction of patients from train as validation (0: use the data set's own validation split)."),
     accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
-    patience: int = typer.Option(0, "--patience", help="Stop early after this many epochs without a better validation score (0: never)."),
+    patience: int = typer.Option(0, "--patience", min=0, help="Stop early after this many epochs without a better validation score (0: never)."),
     lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder (its model/ subfolder): the classifiers see only the lung field it predicts, so they cannot learn shortcuts outside it; `doll explain` masks their inputs the same way."),
     hide: str = typer.Option("0", "--hide", help="Hide-and-Seek augmentation: black out each cell of an 8x8 grid with this probability while training (e.g. 0.5), so the classifiers learn from all of the evidence, not only its most telling spot; their IG labels cover more of a lesion (0: off). Several, comma-separated, are cycled over the members (0,0.5: every other member)."),
-    num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
+    num_workers: int = typer.Option(0, "--num-workers", min=0, help="Data loader worker processes."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
 ):
     """Stage 1: train an ensemble of multi-label classifiers on image labels; reports per-class AUROC on the validation split. Writes model.safetensors + config.json per member."""

@@ -15,8 +15,8 @@ def phantom(
     n: int = typer.Option(200, "--n", help="Number of chest images (CheXpert layout)."),
     size: int = typer.Option(128, "--size", help="Image side in pixels (32 or more)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
-    n_anatomy: int = typer.Option(0, "--n-anatomy", help="Images in the JSRT-layout anatomy set (0: max(20, n/2))."),
-    noise: float = typer.Option(0.05, "--noise", help="Fraction of training labels flipped."),
+    n_anatomy: int = typer.Option(0, "--n-anatomy", min=0, help="Images in the JSRT-layout anatomy set (0: max(20, n/2))."),
+    noise: float = typer.Option(0.05, "--noise", min=0.0, max=1.0, help="Fraction of training labels flipped."),
     uncertain: float = typer.Option(0.05, "--uncertain", help="Fraction of training labels written as -1 (uncertain)."),
     blank: float = typer.Option(0.1, "--blank", help="Fraction of negative training labels left blank."),
     confound: float = typer.Option(0.0, "--confound", help="Fraction of pneumothorax images that also get a chest tube."),
@@ -36,7 +36,7 @@ def phantom(
 def check(
     dataset: str = typer.Option(..., "--dataset", help="chexpert, nih, jsrt, montgomery, shenzhen, qata, covidqu, phantom or folder."),
     root: Path = typer.Option(..., "--root", help="The folder you unpacked the data set into."),
-    decode: int = typer.Option(200, "--decode", help="Decode this many images (spread over the set) to find corrupt files; 0 = all."),
+    decode: int = typer.Option(200, "--decode", min=0, help="Decode this many images (spread over the set) to find corrupt files; 0 = all."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     quiet: bool = QUIET,
 ):

@@ -21,9 +21,9 @@ def explain(
     baseline: str = typer.Option("zero", "--baseline", help="IG baseline: zero (black image), blur or mean."),
     evidence: str = typer.Option("class", "--evidence", help="What a map explains: class (the class logit), abnormal (evidence against the normal class, No Finding or Normal: one map per image) or contrast (class logit minus the normal class's)."),
     targets: str = typer.Option("positive", "--targets", help="Classes to explain per image: positive (its positive labels), predicted or all."),
-    target_threshold: float = typer.Option(0.5, "--target-threshold", help="Probability above which a class counts as predicted."),
+    target_threshold: float = typer.Option(0.5, "--target-threshold", min=0.0, max=1.0, help="Probability above which a class counts as predicted."),
     classes: str = typer.Option("", "--classes", help="Comma-separated classes to explain (default: all but No Finding)."),
-    smooth: float = typer.Option(0.03, "--smooth", help="Gaussian smoothing sigma as a fraction of the image size."),
+    smooth: float = typer.Option(0.03, "--smooth", min=0.0, help="Gaussian smoothing sigma as a fraction of the image size."),
     sign: str = typer.Option("positive", "--sign", help="Which evidence counts: positive (the positive part of the attributions) or absolute."),
     label_rule: str = typer.Option("otsu", "--label-rule", help="Saliency -> pixel label: otsu, quantile:Q or threshold:T."),
     batch_size: int = typer.Option(0, "--batch-size", help="Interpolated images per forward pass (sets peak memory); 0: 256 on a GPU, 16 on the CPU."),
@@ -31,7 +31,7 @@ def explain(
     lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder (its model/ subfolder): saliency is kept inside the lung field it predicts."),
     field_margin: float = typer.Option(0.01, "--field-margin", help="With a lung model: the field that multiplies saliency is its predicted lung mask dilated by this fraction of the image size."),
     block: int = typer.Option(64, "--block", help="Images per resumable block (the unit of work shared among torchrun processes)."),
-    image_size: int = typer.Option(0, "--image-size", help="Image size (0: the classifiers' own)."),
+    image_size: int = typer.Option(0, "--image-size", min=0, help="Image size (0: the classifiers' own)."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
 ):
     """Stage 2: explain every classifier with Integrated Gradients, ensemble and distil the maps into per-class saliency and pixel labels, all in one HDF5 file. Resumable."""
@@ -52,17 +52,23 @@ def evaluate_labels(
     dataset: str = typer.Option("", "--dataset", help="Data set with ground-truth masks (default: the one the file was made from)."),
     root: Path = typer.Option(None, "--root", help="Its folder (default: the one the file was made from)."),
     label_rule: str = typer.Option("", "--label-rule", help="Override the file's label rule."),
-    out: Path = typer.Option(None, "--out", help="Where to write metrics.json (default: next to the label file)."),
+    out: Path = typer.Option(None, "--out", help="Folder to write metrics.json into (default: <labels>.evaluation.json next to the label file)."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
+    seed: int = SEED,
     quiet: bool = QUIET,
 ):
     """Pseudo-label quality against ground-truth masks: IoU, Dice, top-k IoU and pointing game per class and mean, next to a random-map baseline."""
+    from doll.errors import DollError
     from doll.labels.evaluate import evaluate_labels as run
-    from doll.utils import write_json
+    from doll.utils import read_json, write_json
 
-    result = run(str(labels), dataset=dataset, root=str(root) if root else "", label_rule=label_rule,
-                 progress=not quiet)
     target = out / "metrics.json" if out else Path(str(labels) + ".evaluation.json")
+    if out is not None and out.exists() and not out.is_dir():
+        raise DollError(f"--out {out} is a file; name a folder for metrics.json")
+    if out is not None and target.is_file() and read_json(target).get("command") != "evaluate-labels":
+        raise DollError(f"{target} holds another command's metrics; choose another --out")
+    result = run(str(labels), dataset=dataset, root=str(root) if root else "", label_rule=label_rule, seed=seed,
+                 progress=not quiet)
     write_json(target, result)
     emit(result, as_json=as_json, keys=("mean_iou", "random_iou", "pairs", "label_rule"))
     if not as_json:
@@ -72,7 +78,7 @@ def evaluate_labels(
 @app.command("show")
 def show(
     labels: Path = typer.Option(..., "--labels", help="A DoLL label file."),
-    index: int = typer.Option(0, "--index", help="Row of the file to show."),
+    index: int = typer.Option(0, "--index", min=0, help="Row of the file to show."),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
     classes: str = typer.Option("", "--classes", help="Comma-separated classes (default: those explained for the image)."),
 ):

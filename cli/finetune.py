@@ -17,7 +17,7 @@ def finetune(
     mode: str = typer.Option("full", "--mode", help="full (all weights), adapter (frozen network + small adapters + new head) or head (new head only)."),
     label_fraction: float = typer.Option(1.0, "--label-fraction", help="Fraction of the training masks to use, in (0, 1] (at least one image)."),
     encoder: str = typer.Option("resnet34", "--encoder", help="Encoder for random/imagenet init (a pretrain folder brings its own)."),
-    image_size: int = typer.Option(0, "--image-size", help="Square image size (0: the pretrained network's, else 256)."),
+    image_size: int = typer.Option(0, "--image-size", min=0, help="Square image size (0: the pretrained network's, else 256)."),
     fold: int = typer.Option(1, "--fold", help="JSRT: train on this official fold (1 or 2), test on the other."),
     epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per batch."),
@@ -30,12 +30,15 @@ def finetune(
     pooling: str = typer.Option("max,amp-mlp", "--pooling", help="mixed: class logits from the segmentation logits by max, amp-mlp (8x8 max pool + MLP) or both."),
     accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse masks that are neither their image's size nor that size divided by a whole number (default: resize them)."),
-    num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
+    num_workers: int = typer.Option(0, "--num-workers", min=0, help="Data loader worker processes."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
 ):
     """Stage 4: fine-tune a (DoLL-pretrained) PSPNet on a small real segmentation task; reports per-structure IoU and Dice on the held-out split and the per-epoch curve."""
+    from doll.errors import DollError
     from doll.tasks.finetune import finetune as run
 
+    if pseudo and boosted:
+        raise DollError("--pseudo and --boosted are two ways to train the student; choose one")
     result = run(task=task, dataset=dataset, root=str(root), init=init, out=str(out), mode=mode,
                  label_fraction=label_fraction, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs,
                  batch_size=batch_size, lr=lr, seeds=seeds, accumulate=accumulate, strict=strict, summarizer=summarizer,

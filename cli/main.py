@@ -84,10 +84,35 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+RESUMABLE = ("train-classifiers", "explain", "pretrain", "finetune")  # the commands with --resume
+
+
+def _interrupted(argv: list[str]) -> str:
+    command = next((a for a in argv if not a.startswith("-")), "")
+    if command in RESUMABLE:
+        return "interrupted; rerun with --resume to continue where it stopped"
+    return "interrupted"
+
+
+PATH_FLAGS = ("--out", "--root", "--labels", "--classifiers", "--model", "--init", "--lung-model")
+
+
+def _empty_path_flag(argv: list[str]) -> str | None:
+    """An empty path (``--out ""``) would mean the current folder: refuse it."""
+    for i, a in enumerate(argv):
+        flag, eq, value = a.partition("=")
+        if flag in PATH_FLAGS and ((eq and not value.strip()) or (not eq and i + 1 < len(argv) and not argv[i + 1].strip())):
+            return flag
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DOLL_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
+    empty = _empty_path_flag(argv)
+    if empty:
+        _fail(f"{empty} is empty; name a file or folder", 2)
     _register()
     try:
         code = app(args=argv, prog_name="doll", standalone_mode=False)
@@ -96,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail(str(exc).splitlines()[0], 2)
     except KeyboardInterrupt:
-        _fail("interrupted; rerun with --resume to continue where it stopped", 130)
+        _fail(_interrupted(argv), 130)
     except Exception as exc:  # noqa: BLE001 - click's exceptions (vendored by newer typer), then the rest
         kinds = {c.__name__ for c in type(exc).__mro__}
         if "NoArgsIsHelpError" in kinds:  # `doll` or `doll data` alone: the help was shown
@@ -108,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         if "Exit" in kinds:
             sys.exit(getattr(exc, "exit_code", 0))
         if "Abort" in kinds:
-            _fail("interrupted; rerun with --resume to continue where it stopped", 130)
+            _fail(_interrupted(argv), 130)
         if debug:
             raise
         if "OutOfMemoryError" in kinds or "out of memory" in str(exc).lower():
@@ -120,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     # Outside standalone mode, typer (0.29 here) returns the code of a `typer.Exit`
     # instead of raising it, and turns Ctrl-C into Exit(130): pass them on as exit codes.
     if code == 130:
-        _fail("interrupted; rerun with --resume to continue where it stopped", 130)
+        _fail(_interrupted(argv), 130)
     if isinstance(code, int) and not isinstance(code, bool) and code:
         sys.exit(code)
 

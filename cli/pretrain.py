@@ -21,8 +21,8 @@ def pretrain(
     aux: bool = typer.Option(False, "--aux", help="Also train an auxiliary classification head on the encoder with the image labels."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Fraction of the file's rows (seeded, random) held out for validation."),
     accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
-    patience: int = typer.Option(0, "--patience", help="Stop early after this many epochs without a better validation score (0: never)."),
-    num_workers: int = typer.Option(0, "--num-workers", help="Data loader worker processes."),
+    patience: int = typer.Option(0, "--patience", min=0, help="Stop early after this many epochs without a better validation score (0: never)."),
+    num_workers: int = typer.Option(0, "--num-workers", min=0, help="Data loader worker processes."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
 ):
     """Stage 3: pretrain a whole PSPNet (encoder and decoder) on DoLL pseudo labels."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from doll.classify.train import train_classifiers
 from doll.data.phantom import make_phantoms
@@ -17,7 +18,7 @@ from doll.labels.evaluate import evaluate_labels
 from doll.pretrain.train import pretrain
 from doll.report.html import write_report
 from doll.tasks.finetune import finetune
-from doll.utils import prepare_out_dir, write_json
+from doll.utils import prepare_out_dir, read_json, write_json
 
 
 @dataclass
@@ -43,7 +44,9 @@ def demo(out: str = "artifacts/demo", quick: bool = False, seed: int = 0, device
          overwrite: bool = True, progress: bool = True) -> dict:
     plan = QUICK if quick else FULL
     t0 = time.time()
-    out_dir = prepare_out_dir(out, overwrite=overwrite, marker="report.json")
+    config = Path(out) / "config.json"  # an earlier demo, finished (report.json) or stopped part-way
+    started = config.is_file() and read_json(config).get("command") == "demo"
+    out_dir = prepare_out_dir(out, overwrite=overwrite, marker="config.json" if started else "report.json")
     write_json(out_dir / "config.json", {"command": "demo", "quick": quick, "seed": seed, "device": device,
                                           "plan": plan.__dict__})
     timings = {}

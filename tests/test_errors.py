@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from conftest import cli_exit
 
+from doll.errors import DollError
+
 
 def expect_error(capsys, fragment: str, *args) -> str:
     code, err = cli_exit(capsys, *args)
@@ -276,6 +278,9 @@ def test_data_check_exit_codes_and_ctrl_c(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr("doll.data.check.check_dataset", interrupted)
     code, err = cli_exit(capsys, "data", "check", "--dataset", "phantom", "--root", tmp_path / "ph", "--quiet")
+    assert code == 130 and err.strip().endswith("error: interrupted")  # data check has no --resume
+    monkeypatch.setattr("doll.classify.train.train_classifiers", interrupted)
+    code, err = cli_exit(capsys, "train-classifiers", "--dataset", "phantom", "--root", tmp_path / "ph", "--quiet")
     assert code == 130 and "error: interrupted; rerun with --resume" in err
 
 
@@ -305,3 +310,39 @@ def test_version_and_bare_doll(capsys):
     from doll_cli.main import app
 
     assert sorted(g.name for g in app.registered_groups) == ["data", "labels"]
+
+
+def test_paths_options_and_reruns_caught_before_anything_is_written(capsys, pipeline, tmp_path, monkeypatch):
+    labels = pipeline["labels"]
+    expect_error(capsys, "--out is empty", "labels", "export", labels, "--out", "")
+    (tmp_path / "afile").write_text("x")
+    expect_error(capsys, "is a file; name a folder to export into", "labels", "export", labels, "--out", tmp_path / "afile")
+    (tmp_path / "dir.h5").mkdir()
+    expect_error(capsys, "is a folder; name the .h5 file", "explain", "--classifiers", pipeline["classifiers"],
+                 "--root", pipeline["phantom"], "--out", tmp_path / "dir.h5", "--overwrite")
+    (tmp_path / "dir.png").mkdir()
+    expect_error(capsys, "is a folder; name a file to write", "show", "--labels", labels, "--out", tmp_path / "dir.png")
+    expect_error(capsys, "unknown class(es) Bogus", "show", "--labels", labels, "--out", tmp_path / "s.png",
+                 "--classes", "Bogus")
+    expect_error(capsys, "--lr must be positive", "train-classifiers", "--root", pipeline["phantom"], "--out",
+                 tmp_path / "c", "--lr", "-1")
+    expect_error(capsys, "Invalid value for '--smooth'", "explain", "--classifiers", pipeline["classifiers"],
+                 "--root", pipeline["phantom"], "--out", tmp_path / "l.h5", "--smooth", "-1")
+    anatomy = ["--task", "jsrt", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy", "--out", tmp_path / "ft"]
+    expect_error(capsys, "--summarizer applies to --task seg4cls only, not --task jsrt", "finetune", *anatomy,
+                 "--summarizer", "rule")
+    expect_error(capsys, "choose one", "finetune", *anatomy, "--pseudo", "--boosted")
+    expect_error(capsys, "unknown --encoder 'bogus'", "finetune", *anatomy, "--encoder", "bogus")
+    assert not (tmp_path / "ft").exists()  # nothing written: the corrected run starts without --overwrite
+    expect_error(capsys, "holds another command's metrics", "evaluate-labels", "--labels", labels, "--out",
+                 pipeline["classifiers"])
+    # a demo stopped part-way can be run again
+    import doll.demo
+
+    def stop(*args, **kwargs):
+        raise DollError("stopped")
+
+    monkeypatch.setattr(doll.demo, "make_phantoms", stop)
+    for _ in range(2):
+        with pytest.raises(DollError, match="stopped"):
+            doll.demo.demo(out=str(tmp_path / "demo"), quick=True, progress=False)

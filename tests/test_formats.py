@@ -129,7 +129,7 @@ def test_nih_errors(tmp_path):
         open_dataset("nih", tmp_path).items()
     with pytest.raises(DollError, match="unknown split 'val'"):
         open_dataset("nih", tmp_path).items("val")
-    with pytest.raises(DollError, match="valid_fraction"):
+    with pytest.raises(DollError, match="--valid-fraction"):
         open_dataset("nih", tmp_path, valid_fraction=1.5)
 
 
@@ -484,7 +484,7 @@ def test_chexpert_renamed_root_bom_and_valid_fraction(tmp_path):
     for option in ("valid_fraction", "valid_from_train"):
         ds = open_dataset("chexpert", root, **{option: 0.5, "seed": 3})
         assert len(ds.items("valid")) == 2 and len(ds.items("train")) == 2
-    with pytest.raises(DollError, match="valid_fraction=1.0 for chexpert is out of range"):
+    with pytest.raises(DollError, match="--valid-fraction=1.0 for chexpert is out of range"):
         open_dataset("chexpert", root, valid_fraction=1.0).items()
 
 

@@ -101,7 +101,7 @@ def member_hides(hide: float | str, members: int) -> list[float]:
 def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> dict:
     """Train ``members`` classifiers; returns (and writes to ``out/metrics.json``) their metrics."""
     s = settings or ClassifierSettings(**kwargs)
-    check_positive(members=s.members, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size)
+    check_positive(members=s.members, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size, lr=s.lr)
     hides = member_hides(s.hide, s.members)
     archs = member_archs(s.arch, s.members)
     if s.lung_model:

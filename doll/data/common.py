@@ -15,15 +15,19 @@ SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation
 
 
 # --------------------------------------------------------------------------- helpers
+CLI_FLAGS = {"valid_fraction": "--valid-fraction"}  # format options that a command line flag sets
+
+
 def read_fraction(fmt: DatasetFormat, option: str, default: float = 0.0) -> float:
     """A fraction option in [0, 1)."""
     value = fmt.options.get(option, default)
+    name = CLI_FLAGS.get(option, f"option {option}")
     try:
         value = float(value if value is not None else default)
     except (TypeError, ValueError):
-        raise DollError(f"option {option}={value!r} for {fmt.name} is not a number; give a fraction such as 0.1") from None
+        raise DollError(f"{name}={value!r} for {fmt.name} is not a number; give a fraction such as 0.1") from None
     if not 0.0 <= value < 1.0 or math.isnan(value):
-        raise DollError(f"option {option}={value} for {fmt.name} is out of range; give a fraction in [0, 1)")
+        raise DollError(f"{name}={value} for {fmt.name} is out of range; give a fraction in [0, 1)")
     return value
 
 

@@ -60,7 +60,7 @@ class CovidQU(DatasetFormat):
             if not self.base.is_dir():
                 raise DollError(
                     f"folder '{SUBSETS[self.subset]}/' not found in {self.root}; pass the COVID-QU-Ex folder that "
-                    "holds it as --root, or choose the other subset with the option subset"
+                    "holds it as --root, or the subset folder itself (e.g. 'Lung Segmentation Data/')"
                 )
         self.structures = ["infection", "lungs"] if self.subset == "infection" else ["lungs"]
 

@@ -148,6 +148,10 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     out = Path(s.out)
     if out.suffix not in (".h5", ".hdf5"):
         raise DollError(f"--out {out} should be a .h5 file")
+    if out.is_dir():  # found now, not after hours of explaining
+        raise DollError(f"--out {out} is a folder; name the .h5 file to write")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise DollError(f"--out {out}: {out.parent} is a file, not a folder")
     if out.exists() and not s.overwrite:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
     t0 = time.time()

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from doll.errors import DollError
-from doll.explain.distill import apply_rule
+from doll.explain.distill import apply_rule, check_rule
 from doll.labels.store import Blocks, LabelFile, stored_rows, write_label_file
 from doll.utils import atomic_path, write_json
 
@@ -109,10 +109,14 @@ def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress
     if fmt != "png":
         raise DollError(f"unknown --format {fmt!r}; only png is supported")
     out_dir = Path(out)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    if not str(out).strip():
+        raise DollError("--out is empty; name the folder to export into")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DollError(f"--out {out_dir} is a file; name a folder to export into")
     count = 0
     with LabelFile(path) as lf:
-        classes, rule, paths = lf.classes, label_rule or lf.label_rule, lf.paths()
+        classes, rule, paths = lf.classes, check_rule(label_rule or lf.label_rule), lf.paths()
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
         targets, labels, probs = lf["targets"][:], lf["labels"][:], lf["probs"][:]
         for i in tqdm(range(len(lf)), desc="exporting", disable=not progress, leave=False):
             if not lf.done[i]:
@@ -166,7 +170,8 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
     if Path(out).exists() and not overwrite:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
     if not Path(model).is_dir():
-        raise DollError(f"--model {model} does not exist; pass the --out folder of `doll pretrain`")
+        what = "is a file, not a folder" if Path(model).exists() else "does not exist"
+        raise DollError(f"--model {model} {what}; pass the --out folder of `doll pretrain`")
     cfg = read_config(model, kind="segmenter")["doll"]
     dev = resolve_device(device)
     with LabelFile(path) as lf:

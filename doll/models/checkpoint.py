@@ -35,7 +35,8 @@ def save_model(folder: str | Path, model: torch.nn.Module, doll_config: dict, ex
 def read_config(folder: str | Path, kind: str | None = None) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
-        raise DollError(f"checkpoint folder {folder} does not exist; point --init/--classifiers at a doll output folder")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DollError(f"checkpoint folder {folder} {what}; point --init/--classifiers at a doll output folder")
     if not (folder / MODEL_FILE).exists():
         pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if pickles:

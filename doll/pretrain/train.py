@@ -116,7 +116,7 @@ def pretrain_targets(lf: LabelFile, rule: str, soft: bool):
 
 def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     s = settings or PretrainSettings(**kwargs)
-    check_positive(epochs=s.epochs, batch_size=s.batch_size)
+    check_positive(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr)
     dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     if not 0 <= s.val_fraction < 1:
         raise DollError(f"--val-fraction must be in [0, 1), got {s.val_fraction}")

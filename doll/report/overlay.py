@@ -54,6 +54,9 @@ def show_labels(labels: str, index: int, out: str, classes: str = "", label_rule
             raise DollError(f"--index {index} is outside the file's {len(lf)} rows")
         names = lf.classes
         wanted = [c.strip() for c in classes.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in names]
+        if unknown:
+            raise DollError(f"--classes names unknown class(es) {', '.join(unknown)}; known: {', '.join(names)}")
         ks = [names.index(c) for c in wanted if c in names] if wanted else np.flatnonzero(lf["targets"][index]).tolist()
         image = lf["images"][index]
         sal = lf["saliency"][index]

@@ -27,9 +27,15 @@ from doll.data import JSRT_STRUCTURES, load_arrays, open_dataset
 from doll.data.common import hold_out
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
-from doll.models.adapters import set_mode
+from doll.models.adapters import MODES, set_mode
 from doll.models.checkpoint import load_into, read_config, read_safetensors
-from doll.models.segmenter import build_pspnet, drop_aux_head, replace_head, smp_config
+from doll.models.segmenter import (
+    ENCODERS,
+    build_pspnet,
+    drop_aux_head,
+    replace_head,
+    smp_config,
+)
 from doll.pretrain.train import SegmentationTask
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
@@ -210,8 +216,28 @@ def _one_seed(s: FinetuneSettings, names, train, test, size: int, out: Path) -> 
                                 for r in hist["history"]]}
 
 
+# options that only one task reads: (default, tasks, the flag)
+TASK_ONLY_OPTIONS = {"summarizer": ("all", ("seg4cls",), "--summarizer"),
+                     "pseudo": ("none", ("seg4cls",), "--pseudo / --boosted"),
+                     "baselines": (True, ("seg4cls",), "--no-baselines"),
+                     "pooling": ("max,amp-mlp", ("mixed",), "--pooling")}
+
+
+def check_settings(s: FinetuneSettings) -> None:
+    """Refuse, before anything is written, options this task would ignore and unknown
+    --mode / --encoder (a bad one used to leave a config.json that blocked the next run)."""
+    for name, (default, tasks, flag) in TASK_ONLY_OPTIONS.items():
+        if getattr(s, name) != default and s.task not in tasks:
+            raise DollError(f"{flag} applies to --task {' / '.join(tasks)} only, not --task {s.task}")
+    if s.mode not in MODES:
+        raise DollError(f"unknown --mode {s.mode!r}; choose one of {', '.join(MODES)}")
+    if (s.init == "random" or s.init.startswith("imagenet:")) and s.encoder not in ENCODERS:
+        raise DollError(f"unknown --encoder {s.encoder!r}; choose one of {', '.join(ENCODERS)}")
+
+
 def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
     s = settings or FinetuneSettings(**kwargs)
+    check_settings(s)
     if s.task == "seg4cls":
         from doll.tasks.seg4cls import seg4cls
 
@@ -223,7 +249,7 @@ def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
     if s.task not in TASKS:
         raise DollError(f"unknown --task {s.task!r}; choose one of {', '.join(TASKS)}")
     check_fraction(s.label_fraction)
-    check_positive(epochs=s.epochs, batch_size=s.batch_size, seeds=s.seeds)
+    check_positive(epochs=s.epochs, batch_size=s.batch_size, seeds=s.seeds, lr=s.lr)
     dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     if s.init not in ("random",) and not s.init.startswith("imagenet:"):
         init_size = read_config(s.init, kind="segmenter")["doll"].get("image_size")

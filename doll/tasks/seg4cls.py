@@ -516,7 +516,7 @@ def choices(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
 def check_single_seed_run(s: FinetuneSettings) -> None:
     """The checks every single-seed task (seg4cls, mixed) makes before loading data."""
     check_fraction(s.label_fraction)
-    check_positive(epochs=s.epochs, batch_size=s.batch_size)
+    check_positive(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr)
     resolve_device(s.device)
     if s.seeds != 1:
         raise DollError(f"--task {s.task} runs one seed; use --seed N and repeat the command for more")

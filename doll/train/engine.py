@@ -126,7 +126,7 @@ def predict_all(model, task, dataset, batch_size: int, device: torch.device, num
 class Engine:
     def __init__(self, model: torch.nn.Module, task, settings: EngineSettings, out: str | Path,
                  checkpoint_config: dict, extra_config: dict | None = None):
-        check_positive(epochs=settings.epochs, batch_size=settings.batch_size, accumulate=settings.accumulate)
+        check_positive(epochs=settings.epochs, batch_size=settings.batch_size, accumulate=settings.accumulate, lr=settings.lr)
         self.s = settings
         self.task = task
         self.out = Path(out)
