@@ -201,3 +201,47 @@ def test_pretrain_with_auxiliary_head_then_finetune(pipeline, tmp_path):
         "--init", pre, "--epochs", 1, "--out", tmp_path / "ft")
     out = smp.from_pretrained(str(tmp_path / "ft" / "model")).eval()(torch.zeros(1, 1, SIZE, SIZE))
     assert out.shape == (1, 5, SIZE, SIZE)  # the auxiliary head is dropped for fine-tuning
+
+
+def test_refine_with_a_model_pretrained_with_aux_head(pipeline, tmp_path):
+    pre = tmp_path / "pre_aux"
+    cli("pretrain", "--labels", pipeline["labels"], "--out", pre, "--encoder", "resnet18", "--epochs", 1,
+        "--batch-size", 8, "--aux", "--quiet")
+    cli("labels", "refine", pipeline["labels"], "--model", pre, "--out", tmp_path / "r.h5")
+    import h5py
+
+    with h5py.File(pipeline["labels"], "r") as a, h5py.File(tmp_path / "r.h5", "r") as b:
+        assert b["saliency"].shape == a["saliency"].shape and b["done"][:].all()
+        assert np.array_equal(b["targets"][:], a["targets"][:])
+
+
+def test_pretrain_targets_keep_absent_classes_empty_even_when_explained(tmp_path):
+    from doll.labels import store
+    from doll.pretrain.train import pretrain_targets
+
+    rng = np.random.default_rng(0)
+    n = 4
+    rows = {"saliency": rng.integers(1, 256, (n, 2, 8, 8), dtype=np.uint8), "images": np.zeros((n, 8, 8), np.uint8),
+            "targets": np.ones((n, 2), bool),  # --targets all: every class explained on every image
+            "labels": np.array([[1, 0], [0, 1], [np.nan, -1], [0, 0]], np.float32),
+            "probs": np.full((n, 2), 0.5, np.float32), "done": np.ones(n, bool), "paths": [str(i) for i in range(n)]}
+    store.write_label_file(tmp_path / "l.h5", rows, {"classes": ["a", "b"], "method": "ig", "settings": {},
+                                                     "label_rule": "otsu", "image_size": 8, "dataset": "phantom"})
+    with store.LabelFile(tmp_path / "l.h5") as lf:
+        masks, valid, names, labels = pretrain_targets(lf, "otsu", soft=False)
+    absent = labels == 0
+    assert names == ["a", "b"] and (valid == 1).all()
+    assert not masks[absent].any() and masks[~absent].any(axis=(-2, -1)).all()
+
+
+def test_augmentation_moves_masks_with_their_image():
+    import cv2
+
+    from doll.data.dataset import augment
+
+    img = np.zeros((64, 64), np.uint8)
+    img[20:44, :6] = 255  # a structure touching the left edge: shifts and zooms mirror it into view
+    for seed in range(40):
+        out, m = augment(img, (img > 0).astype(np.uint8)[None], np.random.default_rng(seed))
+        inside = cv2.erode((out > 127).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # away from blurred edges
+        assert not (inside & (m[0] == 0)).any(), seed  # every bright pixel is labelled, mirrored copies too

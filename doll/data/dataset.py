@@ -56,7 +56,8 @@ def augment(img: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator,
     if masks is not None:
         if masks.dtype == np.float16:  # OpenCV does not warp float16
             masks = masks.astype(np.float32)
-        masks = np.stack([cv2.warpAffine(k, m, (s, s), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+        # the same border as the image's: a structure mirrored into view is labelled where it shows
+        masks = np.stack([cv2.warpAffine(k, m, (s, s), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)
                           for k in masks])
     return out, masks
 

@@ -14,7 +14,9 @@ Datasets (N images, C classes, H x W pixels):
 
 Attributes: ``format`` = "doll-labels", ``format_version`` = 1, ``classes`` (JSON list),
 ``method``, ``settings`` (JSON), ``label_rule``, ``classifiers`` (JSON: folder, arch,
-sha256 of each member's weights), ``image_size``, ``dataset``, ``tool_version``.
+sha256 of each member's weights), ``image_size``, ``dataset``, ``root`` and ``split``
+(where the images were read; ``split`` "" = all splits, e.g. after a merge of several),
+``tool_version``.
 
 While a run is in progress, finished blocks of rows live as atomically written
 compressed ``.npz`` files in ``<file>.parts/`` (the saliency of the explained classes
@@ -23,7 +25,8 @@ final file is assembled from them (and renamed into place) at the end, so a kill
 never leaves a half-written ``.h5`` behind. The final file is written block by block, so
 memory stays bounded by a block, not by the data set (CheXpert at 224 px: 191k x 14 x
 224 x 224 bytes of saliency would be 134 GB). Several processes (torchrun) write blocks
-into the same parts folder; ``doll labels merge`` joins shards made on separate machines.
+into the same parts folder (which must be on a file system they all share); ``doll labels
+merge`` joins files explained the same way on separate machines.
 """
 from __future__ import annotations
 

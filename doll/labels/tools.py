@@ -158,7 +158,7 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         lung_model_config,
         predict_lung_fields,
     )
-    from doll.models.segmenter import build_pspnet
+    from doll.models.segmenter import build_pspnet, drop_aux_head
     from doll.utils import check_positive, resolve_device
 
     t0 = time.time()
@@ -181,9 +181,9 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
             raise DollError(f"--model {model} was not pretrained on labels with the classes of {path} "
                             f"({', '.join(classes)}); pass a `doll pretrain` folder made from this kind of file")
         index = [classes.index(c) for c in own]  # the file's channel of each model output
-        net = build_pspnet(cfg["encoder"], len(own))
+        net = build_pspnet(cfg["encoder"], len(own), aux=bool(cfg.get("aux")))
         load_into(net, model)
-        net = net.to(dev).eval()
+        net = drop_aux_head(net).to(dev).eval()  # pretrained with --aux: segment only
         field_model, own_margin = lf.saliency_field()
         field_model = str(lung_model) if lung_model else field_model
         if field_margin is None:

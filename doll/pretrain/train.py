@@ -111,6 +111,7 @@ def pretrain_targets(lf: LabelFile, rule: str, soft: bool):
             sal = lf["saliency"][i][used[ks]]
             masks[i, ks] = sal / 255.0 if soft else apply_rule(sal, rule)
             valid[i, ks] = 1.0
+    masks[labels == 0] = 0  # the image label wins over a map of a class it says is absent (--targets all|predicted)
     return masks, valid, names, labels
 
 
