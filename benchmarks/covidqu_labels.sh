@@ -20,14 +20,17 @@ set -uo pipefail
 : "${D:?set D to the COVID-QU-Ex folder}"
 SIZE=${SIZE:-128}; EPOCHS=${EPOCHS:-5}; LEPOCHS=${LEPOCHS:-12}; MEMBERS=${MEMBERS:-4}; HIDE=${HIDE:-0.5,0}; LFRAC=${LFRAC:-1.0}; REFINE=${REFINE:-1}; NW=${NW:-$(nproc)}; W=${W:-/tmp/q}
 O=${OUT:-$W}; mkdir -p $W $O
+: > $O/quality.txt   # this run's lines only
 R="--dataset covidqu --root $D"
 t0=$(date +%s)
-doll finetune --task lung $R --init random --encoder resnet18 --image-size $SIZE --label-fraction $LFRAC --epochs $LEPOCHS --batch-size 16 --num-workers $NW --out $W/lung --quiet --overwrite | tail -3
+doll finetune --task lung $R --init random --encoder resnet18 --image-size $SIZE --label-fraction $LFRAC --epochs $LEPOCHS --batch-size 16 --num-workers $NW --out $W/lung --quiet --overwrite | tail -3 || { echo "lung model failed" >&2; exit 1; }
 echo "lung model: $(( $(date +%s) - t0 )) s"
-doll train-classifiers $R --image-size $SIZE --members $MEMBERS --hide $HIDE --epochs $EPOCHS --num-workers $NW --lung-model $W/lung/model --out $W/cls --quiet --overwrite | tail -4
+doll train-classifiers $R --image-size $SIZE --members $MEMBERS --hide $HIDE --epochs $EPOCHS --num-workers $NW --lung-model $W/lung/model --out $W/cls --quiet --overwrite | tail -4 || { echo "classifiers failed" >&2; exit 1; }
 echo "classifiers: $(( $(date +%s) - t0 )) s"
 E="--classifiers $W/cls $R --split valid --classes COVID-19 --steps 16 --quiet --overwrite"
-run() { name=$1; shift; doll explain $E --out $W/$name.h5 "$@" > /dev/null && doll evaluate-labels --labels $W/$name.h5 --json --quiet > $W/$name.eval.json
+run() { name=$1; shift; rm -f $W/$name.eval.json   # a failed step must not report an earlier run's figures
+  if ! { doll explain $E --out $W/$name.h5 "$@" > /dev/null && doll evaluate-labels --labels $W/$name.h5 --json --quiet > $W/$name.eval.json; }; then
+    echo "$name FAILED" | tee -a $O/quality.txt; return; fi
   python3 -c "import json,sys;r=json.load(open('$W/$name.eval.json'));f=lambda d:' '.join(f'{k}={d[k]:.3f}' for k in ('iou','topk_iou','pointing','ap'));print('$name', f(r['mean']), '| field_prior', f(r['field_prior']) if r.get('field_prior') else '', '| s/img', json.load(open('$W/$name.h5.metrics.json'))['seconds_per_image'])" | tee -a $O/quality.txt; }
 run ig
 run ig_raw --smooth 0
@@ -42,8 +45,9 @@ if [ "$REFINE" = 1 ]; then   # one self-training round (README: `doll labels ref
   doll explain --classifiers $W/cls $R --split train --classes COVID-19 --steps 8 --smooth 0.1 --evidence abnormal \
     --field-margin 0 --out $W/train.h5 --quiet --overwrite > /dev/null
   doll pretrain --labels $W/train.h5 --encoder resnet18 --epochs 8 --soft --out $W/pre --quiet --overwrite | tail -1
-  doll labels refine $W/abnormal_s10_m0.h5 --model $W/pre --out $W/refined.h5 --quiet --overwrite > /dev/null
-  doll evaluate-labels --labels $W/refined.h5 --json --quiet > $W/refined.eval.json
+  rm -f $W/refined.eval.json
+  doll labels refine $W/abnormal_s10_m0.h5 --model $W/pre --out $W/refined.h5 --quiet --overwrite > /dev/null &&
+  doll evaluate-labels --labels $W/refined.h5 --json --quiet > $W/refined.eval.json &&
   python3 -c "import json;r=json.load(open('$W/refined.eval.json'));f=lambda d:' '.join(f'{k}={d[k]:.3f}' for k in ('iou','topk_iou','pointing','ap'));print('refined', f(r['mean']))" | tee -a $O/quality.txt
 fi
 cp $W/cls/metrics.json $O/cls_metrics.json 2>/dev/null

@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from doll._api import make_callable
 from doll.classify.train import train_classifiers
 from doll.data.phantom import make_phantoms
+from doll.errors import DollError
 from doll.explain.run import explain
 from doll.labels.evaluate import evaluate_labels
 from doll.pretrain.train import pretrain
@@ -45,8 +47,10 @@ def demo(out: str = "artifacts/demo", quick: bool = False, seed: int = 0, device
     plan = QUICK if quick else FULL
     t0 = time.time()
     config = Path(out) / "config.json"  # an earlier demo, finished (report.json) or stopped part-way
-    started = config.is_file() and read_json(config).get("command") == "demo"
-    out_dir = prepare_out_dir(out, overwrite=overwrite, marker="config.json" if started else "report.json")
+    earlier_demo = (config.is_file() and read_json(config).get("command") == "demo") or (Path(out) / "report.json").is_file()
+    if Path(out).is_dir() and any(Path(out).iterdir()) and not earlier_demo:
+        raise DollError(f"--out {out} holds something other than an earlier demo; choose another folder")
+    out_dir = prepare_out_dir(out, overwrite=overwrite, marker="config.json")
     write_json(out_dir / "config.json", {"command": "demo", "quick": quick, "seed": seed, "device": device,
                                           "plan": plan.__dict__})
     timings = {}
@@ -103,3 +107,6 @@ def demo(out: str = "artifacts/demo", quick: bool = False, seed: int = 0, device
     write_json(out_dir / "metrics.json", report)
     print(f"== done in {report['seconds']} s: {verdict}; report: {out_dir / 'report.html'}")
     return report
+
+
+make_callable(__name__, "doll.demo:demo")  # `doll.demo(...)` works once this module is imported too

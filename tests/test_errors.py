@@ -346,3 +346,18 @@ def test_paths_options_and_reruns_caught_before_anything_is_written(capsys, pipe
     for _ in range(2):
         with pytest.raises(DollError, match="stopped"):
             doll.demo.demo(out=str(tmp_path / "demo"), quick=True, progress=False)
+    # ... but never replaces another run
+    with pytest.raises(DollError, match="holds something other than an earlier demo"):
+        doll.demo.demo(out=str(pipeline["classifiers"]), quick=True, progress=False)
+    assert (pipeline["classifiers"] / "metrics.json").is_file()
+
+
+def test_python_api_names_stay_callable_after_their_subpackages_are_imported():
+    import doll
+    import doll.explain.run  # binds the name doll.explain to the subpackage
+    import doll.pretrain.train  # noqa: F401
+
+    for name in ("explain", "pretrain", "demo", "train_classifiers", "finetune"):
+        assert callable(getattr(doll, name)), name
+    with pytest.raises(DollError, match="--classifiers /nowhere does not exist"):
+        doll.explain(classifiers="/nowhere", out="/tmp/x.h5")

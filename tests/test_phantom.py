@@ -177,6 +177,11 @@ def test_ground_truth_matches_files(dataset):
     tubes = {r["Path"] for r in gt if r["chest_tube"] == "1"}
     ptx = {r["Path"] for r in gt if r["finding"] == "Pneumothorax"}
     assert len(tubes & ptx) > 0
+    per_image = _rows(out / "findings" / "chest_tubes.csv")  # every image, with or without a finding
+    n_images = len(_rows(out / CHEXPERT_DIRNAME / "train.csv")) + len(_rows(out / CHEXPERT_DIRNAME / "valid.csv"))
+    assert len(per_image) == n_images
+    assert sum(r["chest_tube"] == "1" for r in per_image) == sum(summary["chest_tubes"].values())
+    assert tubes <= {r["Path"] for r in per_image if r["chest_tube"] == "1"}
 
 
 def test_no_finding_column(dataset):

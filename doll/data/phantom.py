@@ -605,7 +605,8 @@ def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, unce
     Layout: ``phantom.json`` (written last: a folder without it is an incomplete
     run), ``CheXpert-v1.0-phantom/{train,valid}.csv`` + JPEG images,
     ``findings/masks/<finding>/<split>/<patient>/<study>/view1_frontal.png``,
-    ``findings/ground_truth.csv`` and ``anatomy/{images,masks/<structure>}/JPC*.png``.
+    ``findings/ground_truth.csv`` (a row per drawn finding), ``findings/chest_tubes.csv``
+    (a row per image) and ``anatomy/{images,masks/<structure>}/JPC*.png``.
     Existing ``CheXpert-v1.0-phantom``, ``findings`` and ``anatomy`` folders under
     ``out`` are replaced.
     """
@@ -666,7 +667,7 @@ def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, unce
     bar = tqdm(total=n + n_anatomy, desc="phantoms", unit="img", disable=not progress) if tqdm else None
 
     rows = {"train": [], "valid": []}
-    gt_rows = []
+    gt_rows, tube_rows = [], []
     counts = {sp: {f: 0 for f in FINDINGS} for sp in ("train", "valid")}
     n_img = {"train": 0, "valid": 0}
     no_finding = {"train": 0, "valid": 0}
@@ -685,6 +686,7 @@ def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, unce
         rel = f"{split}/patient{p:05d}/study{s}/view1_frontal.jpg"
         path = f"{CHEXPERT_DIRNAME}/{rel}"
         img, _, fm, meta = render_case(np.random.default_rng(child[idx]), size, drawn, chest_tube=tube)
+        tube_rows.append([path, int(tube)])
         _write_bytes(cx_root / rel, _jpg(img))
         for f, m in fm.items():
             _write_bytes(out / "findings" / "masks" / f / Path(rel).with_suffix(".png"), _png(m * 255))
@@ -719,6 +721,7 @@ def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, unce
     _write_csv(cx_root / "train.csv", CSV_HEADER, rows["train"])
     _write_csv(cx_root / "valid.csv", CSV_HEADER, rows["valid"])
     _write_csv(out / "findings" / "ground_truth.csv", GT_HEADER, gt_rows)
+    _write_csv(out / "findings" / "chest_tubes.csv", ["Path", "chest_tube"], tube_rows)  # every image, findings or not
 
     # -- anatomy set (JSRT/SCR-like names)
     arng = np.random.default_rng(anat_ss)

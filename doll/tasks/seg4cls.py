@@ -444,8 +444,12 @@ def segmenter_iou(prob: np.ndarray, test, names: list[str]) -> dict:
 
 
 def chest_tubes(root: str, ids: list[str]) -> np.ndarray | None:
-    """(N,) bool chest tube per test image from the phantom's ground truth, or None."""
-    path = Path(root) / "findings" / "ground_truth.csv"
+    """(N,) bool chest tube per test image from the phantom's ground truth, or None.
+    ``chest_tubes.csv`` lists every image; older phantoms only have ``ground_truth.csv``,
+    whose rows are per finding (an image with a tube and no finding is missing there)."""
+    path = Path(root) / "findings" / "chest_tubes.csv"
+    if not path.is_file():
+        path = Path(root) / "findings" / "ground_truth.csv"
     if not path.is_file():
         return None
     tube: dict[str, bool] = {}
