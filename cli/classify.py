@@ -21,7 +21,7 @@ def train_classifiers(
     uncertain: str = typer.Option("ignore", "--uncertain", help="Uncertain (-1) labels: ignore (left out of the loss), zeros, ones or lsr."),
     blank: str = typer.Option("ignore", "--blank", help="Blank (not mentioned) labels: ignore or zeros."),
     views: str = typer.Option("frontal", "--views", help="CheXpert views: frontal, lateral or all."),
-    valid_fraction: float = typer.Option(0.0, "--valid-fraction", help="Carve this fraction of patients from train as validation (0: use the data set's own validation split)."),
+    valid_fraction: float = typer.Option(0.0, "--valid-fraction", help="Carve this fraction of patients from train as validation (0: the data set's own validation split, or 10 % of the train patients when it has none)."),
     accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
     patience: int = typer.Option(0, "--patience", min=0, help="Stop early after this many epochs without a better validation score (0: never)."),
     lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder (its model/ subfolder): the classifiers see only the lung field it predicts, so they cannot learn shortcuts outside it; `doll explain` masks their inputs the same way."),

@@ -40,7 +40,7 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     quiet: bool = QUIET,
 ):
-    """Validate a data set in place: counts per split, label statistics, masks, missing and unreadable files. Exits 1 when problems are found."""
+    """Validate a data set in place: counts per split, label statistics, masks, missing and unreadable files. Exits 2 (bad input) when problems are found."""
     from doll.data.check import check_dataset, format_report
 
     report = check_dataset(dataset, str(root), decode=decode, progress=not quiet)
@@ -49,4 +49,7 @@ def check(
     else:
         typer.echo(format_report(report))
     if not report["ok"]:
-        raise typer.Exit(1)
+        from doll.errors import DollError
+
+        raise DollError(f"{dataset} at {root}: {report.get('missing_files', 0)} missing and {report.get('unreadable', 0)} "
+                        "unreadable files (listed above); fix or remove them")

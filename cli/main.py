@@ -117,8 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="doll", standalone_mode=False)
     except DollError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, and still the exit code of bad input
+            import traceback
+
+            traceback.print_exc()
         _fail(str(exc).splitlines()[0], 2)
     except KeyboardInterrupt:
         _fail(_interrupted(argv), 130)

@@ -111,6 +111,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise DollError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
+def resolve_paths(settings, *fields: str) -> None:
+    """Make the named path settings absolute (in place), so that config.json records where
+    the inputs were and ``--resume`` from another folder, or with a path typed differently,
+    sees the same settings. ``random`` and ``imagenet:`` prefixes of ``--init`` are kept."""
+    for name in fields:
+        value = getattr(settings, name)
+        if not isinstance(value, str) or not value.strip() or value == "random":
+            continue
+        prefix = "imagenet:" if value.startswith("imagenet:") else ""
+        setattr(settings, name, prefix + str(Path(value[len(prefix):]).expanduser().resolve()))
+
+
 # settings that do not change what a run computes: --resume may change them
 RUN_ONLY_SETTINGS = ("out", "resume", "overwrite", "progress", "device", "num_workers")
 

@@ -168,6 +168,18 @@ def test_output_holding_another_run(capsys, pipeline):
                  "--epochs", 3, "--image-size", SIZE, "--batch-size", 16, "--resume")
     expect_error(capsys, "--resume with different settings (epochs)", "pretrain", "--labels", pipeline["labels"],
                  "--out", pipeline["pretrain"], "--encoder", "resnet18", "--epochs", 5, "--batch-size", 8, "--resume")
+    # the same run, its paths typed relative to another folder: resumed (the finished members are kept)
+    import os
+
+    from conftest import cli
+
+    cwd = os.getcwd()
+    os.chdir(pipeline["phantom"].parent)
+    try:
+        cli("train-classifiers", "--dataset", "phantom", "--root", pipeline["phantom"].name, "--out",
+            pipeline["classifiers"], "--members", 2, "--epochs", 2, "--image-size", SIZE, "--batch-size", 16, "--resume")
+    finally:
+        os.chdir(cwd)
 
 
 def test_cuda_without_gpu(capsys, phantom, tmp_path):
@@ -270,8 +282,10 @@ def test_data_check_exit_codes_and_ctrl_c(capsys, tmp_path, monkeypatch):
     assert code == 0
     missing = sorted((tmp_path / "ph").rglob("*.jpg"))[0]
     missing.unlink()
-    code, _ = cli_exit(capsys, "data", "check", "--dataset", "phantom", "--root", tmp_path / "ph", "--quiet")
-    assert code == 1
+    code, err = cli_exit(capsys, "data", "check", "--dataset", "phantom", "--root", tmp_path / "ph", "--quiet")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: phantom at ") and "1 missing" in err
+    code, err = cli_exit(capsys, "labels", "info", str(tmp_path / "nope.h5"), "--debug")
+    assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")  # still bad input
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -536,3 +536,20 @@ def test_finetune_holds_out_patients_when_no_split_has_masks(tmp_path):
     assert names == ["lungs"] and split == "20% of train patients (seed 0)"
     assert len(train[0]) == 3 and len(test[0]) == 1 and test[1].shape == (1, 1, 16, 16)
     assert {it.id for it in train[2]}.isdisjoint(it.id for it in test[2])
+
+
+def test_train_classifiers_validates_on_carved_patients_when_a_set_has_no_valid_split(tmp_path):
+    from doll.classify.train import train_classifiers
+
+    root = nih_fixture(tmp_path / "nih")  # train_val_list / test_list: no valid split
+    for i in range(5, 25):  # more patients, so that 10 % of them is at least one
+        name = f"{i:08d}_000.png"
+        img(root / "images" / name, value=40 + 8 * i)
+        with open(root / "Data_Entry_2017_v2020.csv", "a") as fh:
+            fh.write(f"{name},{'Mass' if i % 2 else 'No Finding'},0,{i},50\n")
+        with open(root / "train_val_list.txt", "a") as fh:
+            fh.write(name + "\n")
+    m = train_classifiers(dataset="nih", root=str(root), out=str(tmp_path / "cls"), members=1, epochs=1,
+                          image_size=16, batch_size=4, device="cpu", progress=False)
+    assert m["validation"] == "10% of train patients (the data set has no valid split)"
+    assert m["n_valid"] >= 1 and m["n_train"] + m["n_valid"] == 23  # the 3 + 20 images of train_val_list

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from doll.data import labels_of, load_split
+from doll.data import labels_of, load_split, open_dataset
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.labels import apply_policy
 from doll.errors import DollError
@@ -24,8 +24,11 @@ from doll.utils import (
     check_positive,
     prepare_out_dir,
     resolve_device,
+    resolve_paths,
     write_json,
 )
+
+AUTO_VALID_FRACTION = 0.1  # validation patients carved from train when a data set has no valid split
 
 
 @dataclass
@@ -101,6 +104,7 @@ def member_hides(hide: float | str, members: int) -> list[float]:
 def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> dict:
     """Train ``members`` classifiers; returns (and writes to ``out/metrics.json``) their metrics."""
     s = settings or ClassifierSettings(**kwargs)
+    resolve_paths(s, "root", "lung_model")
     check_positive(members=s.members, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size, lr=s.lr)
     hides = member_hides(s.hide, s.members)
     archs = member_archs(s.arch, s.members)
@@ -112,6 +116,11 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         else Path(s.out)
     dist.barrier()
     opts = {"views": s.views, "valid_fraction": s.valid_fraction, "seed": s.seed}
+    validation = "the data set's valid split" if s.valid_fraction == 0 else f"{s.valid_fraction:.0%} of train patients"
+    if s.valid_fraction == 0 and not open_dataset(s.dataset, s.root, **opts).items("valid"):
+        # NIH, QaTa, folder sets without a split column: validate on patients carved from train
+        opts["valid_fraction"] = AUTO_VALID_FRACTION
+        validation = f"{AUTO_VALID_FRACTION:.0%} of train patients (the data set has no valid split)"
     show = s.progress and dist.is_main()
     fmt, train = load_split(s.dataset, s.root, "train", s.image_size, progress=show, **opts)
     _, val = load_split(s.dataset, s.root, "valid", s.image_size, progress=show, **opts)
@@ -124,7 +133,8 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         raise DollError("every training label is uncertain or blank under this policy; try --uncertain zeros")
     if dist.is_main():
         write_json(out / "config.json", {"command": "train-classifiers", **asdict(s), "classes": classes,
-                                         "member_archs": archs, "n_train": len(train.items), "n_valid": len(val.items)})
+                                         "member_archs": archs, "n_train": len(train.items), "n_valid": len(val.items),
+                                         "validation": validation})
     train_images, val_images = train.images, val.images
     lung_model = str(Path(s.lung_model).resolve()) if s.lung_model else ""
     if lung_model:  # shortcut suppression: nothing outside the predicted lung field reaches the classifier
@@ -157,7 +167,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
                         "history": metrics["history"]})
     ens = auroc_per_class(np.mean(probs, axis=0), y_val, w_val, classes)
     result = {"command": "train-classifiers", "mean_auroc": ens["mean"], "per_class_auroc": ens["per_class"],
-              "members": members, "n_train": len(train.items), "n_valid": len(val.items),
+              "members": members, "n_train": len(train.items), "n_valid": len(val.items), "validation": validation,
               "seconds": round(time.time() - t0, 2)}
     if dist.is_main():
         write_json(out / "metrics.json", result)

@@ -37,7 +37,14 @@ from doll.models.lung_field import (
     predict_lung_masks,
 )
 from doll.train import distributed as dist
-from doll.utils import RunOptions, Stopwatch, check_positive, resolve_device, write_json
+from doll.utils import (
+    RunOptions,
+    Stopwatch,
+    check_positive,
+    resolve_device,
+    resolve_paths,
+    write_json,
+)
 
 TARGET_MODES = ("positive", "predicted", "all")
 SIGNS = ("positive", "absolute")
@@ -132,6 +139,7 @@ def select_targets(raw: np.ndarray, probs: np.ndarray, mode: str, threshold: flo
 def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     """Write the DoLL label file ``out``; returns (and writes to ``<out>.metrics.json``) run metrics."""
     s = settings or ExplainSettings(**kwargs)
+    resolve_paths(s, "root", "classifiers", "lung_model")
     check_positive(steps=s.steps, block=s.block)
     if s.batch_size < 0:
         raise DollError(f"--batch-size must be positive (or 0 for the default), got {s.batch_size}")

@@ -28,6 +28,7 @@ from doll.utils import (
     check_positive,
     prepare_out_dir,
     resolve_device,
+    resolve_paths,
     write_json,
 )
 
@@ -117,6 +118,7 @@ def pretrain_targets(lf: LabelFile, rule: str, soft: bool):
 
 def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     s = settings or PretrainSettings(**kwargs)
+    resolve_paths(s, "labels")
     check_positive(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr)
     dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     if not 0 <= s.val_fraction < 1:

@@ -46,6 +46,7 @@ from doll.utils import (
     check_positive,
     prepare_out_dir,
     resolve_device,
+    resolve_paths,
     write_json,
 )
 
@@ -237,6 +238,7 @@ def check_settings(s: FinetuneSettings) -> None:
 
 def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
     s = settings or FinetuneSettings(**kwargs)
+    resolve_paths(s, "root", "init")
     check_settings(s)
     if s.task == "seg4cls":
         from doll.tasks.seg4cls import seg4cls
