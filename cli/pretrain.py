@@ -19,7 +19,7 @@ def pretrain(
     soft: bool = typer.Option(False, "--soft", help="Train on the soft saliency instead of hard labels."),
     background_weight: float = typer.Option(0.1, "--background-weight", help="Loss weight of background pixels."),
     aux: bool = typer.Option(False, "--aux", help="Also train an auxiliary classification head on the encoder with the image labels."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Fraction of the file's rows (seeded, random) held out for validation."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Fraction of the patients (seeded) whose rows are held out for validation (rows, when the data set the labels came from cannot be opened here)."),
     accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation steps (effective batch = batch size x this)."),
     patience: int = typer.Option(0, "--patience", min=0, help="Stop early after this many epochs without a better validation score (0: never)."),
     num_workers: int = typer.Option(0, "--num-workers", min=0, help="Data loader worker processes."),

@@ -245,3 +245,25 @@ def test_augmentation_moves_masks_with_their_image():
         out, m = augment(img, (img > 0).astype(np.uint8)[None], np.random.default_rng(seed))
         inside = cv2.erode((out > 127).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # away from blurred edges
         assert not (inside & (m[0] == 0)).any(), seed  # every bright pixel is labelled, mirrored copies too
+
+
+def test_pretrain_validation_holds_out_whole_patients(pipeline, tmp_path):
+    import re
+    import shutil
+
+    import h5py
+
+    from doll.labels.store import LabelFile
+    from doll.pretrain.train import row_patients
+
+    assert read(pipeline["pretrain"] / "metrics.json")["validation_split_by"] == "patients"
+    with LabelFile(pipeline["labels"]) as lf:
+        patients, unit = row_patients(lf)
+        paths = lf.paths()
+    assert unit == "patients" and all(re.search(r"patient\d+", q).group(0) == p for q, p in zip(paths, patients))
+    moved = tmp_path / "moved.h5"  # the data set is not where the file says: each row is its own "patient"
+    shutil.copy(pipeline["labels"], moved)
+    with h5py.File(moved, "a") as f:
+        f.attrs["root"] = str(tmp_path / "nowhere")
+    with LabelFile(moved) as lf:
+        assert row_patients(lf) == (paths, "images")

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from doll.data import open_dataset
+from doll.data.common import hold_out
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.labels import apply_policy
 from doll.errors import DollError
@@ -116,6 +118,19 @@ def pretrain_targets(lf: LabelFile, rule: str, soft: bool):
     return masks, valid, names, labels
 
 
+def row_patients(lf: LabelFile) -> tuple[list[str], str]:
+    """The patient of each row, from the data set the file was made from (its index only),
+    and what the validation split is made of: "patients", or "images" when that data set
+    cannot be opened here (each row then counts as its own patient)."""
+    paths = lf.paths()
+    try:
+        fmt = open_dataset(lf.attr("dataset") or "", lf.attr("root") or "")
+        patient = {it.id: it.patient or it.id for it in fmt.items()}
+    except DollError:
+        return paths, "images"
+    return [patient.get(p, p) for p in paths], "patients"
+
+
 def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     s = settings or PretrainSettings(**kwargs)
     resolve_paths(s, "labels")
@@ -132,15 +147,18 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
         masks, valid, image_labels = masks[done], valid[done], image_labels[done]
         size = images.shape[-1]
         info = lf.info()
+        patients, val_unit = row_patients(lf)
+        patients = [patients[i] for i in done]
     model = build_pspnet(s.encoder, len(names), aux=s.aux)
     y, w = apply_policy(image_labels, "ignore", "ignore")
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() else None
     dist.barrier()
-    n_val = int(round(len(images) * s.val_fraction))
-    idx = np.random.default_rng(s.seed).permutation(len(images))  # label files are often sorted by class
+    held = hold_out(patients, s.val_fraction, s.seed)  # patient-level: no patient on both sides
+    is_val = np.array([p in held for p in patients], bool)
+    n_val = int(is_val.sum())
     train_set = ArrayDataset(images, y, w, masks=masks, valid=valid, augment=True, seed=s.seed,
-                             indices=np.sort(idx[n_val:]))
-    val_set = ArrayDataset(images, y, w, masks=masks, valid=valid, indices=np.sort(idx[:n_val])) if n_val else None
+                             indices=np.flatnonzero(~is_val))
+    val_set = ArrayDataset(images, y, w, masks=masks, valid=valid, indices=np.flatnonzero(is_val)) if n_val else None
     task = SegmentationTask(names, s.background_weight, s.dice_weight, s.aux_weight if s.aux else 0.0)
     es = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, device=s.device,
                         num_workers=s.num_workers, monitor="val_iou" if n_val else "train_loss",
@@ -153,7 +171,8 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     engine = Engine(model, task, es, out or s.out, ck, smp_config(model))
     metrics = engine.fit(train_set, val_set, resume=s.resume)
     result = {"command": "pretrain", "finished": True, "classes": names, "label_rule": rule,
-              "n_train": len(train_set), "n_val": n_val, "best_epoch": metrics["best_epoch"],
+              "n_train": len(train_set), "n_val": n_val, "validation_split_by": val_unit,
+              "best_epoch": metrics["best_epoch"],
               "val_iou": metrics["best"].get("val_iou"), "history": metrics["history"],
               "seconds": round(time.time() - t0, 2)}
     if dist.is_main():
