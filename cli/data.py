@@ -20,13 +20,15 @@ def phantom(
     uncertain: float = typer.Option(0.05, "--uncertain", help="Fraction of training labels written as -1 (uncertain)."),
     blank: float = typer.Option(0.1, "--blank", help="Fraction of negative training labels left blank."),
     confound: float = typer.Option(0.0, "--confound", help="Fraction of pneumothorax images that also get a chest tube."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a phantom data set already in --out."),
     quiet: bool = QUIET,
 ):
     """Write synthetic chest X-rays with ground truth, in the real layouts: CheXpert (train.csv, valid.csv, patient/study/view folders) plus finding masks, and the anatomy in the JSRT PNG layout (anatomy/images, anatomy/masks/<structure>)."""
     from doll.data.phantom import make_phantoms
 
     summary = make_phantoms(out, n=n, size=size, seed=seed, n_anatomy=n_anatomy or None, noise=noise,
-                            uncertain=uncertain, blank=blank, confound=confound, progress=not quiet)
+                            uncertain=uncertain, blank=blank, confound=confound, progress=not quiet,
+                            overwrite=overwrite)
     typer.echo(f"wrote {n} images to {out} (use --dataset phantom --root {out}; "
                f"anatomy: --dataset jsrt --root {out / 'anatomy'})")
     return summary

@@ -366,6 +366,15 @@ def test_paths_options_and_reruns_caught_before_anything_is_written(capsys, pipe
     assert (pipeline["classifiers"] / "metrics.json").is_file()
 
 
+def test_phantom_rerun_needs_overwrite(capsys, tmp_path):
+    from conftest import cli
+
+    cli("data", "phantom", "--out", tmp_path / "ph", "--n", 4, "--size", 32, "--n-anatomy", 1, "--quiet")
+    expect_error(capsys, "already holds a phantom data set", "data", "phantom", "--out", tmp_path / "ph", "--n", 4,
+                 "--size", 32)
+    cli("data", "phantom", "--out", tmp_path / "ph", "--n", 4, "--size", 32, "--n-anatomy", 1, "--overwrite", "--quiet")
+
+
 def test_python_api_names_stay_callable_after_their_subpackages_are_imported():
     import doll
     import doll.explain.run  # binds the name doll.explain to the subpackage

@@ -599,7 +599,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]):
 
 
 def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, uncertain=0.05, blank=0.1,
-                  confound=0.0, valid_fraction=0.2, progress=True) -> dict:
+                  confound=0.0, valid_fraction=0.2, progress=True, overwrite=True) -> dict:
     """Write a phantom data set under ``out`` and return its summary.
 
     Layout: ``phantom.json`` (written last: a folder without it is an incomplete
@@ -608,7 +608,7 @@ def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, unce
     ``findings/ground_truth.csv`` (a row per drawn finding), ``findings/chest_tubes.csv``
     (a row per image) and ``anatomy/{images,masks/<structure>}/JPC*.png``.
     Existing ``CheXpert-v1.0-phantom``, ``findings`` and ``anatomy`` folders under
-    ``out`` are replaced.
+    ``out`` are replaced, or, with ``overwrite=False`` (the CLI's default), refused.
     """
     try:
         n, size, seed = int(n), int(size), int(seed)
@@ -633,6 +633,9 @@ def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, unce
         raise DollError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "phantom.json"
+    earlier = [sub for sub in ("phantom.json", CHEXPERT_DIRNAME, "findings", "anatomy") if (out / sub).exists()]
+    if earlier and not overwrite:
+        raise DollError(f"{out} already holds a phantom data set ({', '.join(earlier)}); pass --overwrite to replace it")
     if meta_path.exists():
         meta_path.unlink()
     for sub in (CHEXPERT_DIRNAME, "findings", "anatomy"):
