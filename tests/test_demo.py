@@ -21,6 +21,12 @@ def test_demo_writes_report_json_and_html(tmp_path, monkeypatch):
     assert ft["label_fraction"] == 0.5
     assert 0 <= ft["doll_init"]["mean_iou"] <= 1 and 0 <= ft["random_init"]["mean_iou"] <= 1
     assert "init" in ft["verdict"] and report["seconds"] > 0
+    d, r = ft["doll_init"]["mean_iou"], ft["random_init"]["mean_iou"]
+    assert ft["verdict"].startswith("DoLL init beat") == (d > r)
+    # the comparison is what it says: the DoLL arm starts from the demo's own pretrained network
+    assert json.loads((out / "finetune_doll_init" / "config.json").read_text())["init"] == str((out / "pretrain").resolve())
+    assert json.loads((out / "finetune_random_init" / "config.json").read_text())["init"] == "random"
+    assert d == json.loads((out / "finetune_doll_init" / "metrics.json").read_text())["mean_iou"]
     html = (out / "report.html").read_text()
     assert "DoLL demo report" in html and "<svg" in html
     figures = list((out / "figures").glob("*.png"))

@@ -43,11 +43,13 @@ def test_kill9_then_resume_matches_uninterrupted_run(phantom, tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not json.loads((tmp_path / "cut" / "member_0" / "metrics.json").read_text())["finished"]
+    before = load_train_state(last)["state"]["history"]  # the epochs finished before the kill
     resumed = _train(phantom, tmp_path / "cut", resume=True, env=env)
     assert resumed.wait() == 0, resumed.stderr.read().decode()
     a = json.loads((tmp_path / "ref" / "member_0" / "metrics.json").read_text())
     b = json.loads((tmp_path / "cut" / "member_0" / "metrics.json").read_text())
     assert b["finished"] and len(b["history"]) == 4
+    assert len(before) >= 2 and b["history"][:len(before)] == before  # kept (wall times too), not trained again
     for ra, rb in zip(a["history"], b["history"]):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], abs=1e-6)
         assert ra["val_auroc"] == pytest.approx(rb["val_auroc"], abs=1e-6)

@@ -144,7 +144,19 @@ def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp
         run.explain(**args, out=str(cut))
     with pytest.raises(DollError, match="different settings"):
         run.explain(**{**args, "steps": 5}, out=str(cut), resume=True)
-    run.explain(**args, out=str(cut), resume=True)
+    done_before = {p.name for p in parts.glob("block_*.npz")}
+    written = []
+
+    def counting_write(self, block, **arrays):
+        written.append(self.block_file(block).name)
+        original(self, block, **arrays)
+
+    run.PartsWriter.write = counting_write
+    try:
+        run.explain(**args, out=str(cut), resume=True)
+    finally:
+        run.PartsWriter.write = original
+    assert len(done_before) == 1 and written and not done_before & set(written)  # finished blocks are kept
     assert not parts.exists()
     with h5py.File(tmp_path / "ref.h5", "r") as a, h5py.File(cut, "r") as b:
         for key in ("saliency", "targets", "labels", "probs", "images", "done"):
@@ -219,7 +231,19 @@ def test_explain_kill9_then_resume_gives_identical_file(pipeline, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not cut.exists() and len(list(parts.glob("block_*.npz"))) >= 3
-    run.explain(**args, out=str(cut), resume=True)
+    kept = {p.name: p.stat().st_mtime_ns for p in parts.glob("block_*.npz")}
+    original, rewritten = run.PartsWriter.write, []
+
+    def watching_write(self, block, **arrays):
+        rewritten.append(self.block_file(block).name)
+        original(self, block, **arrays)
+
+    run.PartsWriter.write = watching_write
+    try:
+        run.explain(**args, out=str(cut), resume=True)
+    finally:
+        run.PartsWriter.write = original
+    assert not set(kept) & set(rewritten)  # the blocks finished before the kill were not explained again
     with h5py.File(tmp_path / "ref.h5", "r") as a, h5py.File(cut, "r") as b:
         for key in ("saliency", "targets", "labels", "probs", "images", "done"):
             assert np.array_equal(a[key][:], b[key][:], equal_nan=key == "labels"), key
