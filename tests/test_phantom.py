@@ -96,6 +96,10 @@ def test_each_finding_visible(finding):
         diff = np.abs(img.astype(float) - base[0].astype(float))
         assert diff[m].mean() > 8, f"{finding} seed {seed}: mean |diff| in mask {diff[m].mean():.1f}"
         # outside a margin the image is untouched but for tiny spill-over
+        import cv2
+
+        outside = ~(cv2.dilate(m.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0)
+        assert diff[outside].mean() < 1, f"{finding} seed {seed}: mean |diff| outside {diff[outside].mean():.2f}"
         assert meta["findings"][finding]["area_fraction"] == pytest.approx(m.mean())
 
 

@@ -44,8 +44,17 @@ def test_explain_writes_a_complete_label_file(pipeline):
         # positive targets by default; No Finding never explained; unexplained maps are empty
         assert (targets <= (labels == 1)).all() and not targets[:, 0].any()
         assert sal[~targets].max() == 0 and sal[targets].max() > 0
-        probs = f["probs"][:]
-        assert ((probs >= 0) & (probs <= 1)).all()
+        probs, images = f["probs"][:], f["images"][:]
+    # probs: the mean of the members' sigmoid outputs on the stored images
+    import torch
+
+    from doll.data.dataset import to_tensor
+    from doll.explain.run import load_ensemble
+
+    members, _ = load_ensemble(pipeline["classifiers"], torch.device("cpu"))
+    with torch.no_grad():
+        expected = np.mean([torch.sigmoid(m(to_tensor(images))).numpy() for m, _, _ in members], axis=0)
+    assert len(members) == 2 and np.allclose(probs, expected, atol=1e-5)
     assert read(pipeline["labels"].with_name("labels.h5.metrics.json"))["images"] == n
 
 
