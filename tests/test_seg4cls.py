@@ -75,6 +75,9 @@ def test_cli_writes_all_methods(run):
     assert m["n_masks"] == round(0.5 * m["n_train"]) and m["n_val"] > 0 and m["test_split"] == "valid"
     iou = m["segmenter"]["iou_on_test_positives"]["mean"]
     assert iou is not None and 0.0 <= iou <= 1.0
+    curve = m["segmenter"]["curve"]  # validation IoU of the segmenter, every epoch
+    assert [r["epoch"] for r in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 1
+    assert all(0.0 <= r["val_iou"] <= 1.0 for r in curve)
     assert "auroc" in m["robust_pneumothorax"]
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["task"] == "seg4cls" and cfg["label_fraction"] == 0.5 and cfg["summarizers"] == list(SUMMARIZERS)

@@ -216,11 +216,17 @@ class ProbSegTask(SegmentationTask):
         finally:
             hook.remove()
         f = feats[0].float()
-        return {"prob": torch.sigmoid(logits.float()).cpu().numpy().astype(np.float16),
-                "embedding": torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], 1).cpu().numpy()}
+        out = {"prob": torch.sigmoid(logits.float()).cpu().numpy().astype(np.float16),
+               "embedding": torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], 1).cpu().numpy()}
+        if "mask" in batch:  # validation while training: the per-epoch IoU curve
+            out["pred"] = (logits.float() > 0).cpu().numpy()
+            out["truth"] = (batch["mask"] >= 0.5).cpu().numpy()
+            if "valid" in batch:
+                out["valid"] = batch["valid"].cpu().numpy()
+        return out
 
     def metrics(self, out):
-        return {}
+        return super().metrics(out) if "truth" in out else {}
 
 
 class YNet(nn.Module):
@@ -560,7 +566,9 @@ def seg4cls(s: FinetuneSettings) -> dict:
           "run": {"command": "finetune", **asdict(s)}}
     engine = Engine(model, seg_task, engine_settings(s, s.epochs, min(s.batch_size, len(seg_idx))),
                     out / "segmenter", ck, smp_config(model))
-    engine.fit(seg_train, None, resume=s.resume)
+    seg_val = ArrayDataset(val.images, masks=val.masks, valid=val.mask_ok)  # scored every epoch, not selected on
+    seg_curve = [{"epoch": r["epoch"], "val_iou": r.get("val_iou")}
+                 for r in engine.fit(seg_train, seg_val, resume=s.resume)["history"]]
     bs = s.batch_size
     semi = None
     if s.pseudo != "none":
@@ -624,7 +632,8 @@ def seg4cls(s: FinetuneSettings) -> dict:
               "n_train": n, "n_masks": int(k), "n_val": len(val), "n_test": len(test),
               "mask_ids": [train.ids[i] for i in subset][:50],
               "mean_auroc": {m: v["mean_auroc"] for m, v in methods.items()},
-              "mean_iou": seg_iou["mean"], "segmenter": {"iou_on_test_positives": seg_iou, "iou_on_validation_positives": val_iou, **params},
+              "mean_iou": seg_iou["mean"], "segmenter": {"iou_on_test_positives": seg_iou, "iou_on_validation_positives": val_iou,
+                                         "curve": seg_curve, **params},
               "methods": methods, "semi_supervised": semi, "robust_pneumothorax": None, "seconds": None}
     if s.dataset == "phantom":
         result["robust_pneumothorax"] = robust_pneumothorax(scores, test, names, s.root)
