@@ -115,6 +115,22 @@ def test_distill_and_rules():
     assert apply_rule(one, "otsu")[0].sum() == 2  # a single level: the whole map
 
 
+def explain_recording_writes(run, **kwargs) -> list[str]:
+    """``run.explain(**kwargs)``; returns the names of the block files it wrote."""
+    original, written = run.PartsWriter.write, []
+
+    def recording_write(self, block, **arrays):
+        written.append(self.block_file(block).name)
+        original(self, block, **arrays)
+
+    run.PartsWriter.write = recording_write
+    try:
+        run.explain(**kwargs)
+    finally:
+        run.PartsWriter.write = original
+    return written
+
+
 @pytest.mark.parametrize("method", ["ig", "ig-smooth"])
 def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp_path, method):
     import doll.explain.run as run
@@ -145,17 +161,7 @@ def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp
     with pytest.raises(DollError, match="different settings"):
         run.explain(**{**args, "steps": 5}, out=str(cut), resume=True)
     done_before = {p.name for p in parts.glob("block_*.npz")}
-    written = []
-
-    def counting_write(self, block, **arrays):
-        written.append(self.block_file(block).name)
-        original(self, block, **arrays)
-
-    run.PartsWriter.write = counting_write
-    try:
-        run.explain(**args, out=str(cut), resume=True)
-    finally:
-        run.PartsWriter.write = original
+    written = explain_recording_writes(run, **args, out=str(cut), resume=True)
     assert len(done_before) == 1 and written and not done_before & set(written)  # finished blocks are kept
     assert not parts.exists()
     with h5py.File(tmp_path / "ref.h5", "r") as a, h5py.File(cut, "r") as b:
@@ -231,19 +237,9 @@ def test_explain_kill9_then_resume_gives_identical_file(pipeline, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not cut.exists() and len(list(parts.glob("block_*.npz"))) >= 3
-    kept = {p.name: p.stat().st_mtime_ns for p in parts.glob("block_*.npz")}
-    original, rewritten = run.PartsWriter.write, []
-
-    def watching_write(self, block, **arrays):
-        rewritten.append(self.block_file(block).name)
-        original(self, block, **arrays)
-
-    run.PartsWriter.write = watching_write
-    try:
-        run.explain(**args, out=str(cut), resume=True)
-    finally:
-        run.PartsWriter.write = original
-    assert not set(kept) & set(rewritten)  # the blocks finished before the kill were not explained again
+    kept = {p.name for p in parts.glob("block_*.npz")}
+    rewritten = explain_recording_writes(run, **args, out=str(cut), resume=True)
+    assert not kept & set(rewritten)  # the blocks finished before the kill were not explained again
     with h5py.File(tmp_path / "ref.h5", "r") as a, h5py.File(cut, "r") as b:
         for key in ("saliency", "targets", "labels", "probs", "images", "done"):
             assert np.array_equal(a[key][:], b[key][:], equal_nan=key == "labels"), key
