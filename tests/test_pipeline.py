@@ -172,10 +172,18 @@ def test_finetune_modes_from_doll_init(pipeline, tmp_path, mode):
     assert 0 <= m["mean_iou"] <= 1 and 0 <= m["mean_dice"] <= 1
     assert m["n_train"] == max(1, round(0.5 * m["n_train_total"]))
     assert len(m["runs"][0]["curve"]) == 2
-    if mode == "full":
-        assert m["trainable_params"] == m["total_params"]
-    else:
-        assert m["trainable_params"] < 0.2 * m["total_params"]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    head = sum(v.numel() for k, v in weights.items() if k.startswith("segmentation_head."))
+    adapters = sum(v.numel() for k, v in weights.items() if k.startswith("adapters."))
+    if mode == "full":  # every weight the network runs; smp's unused encoder stages are frozen and counted apart
+        assert m["trainable_params"] == m["total_params"] and m["runs"][0]["unused_params"] > 0
+        assert adapters == 0
+    elif mode == "adapter":
+        assert adapters > 0 and m["trainable_params"] == head + adapters < 0.2 * m["total_params"]
+    else:  # the new head alone
+        assert adapters == 0 and m["trainable_params"] == head
 
 
 def test_adapter_mode_leaves_pretrained_weights_untouched(pipeline, tmp_path):
