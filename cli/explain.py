@@ -134,9 +134,10 @@ def export(
     out: Path = typer.Option(..., "--out", help="Folder for images/, masks/<class>/ and labels.csv."),
     fmt: str = typer.Option("png", "--format", help="Export format: png."),
     label_rule: str = typer.Option("", "--label-rule", help="Override the file's label rule."),
+    overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
 ):
     """Export pixel labels as PNG masks (one per class per image) plus a CSV, for tools that do not read HDF5."""
     from doll.labels.tools import export as run
 
-    emit(run(str(labels), str(out), fmt, label_rule, progress=not quiet), keys=("out", "masks"))
+    emit(run(str(labels), str(out), fmt, label_rule, progress=not quiet, overwrite=overwrite), keys=("out", "masks"))

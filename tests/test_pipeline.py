@@ -101,6 +101,8 @@ def test_labels_info_export_merge(pipeline, tmp_path, capsys):
         assert np.array_equal(exported > 0, apply_rule(lf["saliency"][row, c], lf.label_rule))
         assert np.array_equal(cv2.imread(str(tmp_path / "exp" / "images" / f"{row:07d}.png"), cv2.IMREAD_GRAYSCALE),
                               lf["images"][row])
+    cli("labels", "export", pipeline["labels"], "--out", tmp_path / "exp", "--overwrite")  # an earlier export: replaced
+    assert len(list((tmp_path / "exp" / "images").glob("*.png"))) == info["rows"]
     cli("labels", "merge", pipeline["labels"], pipeline["labels"], "--out", tmp_path / "m.h5")
     with h5py.File(tmp_path / "m.h5", "r") as a, h5py.File(pipeline["labels"], "r") as b:
         assert a["saliency"].shape == b["saliency"].shape  # duplicates dropped

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from pathlib import Path
 
@@ -103,7 +104,8 @@ def _finished(result: dict, t0: float) -> dict:
     return result
 
 
-def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress: bool = True) -> dict:
+def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress: bool = True,
+           overwrite: bool = False) -> dict:
     """One PNG mask (0/255) per explained class per image, ``masks/<class>/<row>.png``, plus
     ``labels.csv`` (row, path, image labels, probabilities) and ``images/<row>.png``."""
     if fmt != "png":
@@ -113,6 +115,12 @@ def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress
         raise DollError("--out is empty; name the folder to export into")
     if out_dir.exists() and not out_dir.is_dir():
         raise DollError(f"--out {out_dir} is a file; name a folder to export into")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise DollError(f"--out {out_dir} is not empty; pass --overwrite to replace an earlier export there")
+        if not (out_dir / "export.json").is_file():
+            raise DollError(f"--out {out_dir} holds something other than an export; refusing to delete it")
+        shutil.rmtree(out_dir)
     count = 0
     with LabelFile(path) as lf:
         classes, rule, paths = lf.classes, check_rule(label_rule or lf.label_rule), lf.paths()
