@@ -211,7 +211,7 @@ def test_finetune_learns_on_phantom_anatomy(phantom, tmp_path):
     assert lungs > 0.4, m["per_structure"]
 
 
-def test_finetune_covid_task_reports_positives_and_false_positive_area(phantom, tmp_path):
+def test_finetune_covid_task_reports_positives_and_false_positive_area(phantom, tmp_path, monkeypatch):
     """--task covid on a generic folder data set with infection masks, empty on negatives."""
     import shutil
 
@@ -233,6 +233,21 @@ def test_finetune_covid_task_reports_positives_and_false_positive_area(phantom, 
     assert m["structures"] == ["infection"] and m["test_split"] == "test"
     assert 0 <= m["positives_mean_iou"] <= 1 and 0 <= m["negatives_false_positive_area"] <= 1
     assert m["runs"][0]["positives"]["n"] + m["runs"][0]["negatives"]["n"] == m["n_test"]
+    # the scoring itself, on known predictions: exact masks on positives, one row of pixels on negatives
+    import doll.tasks.finetune as ft
+
+    def known_predictions(model, task, dataset, batch_size, device, *a, **k):
+        truth = np.asarray(dataset.masks) > 0
+        pred = truth.copy()
+        negative = ~truth.any(axis=(1, 2, 3))
+        pred[negative, :, 0, :] = True
+        return {"pred": pred, "truth": truth}
+
+    monkeypatch.setattr(ft, "predict_all", known_predictions)
+    cli("finetune", "--task", "covid", "--dataset", "folder", "--root", root, "--init", "random",
+        "--encoder", "resnet18", "--image-size", SIZE, "--epochs", 1, "--out", tmp_path / "k")
+    k = read(tmp_path / "k" / "metrics.json")
+    assert k["positives_mean_iou"] == 1.0 and k["negatives_false_positive_area"] == pytest.approx(1 / SIZE)
 
 
 def test_pretrain_with_auxiliary_head_then_finetune(pipeline, tmp_path):
