@@ -117,6 +117,7 @@ def resolve_paths(settings, *fields: str) -> None:
     sees the same settings. ``random`` and ``imagenet:`` prefixes of ``--init`` are kept."""
     for name in fields:
         value = getattr(settings, name)
+        value = str(value) if isinstance(value, Path) else value
         if not isinstance(value, str) or not value.strip() or value == "random":
             continue
         prefix = "imagenet:" if value.startswith("imagenet:") else ""
@@ -125,6 +126,11 @@ def resolve_paths(settings, *fields: str) -> None:
 
 # settings that do not change what a run computes: --resume may change them
 RUN_ONLY_SETTINGS = ("out", "resume", "overwrite", "progress", "device", "num_workers")
+
+
+def differing_keys(a: dict, b: dict, keys=None) -> list[str]:
+    """The keys (default: of either dict) whose values differ between ``a`` and ``b``, sorted."""
+    return sorted(k for k in (set(a) | set(b) if keys is None else keys) if a.get(k) != b.get(k))
 
 
 def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = "config.json",
@@ -143,7 +149,7 @@ def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
         stored = read_json(out / "config.json")
         stored = stored.get("doll", {}).get("run", stored)  # a checkpoint folder's config: the run's settings
         given = json.loads(json.dumps(settings))
-        changed = sorted(k for k in given if k not in RUN_ONLY_SETTINGS and k in stored and stored[k] != given[k])
+        changed = differing_keys(stored, given, [k for k in given if k not in RUN_ONLY_SETTINGS and k in stored])
         if changed:
             raise DollError(f"--resume with different settings ({', '.join(changed)}) from the run in {out}; use "
                             "its settings, or --overwrite to start again")

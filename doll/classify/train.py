@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from doll.data import labels_of, load_split, open_dataset
+from doll.data import labels_of, open_dataset, split_arrays
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.labels import apply_policy
 from doll.errors import DollError
@@ -117,13 +117,15 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     dist.barrier()
     opts = {"views": s.views, "valid_fraction": s.valid_fraction, "seed": s.seed}
     validation = "the data set's valid split" if s.valid_fraction == 0 else f"{s.valid_fraction:.0%} of train patients"
-    if s.valid_fraction == 0 and not open_dataset(s.dataset, s.root, **opts).items("valid"):
+    fmt = open_dataset(s.dataset, s.root, **opts)
+    if s.valid_fraction == 0 and not fmt.items("valid"):
         # NIH, QaTa, folder sets without a split column: validate on patients carved from train
         opts["valid_fraction"] = AUTO_VALID_FRACTION
         validation = f"{AUTO_VALID_FRACTION:.0%} of train patients (the data set has no valid split)"
+        fmt = open_dataset(s.dataset, s.root, **opts)
     show = s.progress and dist.is_main()
-    fmt, train = load_split(s.dataset, s.root, "train", s.image_size, progress=show, **opts)
-    _, val = load_split(s.dataset, s.root, "valid", s.image_size, progress=show, **opts)
+    train = split_arrays(fmt, "train", s.image_size, progress=show)
+    val = split_arrays(fmt, "valid", s.image_size, progress=show)
     classes = list(fmt.classes)
     if not classes:
         raise DollError(f"dataset {s.dataset!r} has no image labels to train classifiers on")
@@ -136,7 +138,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
                                          "member_archs": archs, "n_train": len(train.items), "n_valid": len(val.items),
                                          "validation": validation})
     train_images, val_images = train.images, val.images
-    lung_model = str(Path(s.lung_model).resolve()) if s.lung_model else ""
+    lung_model = s.lung_model  # absolute (resolve_paths), as explain records it
     if lung_model:  # shortcut suppression: nothing outside the predicted lung field reaches the classifier
         train_images = mask_images(train.images, predict_lung_fields(lung_model, train.images, device, s.batch_size))
         val_images = mask_images(val.images, predict_lung_fields(lung_model, val.images, device, s.batch_size))

@@ -17,11 +17,17 @@ def load_split(dataset: str, root, split: str | None, image_size: int, structure
                skip_unreadable: bool = False, **options) -> tuple[DatasetFormat, Arrays]:
     """Open ``dataset`` at ``root`` and decode one split (None = all) to cached arrays."""
     fmt = open_dataset(dataset, root, **options)
+    return fmt, split_arrays(fmt, split, image_size, structures, progress=progress, skip_unreadable=skip_unreadable)
+
+
+def split_arrays(fmt: DatasetFormat, split: str | None, image_size: int, structures=None, *, progress: bool = True,
+                 skip_unreadable: bool = False) -> Arrays:
+    """Decode one split (None = all) of an opened data set to cached arrays."""
     items = fmt.items(split)
     if not items:
-        raise DollError(f"{dataset} at {fmt.root} has no images in split {split!r}")
-    return fmt, load_arrays(items, image_size, structures, progress=progress, skip_unreadable=skip_unreadable)
+        raise DollError(f"{fmt.name} at {fmt.root} has no images in split {split!r}")
+    return load_arrays(items, image_size, structures, progress=progress, skip_unreadable=skip_unreadable)
 
 
 __all__ = ["Arrays", "CHEXPERT_CLASSES", "FINDINGS", "FORMATS", "JSRT_STRUCTURES", "DatasetFormat", "Item",
-           "labels_of", "load_arrays", "load_split", "open_dataset"]
+           "labels_of", "load_arrays", "load_split", "open_dataset", "split_arrays"]

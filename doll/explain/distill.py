@@ -13,8 +13,8 @@ Algorithm (parameters in brackets, stored in the label file's attributes):
 5. quantise to uint8 (0-255): the ``saliency`` dataset.
 
 Label rule (``label_rule``): ``otsu`` (per map, the pixels above Otsu's threshold on the
-non-zero saliency, as ``cv2.THRESH_OTSU`` splits them), ``quantile:Q`` (pixels at or above the map's Q-quantile, e.g. 0.9 = top
-10 %), or ``threshold:T`` (saliency >= T on the 0-255 scale). Pixels with saliency 0
+non-zero saliency, as ``cv2.THRESH_OTSU`` splits them), ``quantile:Q`` (pixels at or
+above the map's Q-quantile, e.g. 0.9 = top 10 %), or ``threshold:T`` (saliency >= T on the 0-255 scale). Pixels with saliency 0
 are never labelled.
 """
 from __future__ import annotations

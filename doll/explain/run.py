@@ -38,6 +38,7 @@ from doll.models.lung_field import (
 )
 from doll.train import distributed as dist
 from doll.utils import (
+    RUN_ONLY_SETTINGS,
     RunOptions,
     Stopwatch,
     check_positive,
@@ -192,8 +193,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
 
     # classifiers trained with --lung-model see the lung field only: explain them on the same inputs
     trained_field = members[0][1].get("lung_model") or ""
-    # recorded absolute, so that refine and evaluate-labels find it from any folder
-    field_model = str(Path(s.lung_model).resolve()) if s.lung_model else trained_field
+    # recorded absolute (resolve_paths), so that refine and evaluate-labels find it from any folder
+    field_model = s.lung_model or trained_field
     with watch("lung_field"):
         masks = predict_lung_masks(field_model, arrays.images, device, s.batch_size) if field_model else None
         fields = None if masks is None else np.stack([lung_field(m, s.field_margin) for m in masks])  # x saliency
@@ -211,7 +212,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
             probs[i:i + len(x)] = np.mean([torch.sigmoid(m(x).float()).cpu().numpy() for m, _, _ in members], axis=0)
     targets = select_targets(raw, probs, s.targets, s.target_threshold, allowed)
 
-    run_settings = {k: v for k, v in asdict(s).items() if k not in ("out", "resume", "overwrite", "progress", "device")}
+    run_settings = {k: v for k, v in asdict(s).items() if k not in RUN_ONLY_SETTINGS}
     run_settings["members"] = [info for _, _, info in members]
     run_settings["field_model"] = field_model  # the lung model whose field shaped the saliency, if any
     # --resume continues only the same run on the same images; --batch-size only bounds memory

@@ -40,7 +40,7 @@ import h5py
 import numpy as np
 
 from doll.errors import DollError
-from doll.utils import atomic_path, jsonable, tool_version
+from doll.utils import atomic_path, differing_keys, jsonable, tool_version
 
 FORMAT, FORMAT_VERSION = "doll-labels", 1
 ROW_DATASETS = ("saliency", "targets", "labels", "probs", "images", "paths", "done")
@@ -221,7 +221,7 @@ class PartsWriter:
             if not resume:
                 raise DollError(f"{self.folder} holds an unfinished run; pass --resume to continue it or --overwrite")
             if previous != json.loads(json.dumps(settings)):
-                changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+                changed = differing_keys(previous, settings)
                 what = "other images or labels" if changed == ["data"] else f"different settings ({', '.join(changed)})"
                 raise DollError(f"--resume with {what}; use the first run's settings and data, or --overwrite")
         elif any(self.folder.glob("block_*.npz")):  # blocks of a run whose settings are unknown: never reuse them

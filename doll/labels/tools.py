@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from doll.errors import DollError
 from doll.explain.distill import apply_rule, check_rule
 from doll.labels.store import Blocks, LabelFile, stored_rows, write_label_file
-from doll.utils import atomic_path, write_json
+from doll.utils import atomic_path, differing_keys, write_json
 
 
 def info(path: str) -> dict:
@@ -22,13 +22,13 @@ def info(path: str) -> dict:
 
 
 # settings that say where and how fast a run went, not what its maps are
-RUN_ONLY_SETTINGS = ("root", "split", "classifiers", "batch_size", "block")
+PROVENANCE_SETTINGS = ("root", "split", "classifiers", "batch_size", "block")
 
 
 def output_settings(settings: dict) -> dict:
-    """The settings that decide a row's maps: ``settings`` without ``RUN_ONLY_SETTINGS``, and
+    """The settings that decide a row's maps: ``settings`` without ``PROVENANCE_SETTINGS``, and
     the members by architecture and weights' sha256 (not by the folder they were read from)."""
-    out = {k: v for k, v in (settings or {}).items() if k not in RUN_ONLY_SETTINGS}
+    out = {k: v for k, v in (settings or {}).items() if k not in PROVENANCE_SETTINGS}
     if "members" in out:
         out["members"] = [{"arch": m.get("arch"), "sha256": m.get("sha256")} for m in out["members"]]
     return out
@@ -63,9 +63,7 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
             elif any(first[k] != mine[k] for k in mine):
                 bad = [k for k in mine if first[k] != mine[k]]
                 if "settings" in bad:
-                    bad[bad.index("settings")] = "settings (" + ", ".join(sorted(
-                        k for k in set(first["settings"]) | set(mine["settings"])
-                        if first["settings"].get(k) != mine["settings"].get(k))) + ")"
+                    bad[bad.index("settings")] = f"settings ({', '.join(differing_keys(first['settings'], mine['settings']))})"
                 raise DollError(f"{p} differs from {inputs[0]} in {', '.join(bad)}; only label files explained the "
                                 "same way can be merged")
             keep = lf.done.copy()

@@ -76,8 +76,12 @@ class SegmentationTask:
 
     def predict(self, model, batch):
         out = model(batch["image"])
-        logits = (out[0] if isinstance(out, tuple) else out).float()
-        pred = {"pred": (logits > 0).cpu().numpy(), "truth": (batch["mask"] >= 0.5).cpu().numpy()}
+        return self.scored(out[0] if isinstance(out, tuple) else out, batch)
+
+    @staticmethod
+    def scored(logits, batch) -> dict:
+        """What ``metrics`` reads: predicted and true masks (and which maps are known)."""
+        pred = {"pred": (logits.float() > 0).cpu().numpy(), "truth": (batch["mask"] >= 0.5).cpu().numpy()}
         if "valid" in batch:
             pred["valid"] = batch["valid"].cpu().numpy()
         return pred

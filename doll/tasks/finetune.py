@@ -122,10 +122,12 @@ def load_task_data(s: FinetuneSettings, size: int):
     test_split = "test" if with_masks("test") else "valid"
     parts[test_split] = with_masks(test_split)
     if not parts[test_split] and len(parts["train"]) > 1:
-        held = hold_out([it.patient or it.id for it in parts["train"]], HOLDOUT_FRACTION, s.seed)
+        items = parts["train"]
+        held = hold_out([it.patient or it.id for it in items], HOLDOUT_FRACTION, s.seed)
         test_split = f"{int(HOLDOUT_FRACTION * 100)}% of train patients (seed {s.seed})"
-        parts = {"train": [it for it in parts["train"] if (it.patient or it.id) not in held],
-                 test_split: [it for it in parts["train"] if (it.patient or it.id) in held]}
+        is_test = [(it.patient or it.id) in held for it in items]
+        parts = {"train": [it for it, t in zip(items, is_test) if not t],
+                 test_split: [it for it, t in zip(items, is_test) if t]}
     data = {}
     for split, items in parts.items():
         if not items:

@@ -219,10 +219,7 @@ class ProbSegTask(SegmentationTask):
         out = {"prob": torch.sigmoid(logits.float()).cpu().numpy().astype(np.float16),
                "embedding": torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], 1).cpu().numpy()}
         if "mask" in batch:  # validation while training: the per-epoch IoU curve
-            out["pred"] = (logits.float() > 0).cpu().numpy()
-            out["truth"] = (batch["mask"] >= 0.5).cpu().numpy()
-            if "valid" in batch:
-                out["valid"] = batch["valid"].cpu().numpy()
+            out.update(self.scored(logits, batch))
         return out
 
     def metrics(self, out):
