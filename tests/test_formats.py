@@ -87,6 +87,21 @@ def test_nih(tmp_path):
     assert it["00000001_000"].boxes == {} and "box_grid" not in it["00000001_000"].meta
 
 
+def test_check_partial_nih_download_is_ok_but_a_lost_image_is_not(tmp_path):
+    """A partial download (index rows without an image) is reported, not a problem;
+    an image that a command would read and cannot is."""
+    from doll.data.check import check_dataset, format_report
+
+    root = nih_fixture(tmp_path)
+    r = check_dataset("nih", str(root), progress=False)
+    assert r["ok"] and r["missing_files"] == 0 and r["images"] == 4
+    assert r["rows_without_image"] == 1 and r["rows_without_image_examples"] == ["00000004_000.png"]
+    assert "not here: 1 (skipped" in format_report(r) and format_report(r).endswith("OK")
+    (root / "images" / "00000003_000.png").write_bytes(b"not a png")
+    r = check_dataset("nih", str(root), progress=False)
+    assert not r["ok"] and r["unreadable"] == 1 and format_report(r).endswith("PROBLEMS FOUND")
+
+
 def test_nih_splits_and_valid(tmp_path):
     root = nih_fixture(tmp_path)
     (root / "train_val_list.txt").unlink()

@@ -14,7 +14,12 @@ from doll.errors import DollError
 def check_dataset(dataset: str, root: str, decode: int = 200, progress: bool = True, **options) -> dict:
     """Counts per split, label statistics per class, masks per structure, missing and
     unreadable files. ``decode`` images (spread over the set; 0 = all) are decoded to
-    catch corrupt files; every listed file is checked for existence."""
+    catch corrupt files; every listed file is checked for existence.
+
+    Formats that read a partial download (``nih``, ``folder``: index rows whose image is
+    not there are skipped) report those rows as ``rows_without_image``: counted and
+    shown, but not a problem, since every command skips them too. A file that a
+    command *would* read and cannot is a problem (``ok`` false)."""
     fmt = open_dataset(dataset, root, **options)
     items = fmt.items()
     report: dict = {"dataset": dataset, "root": str(fmt.root), "images": len(items), "splits": {},
@@ -32,9 +37,11 @@ def check_dataset(dataset: str, root: str, decode: int = 200, progress: bool = T
         report["boxes"] = sum(len(b) for it in items for b in it.boxes.values())
     missing = [str(it.image) for it in items if not it.image.exists()]
     missing += [str(p) for it in items for p in it.masks.values() if not p.exists()]
-    missing += list(map(str, getattr(fmt, "missing", []) or []))
     report["missing_files"] = len(missing)
     report["missing_examples"] = missing[:10]
+    skipped = list(map(str, getattr(fmt, "missing", []) or []))
+    report["rows_without_image"] = len(skipped)
+    report["rows_without_image_examples"] = skipped[:10]
     present = [it for it in items if it.image.exists()]
     if decode and len(present) > decode:
         pick = np.linspace(0, len(present) - 1, decode).round().astype(int)
@@ -77,6 +84,9 @@ def format_report(r: dict) -> str:
     lines.append(f"  missing files: {r['missing_files']}; unreadable: {r['unreadable']} of {r['decoded']} decoded")
     for ex in r["missing_examples"][:3] + r["unreadable_examples"][:3]:
         lines.append(f"    {ex}")
+    if r.get("rows_without_image"):
+        lines.append(f"  index rows naming an image that is not here: {r['rows_without_image']} (skipped by every "
+                     f"command; expected for a partial download), e.g. {', '.join(r['rows_without_image_examples'][:3])}")
     lines.append("OK" if r["ok"] else "PROBLEMS FOUND")
     return "\n".join(lines)
 
