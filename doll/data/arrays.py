@@ -9,8 +9,11 @@ Clear the cache with ``rm -r artifacts/cache`` (or your ``$DOLL_CACHE``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,70 +54,156 @@ def _key(items: list[Item], size: int, structures: list[str]) -> str:
     return h.hexdigest()[:20]
 
 
-def _decode_all(fn, jobs, desc, progress):
+CHUNK = 1024  # images decoded between two flushes of the cache files (bounds memory and lost work)
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """An exclusive lock on ``path`` (POSIX ``flock``): under torchrun, the ranks of a node
+    that ask for the same arrays wait for one of them to decode instead of each decoding
+    all of them. Where ``fcntl`` is missing (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _open_cached(folder: Path, items: list[Item], structures: list[str]) -> Arrays:
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    if len(images) != len(items):
+        raise DollError(f"the image cache {folder} holds {len(images)} images, not {len(items)}; delete it")
+    masks = np.load(folder / "masks.npy", mmap_mode="r") if structures else None
+    has = np.load(folder / "has_mask.npy") if structures else None
+    return Arrays(images, masks, has, list(items))
+
+
+def _reader(items: list[Item], size: int, structures: list[str], strict: bool):
+    def read(i: int):
+        it = items[i]
+        try:
+            img, shape = load_image(it.image, size, with_shape=True)
+        except DollError as exc:
+            return i, None, None, exc
+        masks = None
+        if structures:  # a mask that cannot be read raises at once
+            masks = np.stack([load_mask(it.masks[s], size, shape if strict else None) if s in it.masks
+                              else np.zeros((size, size), np.uint8) for s in structures])
+        return i, img, masks, None
+    return read
+
+
+def _decode_into(items, read, images, masks, start: int, progress: bool, on_chunk=None) -> None:
+    """Decode items ``start:`` into ``images`` / ``masks`` (arrays or memory maps), CHUNK
+    items at a time; ``on_chunk(next_index)`` after each chunk (the cache's checkpoint).
+    The first unreadable image raises, naming how many others are unreadable."""
     workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:  # cv2 releases the GIL while decoding
-        return list(tqdm(pool.map(fn, jobs), total=len(jobs), desc=desc, disable=not progress, leave=False))
+    n = len(items)
+    with ThreadPoolExecutor(workers) as pool, \
+            tqdm(total=n, initial=start, desc=f"decoding {n} images", disable=not progress, leave=False) as bar:
+        for lo in range(start, n, CHUNK):  # cv2 releases the GIL while decoding
+            bad = []
+            for i, img, m, err in pool.map(read, range(lo, min(n, lo + CHUNK))):
+                if err is not None:
+                    bad.append(err)
+                    continue
+                images[i] = img
+                if masks is not None:
+                    masks[i] = m
+            hi = min(n, lo + CHUNK)
+            if bad:
+                span = f"the {hi - lo} images" + ("" if hi - lo == n else f" {lo}..{hi - 1} of {n}")
+                what = f"none of {span} could be read" if len(bad) == hi - lo else \
+                    f"{len(bad)} of {span} could not be read"
+                raise DollError(f"{what} (first: {bad[0]}); fix or remove them")
+            bar.update(hi - lo)
+            if on_chunk is not None:
+                on_chunk(hi)
 
 
 def load_arrays(items: list[Item], size: int, structures: list[str] | None = None, *,
-                cache: bool = True, progress: bool = True, skip_unreadable: bool = False,
-                strict: bool = False) -> Arrays:
-    """Decode ``items`` to arrays (cached). Unreadable images raise, or are dropped with
-    ``skip_unreadable`` (all unreadable always raises). ``strict``: a mask that is neither its
-    image's size nor that size divided by a whole number raises instead of being resized."""
+                cache: bool = True, progress: bool = True, strict: bool = False) -> Arrays:
+    """Decode ``items`` to uint8 arrays (N, S, S) and masks (N, K, S, S), or memory-map
+    them from the cache. An unreadable image or mask raises DollError. ``strict``: a mask
+    that is neither its image's size nor that size divided by a whole number raises
+    instead of being resized.
+
+    The cache is built in ``<key>.partial/`` by writing each decoded chunk straight into
+    memory-mapped ``.npy`` files (memory stays at one chunk, however big the data set) and
+    recording how far it got in ``progress.json``; a stopped build resumes there on the
+    next call. When complete the folder is renamed to ``<key>/``. A lock file makes
+    concurrent callers (torchrun ranks) wait for one build."""
     structures = list(structures or [])
     if not items:
         raise DollError("no images to load; check --root, --dataset and the split")
+    n = len(items)
+    read = _reader(items, size, structures, strict)
+    if not cache:
+        images = np.zeros((n, size, size), np.uint8)
+        masks = np.zeros((n, len(structures), size, size), np.uint8) if structures else None
+        _decode_into(items, read, images, masks, 0, progress)
+        has = np.array([[s in it.masks for s in structures] for it in items], bool) if structures else None
+        return Arrays(images, masks, has, list(items))
+
     key = _key(items, size, structures) + ("-strict" if strict and structures else "")
-    folder = cache_dir() / key
-    if cache and (folder / "images.npy").exists():
-        images = np.load(folder / "images.npy", mmap_mode="r")
-        keep = np.load(folder / "keep.npy")
-        kept = [it for it, k in zip(items, keep) if k]
-        masks = np.load(folder / "masks.npy", mmap_mode="r") if structures else None
-        has = np.load(folder / "has_mask.npy") if structures else None
-        return Arrays(images, masks, has, kept)
-
-    shapes: dict[str, tuple[int, int]] = {}
-
-    def read(it: Item):
+    root = cache_dir()
+    folder, partial = root / key, root / f"{key}.partial"
+    if (folder / "images.npy").exists():
+        return _open_cached(folder, items, structures)
+    root.mkdir(parents=True, exist_ok=True)
+    with _build_lock(root / f"{key}.lock"):
+        if (folder / "images.npy").exists():  # built by another process while we waited
+            return _open_cached(folder, items, structures)
+        state_file = partial / "progress.json"
         try:
-            img, shapes[it.id] = load_image(it.image, size, with_shape=True)
-            return img
-        except DollError as exc:
-            return exc
+            state = json.loads(state_file.read_text())
+            start = int(state["done"]) if state.get("n") == n else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            start = 0
+        if not all((partial / f).is_file() for f in ["images.npy"] + (["masks.npy"] if structures else [])):
+            start = 0
+        if start == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        mode = "r+" if start else "w+"
+        images = np.lib.format.open_memmap(partial / "images.npy", mode, np.uint8, (n, size, size))
+        masks = (np.lib.format.open_memmap(partial / "masks.npy", mode, np.uint8, (n, len(structures), size, size))
+                 if structures else None)
 
-    decoded = _decode_all(read, items, f"decoding {len(items)} images at {size}px", progress)
-    bad = [(it, r) for it, r in zip(items, decoded) if isinstance(r, Exception)]
-    if len(bad) == len(items):
-        raise DollError(f"none of the {len(items)} images could be read (first: {bad[0][1]})")
-    if bad and not skip_unreadable:
-        raise DollError(f"{len(bad)} of {len(items)} images could not be read (first: {bad[0][1]}); fix or remove them")
-    keep = np.array([not isinstance(r, Exception) for r in decoded])
-    kept = [it for it, k in zip(items, keep) if k]
-    images = np.stack([r for r in decoded if not isinstance(r, Exception)]) if kept else np.zeros((0, size, size), np.uint8)
-    masks = has = None
-    if structures:
-        has = np.array([[s in it.masks for s in structures] for it in kept], bool)
+        maps = [a for a in (images, masks) if a is not None]
 
-        def read_masks(it: Item):
-            expect = shapes[it.id] if strict else None
-            return np.stack([load_mask(it.masks[s], size, expect) if s in it.masks else np.zeros((size, size), np.uint8)
-                             for s in structures])
+        def checkpoint(done: int) -> None:
+            for arr in maps:
+                arr.flush()
+            with atomic_path(state_file) as tmp:
+                tmp.write_text(json.dumps({"n": n, "done": done}))
 
-        masks = np.stack(_decode_all(read_masks, kept, "decoding masks", progress))
-    if cache:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, arr in (("keep", keep), ("masks", masks), ("has_mask", has), ("images", images)):
-            if arr is not None:
-                with atomic_path(folder / f"{name}.npy") as tmp:
-                    with open(tmp, "wb") as fh:
-                        np.save(fh, arr)
-    return Arrays(images, masks, has, kept)
+        try:
+            _decode_into(items, read, images, masks, start, progress, checkpoint)
+        except DollError:  # a bad file: fixing it changes the key, so this build is of no further use
+            maps.clear()
+            del images, masks
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        maps.clear()
+        del images, masks  # close the maps before the rename
+        if structures:
+            with atomic_path(partial / "has_mask.npy") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, np.array([[s in it.masks for s in structures] for it in items], bool))
+        state_file.unlink()
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by an older version
+        os.replace(partial, folder)
+    return _open_cached(folder, items, structures)
 
 
 def labels_of(arrays: Arrays, n_classes: int) -> np.ndarray:
-    """(N, C) raw labels of the kept items (NaN where an item has none)."""
+    """(N, C) raw labels of the items (NaN where an item has none)."""
     return np.stack([it.labels if it.labels is not None else np.full(n_classes, np.nan, np.float32)
                      for it in arrays.items]).astype(np.float32)
