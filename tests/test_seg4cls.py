@@ -287,6 +287,11 @@ def test_cli_mixed_alternating_vs_segmentation_only(phantom, cache, tmp_path, ca
         assert seg["iou"] is None or 0 <= seg["iou"] <= seg["f1"] <= 1
         assert 0 <= m["mean_auroc"][name] <= 1
         assert (out / name / "model.safetensors").exists()
+        # the learning curve: test IoU after each epoch, the last one the reported model's
+        curve = m["methods"][name]["curve"]
+        assert [r["epoch"] for r in curve] == [1, 2] and all(0 <= r["test_iou"] <= 1 for r in curve)
+        if seg["iou"] is not None:
+            assert abs(curve[-1]["test_iou"] - seg["iou"]) < 0.02, (curve, seg)
     # no validation split is carved: every training image is used
     assert m["n_masks"] == round(0.5 * m["n_train"]) and m["n_train"] > 40
     # a finished run resumes to the same result

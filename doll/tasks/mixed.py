@@ -25,7 +25,8 @@ split ``test`` else ``valid``, and ``valid`` when ``test`` has no mask files, as
 COVID-QU-Ex); no validation split is needed (the last epoch's model is
 reported). Reported on the test split per method: segmentation IoU and F1 (Dice) at
 probability > 0.5 on the test images whose mask is non-empty, and AUROC of the
-image scores.
+image scores. Each method's ``curve`` is its IoU on those same test images after every
+epoch: a learning curve (nothing is selected on it), as the DoLL paper plots.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from torch.utils.data import Dataset
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.models.adapters import set_mode
 from doll.models.segmenter import smp_config
+from doll.pretrain.train import SegmentationTask
 from doll.tasks.finetune import FinetuneSettings, build_model
 from doll.tasks.seg4cls import (
     ProbSegTask,
@@ -120,11 +122,14 @@ class AlternatingTask:
 
     def predict(self, model, batch):
         seg, cls = model(batch["image"])
-        return {"prob": torch.sigmoid(seg.float()).cpu().numpy().astype(np.float16),
-                "score": torch.sigmoid(cls.float()).cpu().numpy()}
+        out = {"prob": torch.sigmoid(seg.float()).cpu().numpy().astype(np.float16),
+               "score": torch.sigmoid(cls.float()).cpu().numpy()}
+        if "mask" in batch:  # scored after every epoch: the learning curve
+            out.update(SegmentationTask.scored(seg, batch))
+        return out
 
     def metrics(self, out):
-        return {}
+        return SegmentationTask(self.classes).metrics(out) if "truth" in out else {}
 
 
 def segmentation_scores(prob: np.ndarray, test, names: list[str]) -> dict:
@@ -169,7 +174,11 @@ def mixed(s: FinetuneSettings) -> dict:
     ck = {"kind": "segmenter", "stage": "finetune", "task": "mixed", "classes": names, "mode": s.mode,
           "in_channels": 1, "image_size": size, "normalisation": NORMALISATION, "run": {"command": "finetune", **asdict(s)}}
     test_set = ArrayDataset(test.images)
+    curve_set = ArrayDataset(test.images, masks=test.masks, valid=test.mask_ok)  # scored each epoch, never selected on
     methods, scores = {}, {}
+
+    def curve(history):
+        return [{"epoch": r["epoch"], "test_iou": r.get("val_iou")} for r in history]
 
     # -- segmentation only, on the mask subset
     torch.manual_seed(s.seed)
@@ -178,12 +187,12 @@ def mixed(s: FinetuneSettings) -> dict:
     seg_task = ProbSegTask(names, background_weight=1.0, dice_weight=0.5)
     engine = Engine(model, seg_task, engine_settings(s, s.epochs, min(bs, len(seg_cycle))), out / "segmentation_only",
                     {**ck, **init_info}, smp_config(model))
-    engine.fit(ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True, seed=s.seed,
-                            indices=seg_cycle), None, resume=s.resume)
+    history = engine.fit(ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True, seed=s.seed,
+                                      indices=seg_cycle), curve_set, resume=s.resume)["history"]
     prob = predict_all(engine.model, seg_task, test_set, bs, engine.device)["prob"]
     scores["segmentation_only"] = np.asarray(prob, np.float32).max(axis=(2, 3))
     methods["segmentation_only"] = {"segmentation": segmentation_scores(prob, test, names),
-                                    "image_score": "max of the probability map"}
+                                    "image_score": "max of the probability map", "curve": curve(history)}
 
     # -- alternating seg / cls batches through the segmentation output
     y_tr, w_tr = train.targets()
@@ -199,11 +208,11 @@ def mixed(s: FinetuneSettings) -> dict:
         name = f"alternating_{pooling}"
         e = Engine(net, task, engine_settings(s, s.epochs, min(bs, n)), out / name, {**ck, **init_info,
                    "kind": "seg_to_class", "pooling": pooling})
-        e.fit(data, None, resume=s.resume)
+        history = e.fit(data, curve_set, resume=s.resume)["history"]
         pred = predict_all(e.model, task, test_set, bs, e.device)
         scores[name] = pred["score"]
         methods[name] = {"segmentation": segmentation_scores(pred["prob"], test, names),
-                         "image_score": f"{pooling} pooling of the segmentation logits"}
+                         "image_score": f"{pooling} pooling of the segmentation logits", "curve": curve(history)}
 
     for name, sc in scores.items():
         a = masked_aurocs(sc, test.raw, names)
