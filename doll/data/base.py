@@ -8,6 +8,7 @@ resized arrays that training reads.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,12 +89,40 @@ class DatasetFormat:
 
     # helpers for subclasses -------------------------------------------------
     def inside(self, path: str | Path, base: Path | None = None) -> Path:
-        """Join ``path`` to ``base`` (default: the root); refuse a result outside the root."""
-        full = ((base or self.root) / path).resolve()
-        if self.root != full and self.root not in full.parents:
+        """Join ``path`` to ``base`` (default: the root) and resolve it; refuse a result
+        outside the root, lexically ('..', absolute paths) or through a symlink."""
+        root = str(self.root)
+        full = os.path.normpath(os.path.join(base or root, path))
+        real = full if full == root else self._realpath(full) if _under(full, root) else None
+        if real is None or not _under(real, root):
             raise DollError(f"path {str(path)!r} points outside the data root {self.root}; paths with '..', "
-                           "absolute paths and symlinks that leave the root are refused")
-        return full
+                            "absolute paths and symlinks that leave the root are refused")
+        return Path(real)
+
+    def _realpath(self, full: str) -> str:
+        """``os.path.realpath`` of a normalised path under the root, remembering each
+        directory's answer: one ``lstat`` per new directory and one per file, instead of
+        one per path component of every file (CheXpert: 224k files, 6 components deep;
+        it matters most on network file systems)."""
+        memo = self.__dict__.setdefault("_real_dirs", {str(self.root): str(self.root)})
+
+        def real_dir(d: str) -> str:
+            r = memo.get(d)
+            if r is None:
+                parent, name = os.path.split(d)
+                r = os.path.join(real_dir(parent), name)
+                if os.path.islink(r):
+                    r = os.path.realpath(r)
+                memo[d] = r
+            return r
+
+        folder, name = os.path.split(full)
+        f = os.path.join(real_dir(folder), name)
+        return os.path.realpath(f) if os.path.islink(f) else f
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 # mask structure -> the image class(es) it localises, where the names differ
