@@ -57,7 +57,7 @@ def evaluate_labels(
     seed: int = SEED,
     quiet: bool = QUIET,
 ):
-    """Pseudo-label quality against ground-truth masks: IoU, Dice, top-k IoU and pointing game per class and mean, next to a random-map baseline."""
+    """Pseudo-label quality against ground-truth masks (or NIH boxes): IoU, Dice, top-k IoU, pointing game and AP per class and mean, next to a random map (and the lung field, where known)."""
     from doll.errors import DollError
     from doll.labels.evaluate import evaluate_labels as run
     from doll.utils import read_json, write_json
@@ -70,9 +70,24 @@ def evaluate_labels(
     result = run(str(labels), dataset=dataset, root=str(root) if root else "", label_rule=label_rule, seed=seed,
                  progress=not quiet)
     write_json(target, result)
-    emit(result, as_json=as_json, keys=("mean_iou", "random_iou", "pairs", "label_rule"))
-    if not as_json:
+    if as_json:
+        emit(result, as_json=True)
+    else:
+        typer.echo(score_table(result))
         typer.echo(f"metrics: {target}")
+
+
+PRIORS = (("mean", "labels"), ("random", "random map"), ("lung_prior", "lung mask"), ("field_prior", "lung field"))
+
+
+def score_table(result: dict) -> str:
+    """The five scores of the labels next to each prior that was computed, one row per score."""
+    cols = [(key, name) for key, name in PRIORS if result.get(key)]
+    lines = [f"{'':10s}" + "".join(f"{name:>12s}" for _, name in cols)]
+    for score in ("iou", "dice", "topk_iou", "pointing", "ap"):
+        lines.append(f"{score:10s}" + "".join(f"{result[key][score]:12.3f}" for key, _ in cols))
+    lines.append(f"{result['pairs']} image-class pairs, label rule {result['label_rule']}")
+    return "\n".join(lines)
 
 
 @app.command("show")

@@ -64,6 +64,16 @@ def test_evaluate_labels_beats_random_map(pipeline, capsys):
     assert result["pairs"] > 10
     assert 0 <= result["mean_iou"] <= 1 and 0 <= result["random_iou"] <= 1
     assert result["mean"]["topk_iou"] > result["random"]["topk_iou"]
+    # without --json: a table of the five scores, labels next to the random map
+    from doll_cli.main import main
+
+    main(["evaluate-labels", "--labels", str(pipeline["labels"]), "--quiet"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["labels", "random", "map"]
+    rows = {ln.split()[0]: [float(v) for v in ln.split()[1:]] for ln in lines[1:6]}
+    assert list(rows) == ["iou", "dice", "topk_iou", "pointing", "ap"]
+    assert rows["topk_iou"] == [round(result["mean"]["topk_iou"], 3), round(result["random"]["topk_iou"], 3)]
+    assert lines[6] == f"{result['pairs']} image-class pairs, label rule {result['label_rule']}"
 
 
 def test_show_writes_png_overlay(pipeline, tmp_path):
