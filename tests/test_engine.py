@@ -224,3 +224,23 @@ def test_under_torchrun_cuda_means_this_ranks_gpu_on_every_call(monkeypatch):
     assert dist.init(torch.device("cuda", 0)) == torch.device("cuda", 1)  # the engine's call, --device cuda:0
     assert dist.init(torch.device("cuda")) == torch.device("cuda", 1)
     assert dist.init(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_data_loader_workers_do_not_change_training(tmp_path):
+    """--num-workers only moves augmentation into other processes: each draw depends on
+    (seed, epoch, index), so the epochs' losses and the final weights are the same."""
+    import numpy as np
+
+    from doll.data.dataset import ArrayDataset
+    from doll.train.engine import Engine, EngineSettings
+
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16), dtype=np.uint8)
+    runs = {}
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(256, 2)
+        es = EngineSettings(epochs=2, batch_size=4, device="cpu", progress=False, num_workers=workers, monitor="epoch")
+        m = Engine(model, _Task(), es, tmp_path / f"w{workers}", {"kind": "classifier"}).fit(
+            ArrayDataset(images, augment=True, seed=3), None)
+        runs[workers] = ([r["train_loss"] for r in m["history"]], model.weight.detach().clone())
+    assert runs[0][0] == runs[2][0] and torch.equal(runs[0][1], runs[2][1])
