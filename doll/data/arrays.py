@@ -58,17 +58,23 @@ CHUNK = 1024  # images decoded between two flushes of the cache files (bounds me
 
 
 @contextlib.contextmanager
-def _build_lock(path: Path):
+def _build_lock(path: Path, progress: bool):
     """An exclusive lock on ``path`` (POSIX ``flock``): under torchrun, the ranks of a node
     that ask for the same arrays wait for one of them to decode instead of each decoding
-    all of them. Where ``fcntl`` is missing (Windows) there is no lock."""
+    all of them (a waiting process with ``progress`` says so). Where ``fcntl`` is missing
+    (Windows) there is no lock."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                tqdm.write(f"waiting for another process to finish decoding the images into {path.with_suffix('')}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -157,7 +163,7 @@ def load_arrays(items: list[Item], size: int, structures: list[str] | None = Non
     if (folder / "images.npy").exists():
         return _open_cached(folder, items, structures)
     root.mkdir(parents=True, exist_ok=True)
-    with _build_lock(root / f"{key}.lock"):
+    with _build_lock(root / f"{key}.lock", progress):
         if (folder / "images.npy").exists():  # built by another process while we waited
             return _open_cached(folder, items, structures)
         state_file = partial / "progress.json"
