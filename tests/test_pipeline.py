@@ -289,8 +289,12 @@ def test_refine_with_a_model_pretrained_with_aux_head(pipeline, tmp_path):
 
 
 def test_pretrain_targets_keep_absent_classes_empty_even_when_explained(tmp_path):
+    """Targets read row by row (LabelRows): the rule where explained, empty where the label says absent."""
+    import pickle
+
+    from doll.explain.distill import apply_rule
     from doll.labels import store
-    from doll.pretrain.train import pretrain_targets
+    from doll.pretrain.train import LabelRows
 
     rng = np.random.default_rng(0)
     n = 4
@@ -301,10 +305,18 @@ def test_pretrain_targets_keep_absent_classes_empty_even_when_explained(tmp_path
     store.write_label_file(tmp_path / "l.h5", rows, {"classes": ["a", "b"], "method": "ig", "settings": {},
                                                      "label_rule": "otsu", "image_size": 8, "dataset": "phantom"})
     with store.LabelFile(tmp_path / "l.h5") as lf:
-        masks, valid, names, labels = pretrain_targets(lf, "otsu", soft=False)
-    absent = labels == 0
-    assert names == ["a", "b"] and (valid == 1).all()
+        data = LabelRows(lf, np.array([0, 1, 2, 3]), "otsu", soft=False)
+        soft = LabelRows(lf, np.array([2, 3]), "otsu", soft=True)
+    masks = np.stack([data.masks[j] for j in range(n)])  # the file is closed: each reader has its own handle
+    absent = data.labels == 0
+    assert data.names == ["a", "b"] and (data.valid == 1).all() and masks.dtype == np.float16
     assert not masks[absent].any() and masks[~absent].any(axis=(-2, -1)).all()
+    assert np.array_equal(masks[~absent], apply_rule(rows["saliency"][~absent], "otsu"))
+    assert np.array_equal(data.images[1], rows["images"][1]) and len(data.images) == n
+    assert np.allclose(soft.masks[0], rows["saliency"][2] / 255.0, atol=1e-3)  # row 2 of the file
+    assert not soft.masks[1].any()  # row 3: both classes absent
+    again = pickle.loads(pickle.dumps(data))  # as a spawned DataLoader worker gets it
+    assert np.array_equal(again.masks[0], masks[0])
 
 
 def test_augmentation_moves_masks_with_their_image():
@@ -340,3 +352,29 @@ def test_pretrain_validation_holds_out_whole_patients(pipeline, tmp_path):
         f.attrs["root"] = str(tmp_path / "nowhere")
     with LabelFile(moved) as lf:
         assert row_patients(lf) == (paths, "images")
+
+
+def test_pretrain_reads_label_rows_on_demand(tmp_path):
+    """Opening a label file for pretraining holds the per-row flags, not the images and masks."""
+    import tracemalloc
+
+    from doll.labels import store
+    from doll.pretrain.train import LabelRows
+
+    n, c, size = 200, 4, 64
+    rng = np.random.default_rng(0)
+    rows = {"saliency": rng.integers(0, 256, (n, c, size, size), dtype=np.uint8),
+            "images": rng.integers(0, 256, (n, size, size), dtype=np.uint8), "targets": np.ones((n, c), bool),
+            "labels": np.ones((n, c), np.float32), "probs": np.full((n, c), 0.5, np.float32),
+            "done": np.ones(n, bool), "paths": [str(i) for i in range(n)]}
+    store.write_label_file(tmp_path / "l.h5", rows, {"classes": list("abcd"), "method": "ig", "settings": {},
+                                                     "label_rule": "otsu", "image_size": size, "dataset": "phantom"})
+    del rows
+    dense = n * c * size * size * 2 + n * size * size  # float16 masks + uint8 images
+    with store.LabelFile(tmp_path / "l.h5") as lf:
+        tracemalloc.start()
+        data = LabelRows(lf, np.arange(n), "otsu", soft=False)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 0.05 * dense, (peak, dense)
+    assert data.masks[n - 1].shape == (c, size, size) and data.masks[n - 1].any()

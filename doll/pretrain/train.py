@@ -9,9 +9,11 @@ of the file's rows is the validation slice (loss and IoU against its pseudo labe
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 
+import h5py
 import numpy as np
 
 from doll.data import open_dataset
@@ -100,26 +102,64 @@ class SegmentationTask:
         return {"iou": float(np.mean(list(per.values()))) if per else float("nan")}
 
 
-def pretrain_targets(lf: LabelFile, rule: str, soft: bool):
-    """Masks (N, C', H, W) float16, valid (N, C'), the class names C' that were explained and
-    their image labels (N, C') (1, 0, -1, NaN)."""
-    targets = lf["targets"][:]
-    used = np.flatnonzero(targets.any(axis=0))
-    if not len(used):
-        raise DollError(f"{lf.path} has no explained class; run `doll explain` with other --targets")
-    names = [lf.classes[c] for c in used]
-    labels = lf["labels"][:][:, used]
-    n, (h, w) = len(lf), lf["images"].shape[1:]
-    masks = np.zeros((n, len(used), h, w), np.float16)
-    valid = (labels == 0).astype(np.float32)  # known-absent classes: empty masks
-    for i in range(n):
-        ks = np.flatnonzero(targets[i, used])
+class LabelRows:
+    """The pretraining data of a label file, read row by row when a batch asks for it, so
+    memory does not grow with the file (CheXpert at 224 px: 9.6 GB of images, and 268 GB
+    of float16 masks for 14 classes, had they been held as arrays).
+
+    Row ``j`` is file row ``rows[j]``. ``images[j]``: its uint8 image. ``masks[j]``: float16
+    (C', H, W) targets for the explained classes ``names``: the label rule applied to the
+    saliency (or saliency / 255 with ``soft``) where the class was explained, and an empty
+    map where the image label says the class is absent (it wins over a map made with
+    ``--targets all|predicted``). ``valid`` (N, C'): which maps carry a target (the others
+    are left out of the loss). ``labels`` (N, C'): the image labels (1, 0, -1, NaN).
+    Each process opens its own read-only handle, DataLoader workers included."""
+
+    def __init__(self, lf: LabelFile, rows: np.ndarray, rule: str, soft: bool):
+        targets = lf["targets"][:]
+        self.used = np.flatnonzero(targets.any(axis=0))
+        if not len(self.used):
+            raise DollError(f"{lf.path} has no explained class; run `doll explain` with other --targets")
+        self.path, self.rows, self.rule, self.soft = str(lf.path), np.asarray(rows), rule, soft
+        self.names = [lf.classes[c] for c in self.used]
+        self.labels = lf["labels"][:][self.rows][:, self.used]
+        self.explained = targets[self.rows][:, self.used] & (self.labels != 0)
+        self.valid = ((self.labels == 0) | self.explained).astype(np.float32)
+        self.shape = lf["images"].shape[1:]
+        self.images, self.masks = _Column(self._image, len(self.rows)), _Column(self._mask, len(self.rows))
+        self._f, self._pid = None, None
+
+    def _file(self) -> h5py.File:
+        if self._f is None or self._pid != os.getpid():  # a forked worker opens its own handle
+            self._f, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._f
+
+    def __getstate__(self):  # spawned DataLoader workers get the description, not the handle
+        return {**self.__dict__, "_f": None, "_pid": None}
+
+    def _image(self, j: int) -> np.ndarray:
+        return self._file()["images"][self.rows[j]]
+
+    def _mask(self, j: int) -> np.ndarray:
+        m = np.zeros((len(self.used), *self.shape), np.float16)
+        ks = np.flatnonzero(self.explained[j])
         if len(ks):
-            sal = lf["saliency"][i][used[ks]]
-            masks[i, ks] = sal / 255.0 if soft else apply_rule(sal, rule)
-            valid[i, ks] = 1.0
-    masks[labels == 0] = 0  # the image label wins over a map of a class it says is absent (--targets all|predicted)
-    return masks, valid, names, labels
+            sal = self._file()["saliency"][self.rows[j]][self.used[ks]]
+            m[ks] = sal / 255.0 if self.soft else apply_rule(sal, self.rule)
+        return m
+
+
+class _Column:
+    """``column[j]`` calls ``read(j)``: an array-like view for ArrayDataset."""
+
+    def __init__(self, read, n: int):
+        self.read, self.n = read, n
+
+    def __getitem__(self, j):
+        return self.read(int(j))
+
+    def __len__(self):
+        return self.n
 
 
 def row_patients(lf: LabelFile) -> tuple[list[str], str]:
@@ -146,10 +186,8 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     with LabelFile(s.labels) as lf:
         rule = check_rule(s.label_rule or lf.label_rule)
         done = np.flatnonzero(lf.done)
-        images = lf["images"][:][done]
-        masks, valid, names, image_labels = pretrain_targets(lf, rule, s.soft)
-        masks, valid, image_labels = masks[done], valid[done], image_labels[done]
-        size = images.shape[-1]
+        data = LabelRows(lf, done, rule, s.soft)
+        names, image_labels, size = data.names, data.labels, data.shape[-1]
         info = lf.info()
         patients, val_unit = row_patients(lf)
         patients = [patients[i] for i in done]
@@ -160,9 +198,10 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     held = hold_out(patients, s.val_fraction, s.seed)  # patient-level: no patient on both sides
     is_val = np.array([p in held for p in patients], bool)
     n_val = int(is_val.sum())
-    train_set = ArrayDataset(images, y, w, masks=masks, valid=valid, augment=True, seed=s.seed,
+    train_set = ArrayDataset(data.images, y, w, masks=data.masks, valid=data.valid, augment=True, seed=s.seed,
                              indices=np.flatnonzero(~is_val))
-    val_set = ArrayDataset(images, y, w, masks=masks, valid=valid, indices=np.flatnonzero(is_val)) if n_val else None
+    val_set = ArrayDataset(data.images, y, w, masks=data.masks, valid=data.valid,
+                           indices=np.flatnonzero(is_val)) if n_val else None
     task = SegmentationTask(names, s.background_weight, s.dice_weight, s.aux_weight if s.aux else 0.0)
     es = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, device=s.device,
                         num_workers=s.num_workers, monitor="val_iou" if n_val else "train_loss",
