@@ -378,3 +378,24 @@ def test_pretrain_reads_label_rows_on_demand(tmp_path):
         tracemalloc.stop()
     assert peak < 0.05 * dense, (peak, dense)
     assert data.masks[n - 1].shape == (c, size, size) and data.masks[n - 1].any()
+
+
+def test_validation_iou_is_reduced_per_image_on_the_device():
+    """SegmentationTask.scored keeps (N, C) sums, not masks; metrics gives the IoU of the whole masks."""
+    from doll.pretrain.train import SegmentationTask
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 3, 16, 16, generator=g)
+    mask = (torch.rand(6, 3, 16, 16, generator=g) > 0.6).float()
+    mask[0, 1] = 0  # class absent on image 0: left out of its class mean
+    valid = torch.ones(6, 3)
+    valid[1, 2] = 0  # map unknown: left out
+    out = SegmentationTask.scored(logits, {"mask": mask, "valid": valid})
+    assert {k: v.shape for k, v in out.items()} == {k: (6, 3) for k in ("inter", "union", "present", "valid")}
+    pred, truth = (logits > 0).numpy(), (mask >= 0.5).numpy()
+    per = []
+    for k in range(3):
+        ious = [(pred[i, k] & truth[i, k]).sum() / (pred[i, k] | truth[i, k]).sum()
+                for i in range(6) if truth[i, k].any() and valid[i, k] > 0]
+        per.append(np.mean(ious))
+    assert SegmentationTask(["a", "b", "c"]).metrics(out)["iou"] == pytest.approx(np.mean(per), abs=1e-12)

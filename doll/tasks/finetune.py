@@ -81,6 +81,14 @@ class FinetuneSettings(RunOptions):
 
 
 class FinetuneTask(SegmentationTask):
+    """Keeps the whole predicted and true masks (fine-tuning test sets are small): the final
+    scores need them (Dice, and the false-positive area on negative images)."""
+
+    def predict(self, model, batch):
+        out = model(batch["image"])
+        logits = out[0] if isinstance(out, tuple) else out
+        return {"pred": (logits.float() > 0).cpu().numpy(), "truth": (batch["mask"] >= 0.5).cpu().numpy()}
+
     def metrics(self, out):
         scores = segmentation_scores(out["pred"], out["truth"], self.names)
         return {"iou": scores["mean_iou"], "dice": scores["mean_dice"]}

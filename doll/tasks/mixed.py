@@ -129,7 +129,7 @@ class AlternatingTask:
         return out
 
     def metrics(self, out):
-        return SegmentationTask(self.classes).metrics(out) if "truth" in out else {}
+        return SegmentationTask(self.classes).metrics(out) if "inter" in out else {}
 
 
 def segmentation_scores(prob: np.ndarray, test, names: list[str]) -> dict:

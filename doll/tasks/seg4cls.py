@@ -223,7 +223,7 @@ class ProbSegTask(SegmentationTask):
         return out
 
     def metrics(self, out):
-        return super().metrics(out) if "truth" in out else {}
+        return super().metrics(out) if "inter" in out else {}
 
 
 class YNet(nn.Module):
