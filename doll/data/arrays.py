@@ -90,6 +90,11 @@ def _open_cached(folder: Path, items: list[Item], structures: list[str]) -> Arra
     return Arrays(images, masks, has, list(items))
 
 
+def _has_masks(items: list[Item], structures: list[str]) -> np.ndarray:
+    """bool (N, K): whether each item has a mask file for each structure."""
+    return np.array([[s in it.masks for s in structures] for it in items], bool)
+
+
 def _reader(items: list[Item], size: int, structures: list[str], strict: bool):
     def read(i: int):
         it = items[i]
@@ -108,7 +113,7 @@ def _reader(items: list[Item], size: int, structures: list[str], strict: bool):
 def _decode_into(items, read, images, masks, start: int, progress: bool, on_chunk=None) -> None:
     """Decode items ``start:`` into ``images`` / ``masks`` (arrays or memory maps), CHUNK
     items at a time; ``on_chunk(next_index)`` after each chunk (the cache's checkpoint).
-    The first unreadable image raises, naming how many others are unreadable."""
+    A chunk with unreadable images raises, naming how many of that chunk are unreadable."""
     workers = min(8, os.cpu_count() or 1)
     n = len(items)
     with ThreadPoolExecutor(workers) as pool, \
@@ -154,8 +159,7 @@ def load_arrays(items: list[Item], size: int, structures: list[str] | None = Non
         images = np.zeros((n, size, size), np.uint8)
         masks = np.zeros((n, len(structures), size, size), np.uint8) if structures else None
         _decode_into(items, read, images, masks, 0, progress)
-        has = np.array([[s in it.masks for s in structures] for it in items], bool) if structures else None
-        return Arrays(images, masks, has, list(items))
+        return Arrays(images, masks, _has_masks(items, structures) if structures else None, list(items))
 
     key = _key(items, size, structures) + ("-strict" if strict and structures else "")
     root = cache_dir()
@@ -202,7 +206,7 @@ def load_arrays(items: list[Item], size: int, structures: list[str] | None = Non
         if structures:
             with atomic_path(partial / "has_mask.npy") as tmp:
                 with open(tmp, "wb") as fh:
-                    np.save(fh, np.array([[s in it.masks for s in structures] for it in items], bool))
+                    np.save(fh, _has_masks(items, structures))
         state_file.unlink()
         shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by an older version
         os.replace(partial, folder)
