@@ -48,6 +48,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group at the end of a command that succeeded: wait for every rank,
+    then destroy the group. Left to the interpreter's exit, ranks tear their gloo/NCCL
+    threads down in any order, and a rank whose work was done could still abort (SIGABRT,
+    "terminate called without an active exception", seen once in CI under gloo), failing
+    the whole torchrun job. The CLI calls this; call it at the end of your own script when
+    you drive the stages from Python under torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def gather_objects(obj):
     """List of ``obj`` from every rank (just ``[obj]`` without DDP)."""
     if not active():
