@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import h5py
 import numpy as np
+import torch
 
 from doll.data import open_dataset
 from doll.data.common import hold_out
@@ -195,6 +196,7 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
         info = lf.info()
         patients, val_unit = row_patients(lf)
         patients = [patients[i] for i in done]
+    torch.manual_seed(s.seed)  # the initial weights: the same --seed gives the same run
     model = build_pspnet(s.encoder, len(names), aux=s.aux)
     y, w = apply_policy(image_labels, "ignore", "ignore")
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() else None
