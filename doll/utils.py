@@ -161,6 +161,27 @@ def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
     return out
 
 
+def load_class(spec: str, base: type, option: str) -> type:
+    """The class ``spec`` (``package.module:ClassName``) names, which must subclass ``base``:
+    how a built-in registry entry is loaded, and how ``--dataset`` / ``--method`` take a
+    user's own format or explainer without changing doll (docs/extending.md)."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise DollError(f"{option} {spec!r}: write a class of your own as package.module:ClassName")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise DollError(f"{option} {spec!r}: cannot import {exc.name!r}; install the package or add its folder "
+                        "to PYTHONPATH") from None
+    cls = getattr(mod, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        what = "has no class of that name" if cls is None else f"{name} is not a subclass of {base.__module__}.{base.__name__}"
+        raise DollError(f"{option} {spec!r}: module {module} {what}")
+    return cls
+
+
 def check_positive(**values) -> None:
     for name, v in values.items():
         if v is not None and v <= 0:

@@ -16,11 +16,10 @@ output (IG's completeness holds for it).
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 from doll.errors import DollError
+from doll.utils import load_class
 
 METHODS = {
     "ig": "doll.explain.ig:IntegratedGradients",
@@ -82,7 +81,10 @@ class Explainer:
 
 
 def make_explainer(method: str, **settings) -> Explainer:
-    if method not in METHODS:
-        raise DollError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
-    module, cls = METHODS[method].split(":")
-    return getattr(importlib.import_module(module), cls)(**settings)
+    """A built-in method by name, or your own Explainer subclass as ``package.module:ClassName``."""
+    if method in METHODS:
+        return load_class(METHODS[method], Explainer, "--method")(**settings)
+    if ":" in method:
+        return load_class(method, Explainer, "--method")(**settings)
+    raise DollError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}, "
+                    "or name your own explainer as package.module:ClassName")
