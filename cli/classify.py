@@ -13,6 +13,7 @@ def train_classifiers(
     root: Path = typer.Option(..., "--root", help="The folder you unpacked the data set into."),
     out: Path = typer.Option(Path("artifacts/classifiers"), "--out", help="Output folder (one member_<i>/ folder per classifier)."),
     arch: str = typer.Option("resnet18", "--arch", help="resnet18, resnet34, resnet50, densenet121 or efficientnet_b0; several, comma-separated, are cycled over the members."),
+    init: str = typer.Option("random", "--init", help="Initial weights: random, or imagenet:/path/to/file with torchvision's weights for --arch (safetensors or a plain state dict, never downloaded; the first convolution's RGB kernels are summed for the one channel, the head is new). Several, comma-separated, are cycled over the members."),
     members: int = typer.Option(2, "--members", help="Number of classifiers in the ensemble (seeds seed, seed+1, ...)."),
     image_size: int = typer.Option(64, "--image-size", help="Images are resized to this square size."),
     epochs: int = typer.Option(8, "--epochs", help="Training epochs per member."),
@@ -32,7 +33,7 @@ def train_classifiers(
     """Stage 1: train an ensemble of multi-label classifiers on image labels; reports per-class AUROC on the validation split. Writes model.safetensors + config.json per member."""
     from doll.classify.train import train_classifiers as run
 
-    result = run(dataset=dataset, root=str(root), out=str(out), arch=arch, members=members, image_size=image_size,
+    result = run(dataset=dataset, root=str(root), out=str(out), arch=arch, init=init, members=members, image_size=image_size,
                  epochs=epochs, batch_size=batch_size, lr=lr, uncertain=uncertain, blank=blank, views=views,
                  valid_fraction=valid_fraction, accumulate=accumulate, patience=patience,
                  lung_model=str(lung_model) if lung_model else "", hide=hide, num_workers=num_workers, device=device, seed=seed, resume=resume,

@@ -244,3 +244,46 @@ def test_data_loader_workers_do_not_change_training(tmp_path):
             ArrayDataset(images, augment=True, seed=3), None)
         runs[workers] = ([r["train_loss"] for r in m["history"]], model.weight.detach().clone())
     assert runs[0][0] == runs[2][0] and torch.equal(runs[0][1], runs[2][1])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
+def test_classifier_from_torchvision_weights(tmp_path, arch):
+    import re
+
+    import torchvision
+
+    from doll.models.classifier import HEADS, build_classifier, load_pretrained
+
+    torch.manual_seed(1)
+    ref = torchvision.models.get_model(arch, weights=None).state_dict()  # 3 channels, 1000 classes, as shipped
+    state = dict(ref)
+    if arch == "densenet121":  # the key names of torchvision's original DenseNet files
+        state = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v for k, v in ref.items()}
+        assert sum(".norm.1." in k for k in state) > 50
+    torch.save({"state_dict": state}, tmp_path / "w.pth")
+    model = build_classifier(arch, 3)
+    n = load_pretrained(model, arch, str(tmp_path / "w.pth"))
+    mine = model.state_dict()
+    first = next(k for k, v in ref.items() if v.ndim == 4)
+    assert torch.equal(mine[first], ref[first].sum(1, keepdim=True))  # RGB kernels summed for one channel
+    body = [k for k in ref if not k.startswith(HEADS) and k != first and not k.endswith("num_batches_tracked")]
+    assert n == len(body) + 1
+    assert all(torch.equal(mine[k], ref[k]) for k in body)
+    head = next(k for k in mine if k.startswith(HEADS) and k.endswith("weight"))
+    assert mine[head].shape[0] == 3  # a new head for our classes
+    other = "resnet34" if arch == "resnet18" else "resnet18"
+    with pytest.raises(DollError, match=f"is it a torchvision {other} checkpoint"):
+        load_pretrained(build_classifier(other, 3), other, str(tmp_path / "w.pth"))
+
+
+def test_train_classifiers_init_per_member(phantom, tmp_path):
+    import torchvision
+
+    from doll.classify.train import train_classifiers
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    out = tmp_path / "cls"
+    m = train_classifiers(dataset="phantom", root=str(phantom), out=str(out), members=2, epochs=1, image_size=32,
+                          batch_size=16, init=f"imagenet:{tmp_path / 'r18.pth'},random", device="cpu", progress=False)
+    assert [x["init"] for x in m["members"]] == [f"imagenet:{tmp_path / 'r18.pth'}", "random"]
+    assert read_config(out / "member_0")["doll"]["init"].endswith("r18.pth")

@@ -155,6 +155,13 @@ def test_init_pointing_at_nothing(capsys, phantom, tmp_path):
                  phantom / "anatomy", "--init", "imagenet:" + str(tmp_path / "w.pth"), "--out", tmp_path / "o")
 
 
+def test_classifier_init_errors(capsys, phantom, tmp_path):
+    run = ["train-classifiers", "--root", phantom, "--out", tmp_path / "o"]
+    expect_error(capsys, "never downloaded", *run, "--init", "imagenet:" + str(tmp_path / "w.pth"))
+    expect_error(capsys, "--init takes random or imagenet:", *run, "--init", "imagenet")
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
 def test_output_holding_another_run(capsys, pipeline):
     expect_error(capsys, "already holds a run", "train-classifiers", "--root", pipeline["phantom"],
                  "--out", pipeline["classifiers"])

@@ -13,7 +13,7 @@ from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.labels import apply_policy
 from doll.errors import DollError
 from doll.models.checkpoint import load_into
-from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier
+from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier, load_pretrained
 from doll.models.lung_field import lung_model_config, mask_images, predict_lung_fields
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
@@ -37,6 +37,7 @@ class ClassifierSettings(RunOptions):
     root: str = ""
     out: str = "artifacts/classifiers"
     arch: str = "resnet18"  # one architecture, or several separated by commas (cycled over members)
+    init: str = "random"  # or imagenet:/local/weights/file (torchvision's); several, comma-separated, cycled
     members: int = 2
     image_size: int = 64
     epochs: int = 8
@@ -101,6 +102,23 @@ def member_hides(hide: float | str, members: int) -> list[float]:
     return cycled(values, members)
 
 
+def member_inits(init: str, archs: list[str]) -> list[str]:
+    """Each member's initial weights: ``random`` or ``imagenet:<absolute path>`` (one value, or
+    several cycled over the members); a file is checked against its member's architecture
+    before anything is trained."""
+    values = [v.strip() for v in init.split(",") if v.strip()] or ["random"]
+    for i, v in enumerate(values):
+        if v != "random" and not v.startswith("imagenet:"):
+            raise DollError(f"--init takes random or imagenet:/path/to/local/weights, got {v!r}")
+        if v.startswith("imagenet:"):
+            values[i] = "imagenet:" + str(Path(v.split(":", 1)[1]).expanduser().resolve())
+    inits = cycled(values, len(archs))
+    for arch, v in sorted(set(zip(archs, inits))):
+        if v != "random":
+            load_pretrained(build_classifier(arch, 1), arch, v.split(":", 1)[1])
+    return inits
+
+
 def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> dict:
     """Train ``members`` classifiers; returns (and writes to ``out/metrics.json``) their metrics."""
     s = settings or ClassifierSettings(**kwargs)
@@ -108,6 +126,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     check_positive(members=s.members, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size, lr=s.lr)
     hides = member_hides(s.hide, s.members)
     archs = member_archs(s.arch, s.members)
+    inits = member_inits(s.init, archs)
     if s.lung_model:
         lung_model_config(s.lung_model)  # a bad --lung-model fails before any output is written
     device = dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
@@ -135,7 +154,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         raise DollError("every training label is uncertain or blank under this policy; try --uncertain zeros")
     if dist.is_main():
         write_json(out / "config.json", {"command": "train-classifiers", **asdict(s), "classes": classes,
-                                         "member_archs": archs, "n_train": len(train.items), "n_valid": len(val.items),
+                                         "member_archs": archs, "member_inits": inits, "n_train": len(train.items), "n_valid": len(val.items),
                                          "validation": validation})
     train_images, val_images = train.images, val.images
     lung_model = s.lung_model  # absolute (resolve_paths), as explain records it
@@ -150,6 +169,8 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         seed = s.seed + m
         torch.manual_seed(seed)
         model = build_classifier(arch, len(classes))
+        if inits[m] != "random":
+            load_pretrained(model, arch, inits[m].split(":", 1)[1])
         settings = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed, device=s.device,
                                   num_workers=s.num_workers, monitor="val_auroc", monitor_mode="max",
                                   progress=s.progress, accumulate=s.accumulate, patience=s.patience)
@@ -158,13 +179,14 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         folder.mkdir(parents=True, exist_ok=True)
         ck = {"kind": "classifier", "arch": arch, "classes": classes, "in_channels": 1, "image_size": s.image_size,
               "normalisation": NORMALISATION, "seed": seed, "dataset": s.dataset, "uncertain": s.uncertain,
-              "lung_model": lung_model, "hide": hides[m]}
+              "lung_model": lung_model, "hide": hides[m], "init": inits[m]}
         engine = Engine(model, task, settings, folder, ck)
         metrics = engine.fit(train_set, val_set, resume=s.resume)
         load_into(engine.model, folder)  # evaluate the best weights, not the last epoch's
         pred = predict_all(engine.model, task, val_set, s.batch_size, engine.device)
         probs.append(pred["prob"])
-        members.append({"name": folder.name, "arch": arch, "seed": seed, "hide": hides[m], "best_epoch": metrics["best_epoch"],
+        members.append({"name": folder.name, "arch": arch, "init": inits[m], "seed": seed, "hide": hides[m],
+                        "best_epoch": metrics["best_epoch"],
                         "val_auroc": auroc_per_class(pred["prob"], y_val, w_val, classes)["mean"],
                         "history": metrics["history"]})
     ens = auroc_per_class(np.mean(probs, axis=0), y_val, w_val, classes)

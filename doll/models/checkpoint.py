@@ -63,6 +63,29 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
                         "the command that wrote it") from None
 
 
+def read_weights_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:
+    """Pretrained weights from a local file the user names (``option`` is the flag, for the
+    messages): safetensors, or a plain state dict read with ``weights_only=True``; a
+    ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped, a ``module.``
+    prefix (DataParallel) dropped. Never downloads, never unpickles objects."""
+    p = Path(path)
+    if not p.is_file():
+        raise DollError(f"{option}{path}: no such file (weights are never downloaded; name a local file)")
+    if p.suffix == ".safetensors":
+        state = read_safetensors(p)
+    else:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise DollError(f"refusing to load {p}: not a plain state dict ({type(exc).__name__})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise DollError(f"{p} holds a {type(state).__name__}, not a state dict (name -> tensor)")
+    return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+
+
 def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
     return read_safetensors(Path(folder) / MODEL_FILE)
 

@@ -28,7 +28,7 @@ from doll.data.common import hold_out
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
 from doll.models.adapters import MODES, set_mode
-from doll.models.checkpoint import load_into, read_config, read_safetensors
+from doll.models.checkpoint import load_into, read_config, read_weights_file
 from doll.models.segmenter import (
     ENCODERS,
     build_pspnet,
@@ -149,22 +149,11 @@ def load_task_data(s: FinetuneSettings, size: int):
 def load_imagenet_encoder(model, path: str) -> int:
     """Copy matching encoder weights from a local file (safetensors or plain state dict)."""
     p = Path(path)
-    if not p.is_file():
-        raise DollError(f"--init imagenet:{path}: no such file (weights are never downloaded; name a local file)")
-    if p.suffix == ".safetensors":
-        state = read_safetensors(p)
-    else:
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise DollError(f"refusing to load {p}: not a plain state dict ({type(exc).__name__})") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise DollError(f"{p} holds a {type(state).__name__}, not a state dict (name -> tensor)")
+    state = read_weights_file(p, "--init imagenet:")
     own = model.encoder.state_dict()
     matched = {}
     for k, v in state.items():
-        k = k.removeprefix("module.").removeprefix("encoder.")
+        k = k.removeprefix("encoder.")
         if k in own:
             if v.ndim == 4 and v.shape[1] == 3 and own[k].shape[1] == 1:
                 v = v.sum(dim=1, keepdim=True)
