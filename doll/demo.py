@@ -3,7 +3,8 @@
 phantoms -> classifier ensemble -> IG explanations distilled into DoLL labels ->
 label quality vs ground truth -> PSPNet pretrained on the labels -> fine-tuned on the
 phantom anatomy (JSRT layout) with few masks, from the DoLL network and from random
-init (same label fraction, seed and schedule) -> report.json + report.html.
+init (same label fraction, seed and schedule), once with every weight trained and once
+with small adapters on a frozen network -> report.json + report.html.
 """
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ from doll.pretrain.train import pretrain
 from doll.report.html import write_report
 from doll.tasks.finetune import finetune
 from doll.utils import prepare_out_dir, read_json, write_json
+
+MODES = ("full", "adapter")
+MODE_NAMES = {"full": "full fine-tuning", "adapter": "adapters"}
+
+
+def finetune_folder(mode: str, name: str) -> str:
+    return f"finetune_{name}" if mode == "full" else f"finetune_{mode}_{name}"
 
 
 @dataclass
@@ -75,14 +83,23 @@ def demo(out: str = "artifacts/demo", quick: bool = False, seed: int = 0, device
     pre = step("pretrain", pretrain, labels=labels, out=str(out_dir / "pretrain"), encoder=plan.encoder,
                epochs=plan.pretrain_epochs, **common)
     ft = {}
-    for name, init in (("doll_init", str(out_dir / "pretrain")), ("random_init", "random")):
-        ft[name] = step(f"finetune ({name})", finetune, task="jsrt", dataset="jsrt", root=str(data / "anatomy"),
-                        init=init, encoder=plan.encoder, out=str(out_dir / f"finetune_{name}"),
-                        label_fraction=plan.label_fraction, epochs=plan.finetune_epochs, image_size=plan.size,
-                        **common)
-    d, r = ft["doll_init"]["mean_iou"], ft["random_init"]["mean_iou"]
-    verdict = (f"DoLL init beat random init by {d - r:+.3f} mean IoU" if d > r else
-               f"DoLL init did NOT beat random init here ({d:.3f} vs {r:.3f} mean IoU)")
+    for mode in MODES:  # every weight, then small adapters on a frozen network: same masks, seed and schedule
+        for name, init in (("doll_init", str(out_dir / "pretrain")), ("random_init", "random")):
+            ft[mode, name] = step(f"finetune ({MODE_NAMES[mode]}, {name})", finetune, task="jsrt", dataset="jsrt",
+                                  root=str(data / "anatomy"), init=init, encoder=plan.encoder, mode=mode,
+                                  out=str(out_dir / finetune_folder(mode, name)), label_fraction=plan.label_fraction,
+                                  epochs=plan.finetune_epochs, image_size=plan.size, **common)
+
+    def arm(mode, name):
+        r = ft[mode, name]
+        return {"mean_iou": r["mean_iou"], "mean_dice": r["mean_dice"], "per_structure": r["per_structure"],
+                "curve": r["runs"][0]["curve"], "trainable_params": r.get("trainable_params")}
+
+    def verdict(mode):
+        d, r = ft[mode, "doll_init"]["mean_iou"], ft[mode, "random_init"]["mean_iou"]
+        return (f"DoLL init beat random init by {d - r:+.3f} mean IoU" if d > r else
+                f"DoLL init did NOT beat random init here ({d:.3f} vs {r:.3f} mean IoU)")
+
     report = {
         "classifiers": {"mean_auroc": cls["mean_auroc"], "per_class_auroc": cls["per_class_auroc"],
                         "members": plan.members},
@@ -91,21 +108,20 @@ def demo(out: str = "artifacts/demo", quick: bool = False, seed: int = 0, device
                    "explain_seconds_per_image": exp.get("seconds_per_image"),
                    "completeness_rel_error": exp.get("completeness_rel_error")},
         "pretrain": {"val_iou": pre["val_iou"], "classes": pre["classes"]},
-        "finetune": {"task": "jsrt", "label_fraction": plan.label_fraction, "n_train": ft["doll_init"]["n_train"],
-                     "n_test": ft["doll_init"]["n_test"],
-                     "doll_init": {"mean_iou": d, "mean_dice": ft["doll_init"]["mean_dice"],
-                                   "per_structure": ft["doll_init"]["per_structure"],
-                                   "curve": ft["doll_init"]["runs"][0]["curve"]},
-                     "random_init": {"mean_iou": r, "mean_dice": ft["random_init"]["mean_dice"],
-                                     "per_structure": ft["random_init"]["per_structure"],
-                                     "curve": ft["random_init"]["runs"][0]["curve"]},
-                     "verdict": verdict},
+        # full fine-tuning at the top level; the adapter arms under "adapter", the same keys
+        "finetune": {"task": "jsrt", "label_fraction": plan.label_fraction, "mode": "full",
+                     "n_train": ft["full", "doll_init"]["n_train"], "n_test": ft["full", "doll_init"]["n_test"],
+                     "doll_init": arm("full", "doll_init"), "random_init": arm("full", "random_init"),
+                     "verdict": verdict("full"),
+                     "adapter": {"mode": "adapter", "doll_init": arm("adapter", "doll_init"),
+                                 "random_init": arm("adapter", "random_init"), "verdict": verdict("adapter")}},
         "quick": quick, "plan": plan.__dict__, "timings": timings, "seconds": round(time.time() - t0, 1),
     }
     write_json(out_dir / "report.json", report)
     write_report(out_dir, report, labels, data)
     write_json(out_dir / "metrics.json", report)
-    print(f"== done in {report['seconds']} s: {verdict}; report: {out_dir / 'report.html'}")
+    print(f"== done in {report['seconds']} s. Full fine-tuning: {verdict('full')}. Adapters: {verdict('adapter')}. "
+          f"Report: {out_dir / 'report.html'}")
     return report
 
 

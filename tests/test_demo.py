@@ -27,7 +27,18 @@ def test_demo_writes_report_json_and_html(tmp_path, monkeypatch):
     assert json.loads((out / "finetune_doll_init" / "config.json").read_text())["init"] == str((out / "pretrain").resolve())
     assert json.loads((out / "finetune_random_init" / "config.json").read_text())["init"] == "random"
     assert d == json.loads((out / "finetune_doll_init" / "metrics.json").read_text())["mean_iou"]
+    # the adapter arms: same masks and schedule, a frozen network with small adapters
+    ad = ft["adapter"]
+    for key, init in (("doll_init", str((out / "pretrain").resolve())), ("random_init", "random")):
+        config = json.loads((out / f"finetune_adapter_{key}" / "config.json").read_text())
+        assert config["mode"] == "adapter" and config["init"] == init
+        metrics = json.loads((out / f"finetune_adapter_{key}" / "metrics.json").read_text())
+        assert ad[key]["mean_iou"] == metrics["mean_iou"]
+        assert 0 < ad[key]["trainable_params"] < ft[key]["trainable_params"]
+    assert ad["verdict"].startswith("DoLL init beat") == (ad["doll_init"]["mean_iou"] > ad["random_init"]["mean_iou"])
     html = (out / "report.html").read_text()
+    assert ad["verdict"] in html
     assert "DoLL demo report" in html and "<svg" in html
     figures = list((out / "figures").glob("*.png"))
     assert any(f.name.startswith("labels_") for f in figures) and (out / "figures" / "pred_doll_init.png").exists()
+    assert (out / "figures" / "pred_adapter_doll_init.png").exists()

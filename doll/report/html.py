@@ -19,7 +19,7 @@ from doll.report.overlay import overlay, write_png
 from doll.utils import atomic_path
 
 
-def svg_curves(curves: dict[str, list[float]], width: int = 420, height: int = 220) -> str:
+def svg_curves(curves: dict[str, list[float]], width: int = 480, height: int = 220) -> str:
     """A minimal line chart (validation IoU per epoch) without a plotting dependency."""
     colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e"]
     n = max(len(c) for c in curves.values())
@@ -33,7 +33,7 @@ def svg_curves(curves: dict[str, list[float]], width: int = 420, height: int = 2
         pts = " ".join(f"{pad + (width - pad - 10) * i / max(1, n - 1):.1f},"
                        f"{(height - pad) - (height - pad - 10) * (y or 0):.1f}" for i, y in enumerate(ys))
         parts.append(f'<polyline fill="none" stroke="{colours[k % 4]}" stroke-width="2" points="{pts}"/>')
-        parts.append(f'<text x="{width - 150}" y="{20 + 14 * k}" font-size="12" fill="{colours[k % 4]}">'
+        parts.append(f'<text x="{width - 200}" y="{20 + 14 * k}" font-size="12" fill="{colours[k % 4]}">'
                      f'{html.escape(name)}</text>')
     return "".join(parts) + "</svg>"
 
@@ -61,8 +61,10 @@ def _label_panels(out_dir: Path, labels: str, count: int = 4) -> list[str]:
 
 def _prediction_panels(out_dir: Path, data: Path, count: int = 4) -> list[str]:
     files = []
-    for name in ("doll_init", "random_init"):
-        folder = out_dir / f"finetune_{name}" / "model"
+    from doll.demo import MODES, finetune_folder
+
+    for mode, name in ((m, n) for m in MODES for n in ("doll_init", "random_init")):
+        folder = out_dir / finetune_folder(mode, name) / "model"
         cfg = read_config(folder, kind="segmenter")["doll"]
         model = build_pspnet(cfg["encoder"], len(cfg["classes"]))
         set_mode(model, cfg["mode"], cfg["image_size"])
@@ -75,8 +77,9 @@ def _prediction_panels(out_dir: Path, data: Path, count: int = 4) -> list[str]:
         rows = [np.concatenate([overlay(arrays.images[i], list(arrays.masks[i]), cfg["classes"]),
                                 overlay(arrays.images[i], list(pred[i]), cfg["classes"])], axis=1)
                 for i in range(min(count, len(pred)))]
-        write_png(out_dir / "figures" / f"pred_{name}.png", np.concatenate(rows, axis=0))
-        files.append(f"pred_{name}.png")
+        figure = f"pred_{name}.png" if mode == "full" else f"pred_{mode}_{name}.png"
+        write_png(out_dir / "figures" / figure, np.concatenate(rows, axis=0))
+        files.append(figure)
     return files
 
 
@@ -84,15 +87,16 @@ def write_report(out_dir: Path, report: dict, labels: str, data: Path) -> None:
     label_figs = _label_panels(out_dir, labels)
     pred_figs = _prediction_panels(out_dir, data)
     ft = report["finetune"]
-    curves = {f"DoLL init ({ft['doll_init']['mean_iou']:.3f})": [c["val_iou"] for c in ft["doll_init"]["curve"]],
-              f"random init ({ft['random_init']['mean_iou']:.3f})": [c["val_iou"] for c in ft["random_init"]["curve"]]}
+    arms = {"full": ft, "adapter": ft["adapter"]}
+    curves = {f"{init} init, {mode} ({a[key]['mean_iou']:.3f})": [c["val_iou"] for c in a[key]["curve"]]
+              for mode, a in arms.items() for key, init in (("doll_init", "DoLL"), ("random_init", "random"))}
     lab = report["labels"]
     rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{v['iou']:.3f}</td><td>{v['topk_iou']:.3f}</td>"
                    f"<td>{v['pointing']:.2f}</td><td>{v['n']}</td></tr>"
                    for c, v in sorted(read_label_quality(out_dir).items()))
-    structs = "".join(f"<tr><td>{html.escape(s)}</td><td>{ft['doll_init']['per_structure'][s]['iou']:.3f}</td>"
-                      f"<td>{ft['random_init']['per_structure'][s]['iou']:.3f}</td></tr>"
-                      for s in ft["doll_init"]["per_structure"])
+    structs = "".join(f"<tr><td>{html.escape(s)}</td>" + "".join(f"<td>{a[k]['per_structure'][s]['iou']:.3f}</td>"
+                                                               for a in arms.values() for k in ("doll_init", "random_init"))
+                      + "</tr>" for s in ft["doll_init"]["per_structure"])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DoLL demo report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 10px;text-align:left}}
 img{{image-rendering:pixelated;max-width:100%}}</style></head><body>
@@ -110,9 +114,12 @@ Plan: {html.escape(str(report['plan']))}</p>
 {''.join(f'<p>{html.escape(c)}<br><img src="figures/{f}"></p>' for f, c in label_figs)}
 <h2>3. Pretraining</h2><p>PSPNet validation IoU against held-out pseudo labels: {report['pretrain']['val_iou']}</p>
 <h2>4. Fine-tuning on the phantom anatomy with {ft['n_train']} masks ({ft['label_fraction']:.0%})</h2>
-<p><b>{html.escape(ft['verdict'])}</b>. Test images: {ft['n_test']}.</p>
+<p>Full fine-tuning (every weight): <b>{html.escape(ft['verdict'])}</b>.<br>
+Adapters ({ft['adapter']['doll_init']['trainable_params']} trainable weights on a frozen network):
+<b>{html.escape(ft['adapter']['verdict'])}</b>.<br>Test images: {ft['n_test']}; test IoU per epoch:</p>
 {svg_curves(curves)}
-<table><tr><th>structure</th><th>DoLL init IoU</th><th>random init IoU</th></tr>{structs}</table>
+<table><tr><th>structure (IoU)</th><th>DoLL init, full</th><th>random init, full</th><th>DoLL init, adapters</th>
+<th>random init, adapters</th></tr>{structs}</table>
 {''.join(f'<p>{f[5:-4]} (left: ground truth, right: prediction)<br><img src="figures/{f}"></p>' for f in pred_figs)}
 </body></html>"""
     with atomic_path(out_dir / "report.html") as tmp:
