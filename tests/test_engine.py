@@ -190,6 +190,23 @@ def test_pspnet_weights_that_never_run_are_frozen():
                               or "transition" in n or "norm5" in n for n in frozen), frozen[:5]
 
 
+def test_a_replaced_head_is_initialised_like_a_new_models_head():
+    """Fine-tuning from DoLL init swaps the head: it must start as smp starts a new model's
+    head (Xavier weights, zero bias), or DoLL init starts handicapped against random init."""
+    from doll.models.segmenter import build_pspnet, replace_head
+
+    torch.manual_seed(0)
+    new = build_pspnet("resnet18", 5).segmentation_head[0]
+    swapped = replace_head(build_pspnet("resnet18", 3), 5).segmentation_head[0]
+    assert swapped.weight.shape == new.weight.shape == (5, 512, 3, 3)
+    assert torch.count_nonzero(swapped.bias) == torch.count_nonzero(new.bias) == 0
+    fan_in, fan_out = 512 * 9, 5 * 9
+    bound = (6 / (fan_in + fan_out)) ** 0.5  # Xavier-uniform; PyTorch's default would be 1 / sqrt(fan_in)
+    for w in (swapped.weight, new.weight):
+        assert 0.9 * bound < w.abs().max() <= bound
+        assert abs(w.std().item() - bound / 3 ** 0.5) < 0.05 * bound
+
+
 def test_damaged_weights_are_a_clear_error(tmp_path):
     from doll.models.checkpoint import load_into, save_model
     from doll.models.segmenter import build_pspnet

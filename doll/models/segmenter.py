@@ -4,6 +4,7 @@ from __future__ import annotations
 import segmentation_models_pytorch as smp
 import torch
 from segmentation_models_pytorch.base import SegmentationHead
+from segmentation_models_pytorch.base.initialization import initialize_head
 from torch import nn
 
 from doll.errors import DollError
@@ -61,11 +62,18 @@ def smp_config(model: nn.Module) -> dict:
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """A fresh segmentation head with ``num_classes`` outputs (same upsampling)."""
+    """A fresh segmentation head with ``num_classes`` outputs (same upsampling), initialised
+    as smp initialises the head of a new model (Xavier-uniform weights, zero bias).
+
+    PyTorch's default Conv2d initialisation instead (weights 2.4x smaller for PSPNet's
+    512-channel 3x3 head, random bias) made fine-tuning from DoLL init lose to random init
+    on the phantom anatomy: with the few optimiser steps of a small task it never learnt
+    the clavicles (IoU 0.0 in 3 seeds of 3; with this initialisation 0.08-0.30)."""
     conv, up = model.segmentation_head[0], model.segmentation_head[1]
     scale = int(getattr(up, "scale_factor", 1) or 1)
     model.segmentation_head = SegmentationHead(conv.in_channels, num_classes, kernel_size=conv.kernel_size[0],
                                                upsampling=scale)
+    initialize_head(model.segmentation_head)
     if hasattr(model, "_hub_mixin_config"):
         model._hub_mixin_config = {**model._hub_mixin_config, "classes": num_classes}
     return model
