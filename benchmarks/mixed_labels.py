@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from doll.tasks.finetune import finetune
+    from doll.finetune.run import finetune
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

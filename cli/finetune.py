@@ -16,6 +16,7 @@ def finetune(
     out: Path = typer.Option(Path("artifacts/finetune"), "--out", help="Output folder."),
     mode: str = typer.Option("full", "--mode", help="full (all weights), adapter (frozen network + small adapters + new head) or head (new head only)."),
     label_fraction: float = typer.Option(1.0, "--label-fraction", help="Fraction of the training masks to use, in (0, 1] (at least one image)."),
+    decoder: str = typer.Option("pspnet", "--decoder", help="Segmenter for random/imagenet init (a pretrain folder brings its own): pspnet, unet, unetplusplus, deeplabv3plus or fpn."),
     encoder: str = typer.Option("resnet34", "--encoder", help="Encoder for random/imagenet init (a pretrain folder brings its own)."),
     image_size: int = typer.Option(0, "--image-size", min=0, help="Square image size (0: the pretrained network's, else 256)."),
     fold: int = typer.Option(1, "--fold", help="JSRT: train on this official fold (1 or 2), test on the other."),
@@ -33,14 +34,14 @@ def finetune(
     num_workers: int = typer.Option(0, "--num-workers", min=0, help="Data loader worker processes."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
 ):
-    """Stage 4: fine-tune a (DoLL-pretrained) PSPNet on a small real segmentation task; reports per-structure IoU and Dice on the held-out split and the per-epoch curve."""
+    """Stage 4: fine-tune a (DoLL-pretrained) segmenter on a small real segmentation task; reports per-structure IoU and Dice on the held-out split and the per-epoch curve."""
     from doll.errors import DollError
-    from doll.tasks.finetune import finetune as run
+    from doll.finetune.run import finetune as run
 
     if pseudo and boosted:
         raise DollError("--pseudo and --boosted are two ways to train the student; choose one")
     result = run(task=task, dataset=dataset, root=str(root), init=init, out=str(out), mode=mode,
-                 label_fraction=label_fraction, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs,
+                 label_fraction=label_fraction, decoder=decoder, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs,
                  batch_size=batch_size, lr=lr, seeds=seeds, accumulate=accumulate, strict=strict, summarizer=summarizer,
                  pseudo="boosted" if boosted else "pseudo" if pseudo else "none", pooling=pooling, baselines=baselines, num_workers=num_workers, device=device, seed=seed,
                  resume=resume, overwrite=overwrite, progress=not quiet)

@@ -11,7 +11,8 @@ from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
 def pretrain(
     labels: Path = typer.Option(..., "--labels", help="A DoLL label file made by `doll explain`."),
     out: Path = typer.Option(Path("artifacts/pretrain"), "--out", help="Output folder (loadable with segmentation_models_pytorch.from_pretrained)."),
-    encoder: str = typer.Option("resnet34", "--encoder", help="PSPNet encoder: resnet18, resnet34, resnet50 or densenet121."),
+    decoder: str = typer.Option("pspnet", "--decoder", help="Segmenter: pspnet (the method's network), unet, unetplusplus, deeplabv3plus or fpn."),
+    encoder: str = typer.Option("resnet34", "--encoder", help="Encoder: resnet18, resnet34, resnet50 or densenet121."),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
@@ -25,10 +26,10 @@ def pretrain(
     num_workers: int = typer.Option(0, "--num-workers", min=0, help="Data loader worker processes."),
     device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
 ):
-    """Stage 3: pretrain a whole PSPNet (encoder and decoder) on DoLL pseudo labels."""
+    """Stage 3: pretrain a whole segmenter (PSPNet by default; encoder and decoder) on DoLL pseudo labels."""
     from doll.pretrain.train import pretrain as run
 
-    result = run(labels=str(labels), out=str(out), encoder=encoder, epochs=epochs, batch_size=batch_size, lr=lr,
+    result = run(labels=str(labels), out=str(out), decoder=decoder, encoder=encoder, epochs=epochs, batch_size=batch_size, lr=lr,
                  label_rule=label_rule, soft=soft, background_weight=background_weight, aux=aux, val_fraction=val_fraction, accumulate=accumulate, patience=patience,
                  num_workers=num_workers, device=device, seed=seed, resume=resume, overwrite=overwrite,
                  progress=not quiet)

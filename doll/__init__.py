@@ -26,7 +26,7 @@ _API = {
     "evaluate_labels": "doll.labels.evaluate",
     "show_labels": "doll.report.overlay",
     "pretrain": "doll.pretrain.train",
-    "finetune": "doll.tasks.finetune",
+    "finetune": "doll.finetune.run",
     "demo": "doll.demo",
 }
 

@@ -20,7 +20,7 @@ from doll.explain.run import explain
 from doll.labels.evaluate import evaluate_labels
 from doll.pretrain.train import pretrain
 from doll.report.html import write_report
-from doll.tasks.finetune import finetune
+from doll.finetune.run import finetune
 from doll.utils import prepare_out_dir, read_json, write_json
 
 MODES = ("full", "adapter")
@@ -118,7 +118,9 @@ def demo(out: str = "artifacts/demo", quick: bool = False, seed: int = 0, device
         "quick": quick, "plan": plan.__dict__, "timings": timings, "seconds": round(time.time() - t0, 1),
     }
     write_json(out_dir / "report.json", report)
-    write_report(out_dir, report, labels, data)
+    figures = {(f"pred_{name}.png" if mode == "full" else f"pred_{mode}_{name}.png"):
+               out_dir / finetune_folder(mode, name) / "model" for mode in MODES for name in ("doll_init", "random_init")}
+    write_report(out_dir, report, labels, data, figures)
     write_json(out_dir / "metrics.json", report)
     print(f"== done in {report['seconds']} s. Full fine-tuning: {verdict('full')}. Adapters: {verdict('adapter')}. "
           f"Report: {out_dir / 'report.html'}")

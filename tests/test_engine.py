@@ -177,10 +177,10 @@ def test_resume_of_a_finished_run_whose_metrics_the_stage_replaced(tmp_path):
 
 
 def test_pspnet_weights_that_never_run_are_frozen():
-    from doll.models.segmenter import build_pspnet
+    from doll.models.segmenter import build_segmenter
 
     for encoder in ("resnet18", "densenet121"):
-        model = build_pspnet(encoder, 3, aux=True)
+        model = build_segmenter("pspnet", encoder, 3, aux=True)
         masks, labels = model(torch.randn(2, 1, 32, 32))
         (masks.sum() + labels.sum()).backward()
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -193,11 +193,11 @@ def test_pspnet_weights_that_never_run_are_frozen():
 def test_a_replaced_head_is_initialised_like_a_new_models_head():
     """Fine-tuning from DoLL init swaps the head: it must start as smp starts a new model's
     head (Xavier weights, zero bias), or DoLL init starts handicapped against random init."""
-    from doll.models.segmenter import build_pspnet, replace_head
+    from doll.models.segmenter import build_segmenter, replace_head
 
     torch.manual_seed(0)
-    new = build_pspnet("resnet18", 5).segmentation_head[0]
-    swapped = replace_head(build_pspnet("resnet18", 3), 5).segmentation_head[0]
+    new = build_segmenter("pspnet", "resnet18", 5).segmentation_head[0]
+    swapped = replace_head(build_segmenter("pspnet", "resnet18", 3), 5).segmentation_head[0]
     assert swapped.weight.shape == new.weight.shape == (5, 512, 3, 3)
     assert torch.count_nonzero(swapped.bias) == torch.count_nonzero(new.bias) == 0
     fan_in, fan_out = 512 * 9, 5 * 9
@@ -209,10 +209,10 @@ def test_a_replaced_head_is_initialised_like_a_new_models_head():
 
 def test_damaged_weights_are_a_clear_error(tmp_path):
     from doll.models.checkpoint import load_into, save_model
-    from doll.models.segmenter import build_pspnet
-    from doll.tasks.finetune import load_imagenet_encoder
+    from doll.models.segmenter import build_segmenter
+    from doll.finetune.settings import load_imagenet_encoder
 
-    model = build_pspnet("resnet18", 2)
+    model = build_segmenter("pspnet", "resnet18", 2)
     save_model(tmp_path / "ck", model, {"kind": "segmenter"})
     weights = tmp_path / "ck" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # an interrupted copy
@@ -226,10 +226,9 @@ def test_damaged_weights_are_a_clear_error(tmp_path):
 
 
 def test_seg4cls_and_mixed_pass_accumulate_to_the_engine():
-    from doll.tasks.finetune import FinetuneSettings
-    from doll.tasks.seg4cls import engine_settings
+    from doll.finetune.settings import FinetuneSettings, engine_settings
 
-    assert engine_settings(FinetuneSettings(task="seg4cls", accumulate=4), 2, 8).accumulate == 4
+    assert engine_settings(FinetuneSettings(task="seg4cls", accumulate=4), 8).accumulate == 4
 
 
 def test_under_torchrun_cuda_means_this_ranks_gpu_on_every_call(monkeypatch):

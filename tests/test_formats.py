@@ -543,7 +543,8 @@ def test_strict_accepts_masks_on_a_subsampled_grid(tmp_path):
 
 
 def test_finetune_holds_out_patients_when_no_split_has_masks(tmp_path):
-    from doll.tasks.finetune import FinetuneSettings, load_task_data
+    from doll.finetune.segment import load_task_data
+    from doll.finetune.settings import FinetuneSettings
 
     root = montgomery_fixture(tmp_path)  # everything is "train"; 4 images have lung masks
     names, train, test, split = load_task_data(FinetuneSettings(task="lung", dataset="montgomery", root=str(root),

@@ -244,7 +244,7 @@ def test_finetune_covid_task_reports_positives_and_false_positive_area(phantom, 
     assert 0 <= m["positives_mean_iou"] <= 1 and 0 <= m["negatives_false_positive_area"] <= 1
     assert m["runs"][0]["positives"]["n"] + m["runs"][0]["negatives"]["n"] == m["n_test"]
     # the scoring itself, on known predictions: exact masks on positives, one row of pixels on negatives
-    import doll.tasks.finetune as ft
+    import doll.finetune.segment as ft
 
     def known_predictions(model, task, dataset, batch_size, device, *a, **k):
         truth = np.asarray(dataset.masks) > 0

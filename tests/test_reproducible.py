@@ -62,7 +62,7 @@ def test_train_classifiers_and_explain_same_seed_same_output(phantom, tmp_path):
 
 
 def test_finetune_same_seed_same_weights(pipeline, tmp_path):
-    from doll.tasks.finetune import finetune
+    from doll.finetune.run import finetune
 
     a, b = twice(finetune, tmp_path, task="jsrt", dataset="jsrt", root=str(pipeline["phantom"] / "anatomy"),
                  init=str(pipeline["pretrain"]), label_fraction=0.5, epochs=1, batch_size=4)

@@ -8,13 +8,13 @@ import pytest
 
 from doll.data.phantom import make_phantoms
 from doll.errors import DollError
-from doll.tasks.seg4cls import (
+from doll.data.base import class_structure_pairs
+from doll.finetune.seg4cls.data import pseudo_masks
+from doll.finetune.seg4cls.evaluate import conditioned_recall
+from doll.finetune.seg4cls.summarizers import (
     SUMMARIZERS,
     apply_summary_rule,
-    class_structure_pairs,
-    conditioned_recall,
     fit_summary_rule,
-    pseudo_masks,
     train_summarizer,
 )
 from doll.train.metrics import auroc
@@ -156,8 +156,8 @@ def test_trained_summarizers_and_recall_on_blobs():
 
 
 def test_bad_summarizer_choice(phantom, tmp_path):
-    from doll.tasks.finetune import FinetuneSettings
-    from doll.tasks.seg4cls import seg4cls
+    from doll.finetune.settings import FinetuneSettings
+    from doll.finetune.seg4cls.run import seg4cls
 
     s = FinetuneSettings(task="seg4cls", dataset="phantom", root=str(phantom), out=str(tmp_path / "o"))
     s.summarizer = "magic"
@@ -228,7 +228,7 @@ def test_cli_semi_supervised_student(phantom, cache, tmp_path, flag):
 def test_alternating_task_alternates_across_epochs():
     import torch
 
-    from doll.tasks.mixed import AlternatingTask, SegToClass
+    from doll.finetune.mixed import AlternatingTask, SegToClass
 
     class Data:
         epoch = 0
@@ -309,8 +309,8 @@ def test_mixed_evaluates_on_valid_when_test_has_no_masks(tmp_path, monkeypatch):
     """COVID-QU-Ex ships Test without masks: mixed training scores segmentation on Val."""
     from test_formats import covidqu_fixture
 
-    from doll.tasks.finetune import FinetuneSettings
-    from doll.tasks.seg4cls import load_parts
+    from doll.finetune.settings import FinetuneSettings
+    from doll.finetune.seg4cls.data import load_parts
 
     root = covidqu_fixture(tmp_path / "cq")
     s = FinetuneSettings(task="mixed", dataset="covidqu", root=str(root), progress=False)

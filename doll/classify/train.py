@@ -17,7 +17,7 @@ from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier, load_pret
 from doll.models.lung_field import lung_model_config, mask_images, predict_lung_fields
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
-from doll.train.losses import masked_bce
+from doll.train.tasks import ClassificationTask
 from doll.train.metrics import auroc_per_class
 from doll.utils import (
     RunOptions,
@@ -54,25 +54,6 @@ class ClassifierSettings(RunOptions):
     # values, comma-separated, are cycled over the members like arch (e.g. "0,0.5": every other member)
     hide: float | str = 0.0
     num_workers: int = 0
-
-
-class ClassificationTask:
-    def __init__(self, classes: list[str]):
-        self.classes = classes
-
-    def loss(self, model, batch):
-        return masked_bce(model(batch["image"]), batch["target"], batch["weight"])
-
-    def predict(self, model, batch):
-        prob = torch.sigmoid(model(batch["image"]).float())
-        return {"prob": prob.cpu().numpy(), "target": batch["target"].cpu().numpy(),
-                "weight": batch["weight"].cpu().numpy()}
-
-    def metrics(self, out):
-        p = np.clip(out["prob"], 1e-7, 1 - 1e-7)
-        bce = -(out["target"] * np.log(p) + (1 - out["target"]) * np.log(1 - p)) * out["weight"]
-        return {"auroc": auroc_per_class(out["prob"], out["target"], out["weight"], self.classes)["mean"],
-                "loss": float(bce.sum() / max(out["weight"].sum(), 1))}
 
 
 def member_archs(arch: str, members: int) -> list[str]:

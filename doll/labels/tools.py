@@ -157,14 +157,14 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
     import torch
 
     from doll.data.dataset import to_tensor
-    from doll.models.checkpoint import load_into, read_config
+    from doll.models.checkpoint import read_config
     from doll.models.lung_field import (
         check_field_margin,
         load_lung_model,
         lung_model_config,
         predict_lung_fields,
     )
-    from doll.models.segmenter import build_pspnet, drop_aux_head
+    from doll.models.segmenter import drop_aux_head, load_segmenter
     from doll.utils import check_positive, resolve_device
 
     t0 = time.time()
@@ -187,8 +187,7 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
             raise DollError(f"--model {model} was not pretrained on labels with the classes of {path} "
                             f"({', '.join(classes)}); pass a `doll pretrain` folder made from this kind of file")
         index = [classes.index(c) for c in own]  # the file's channel of each model output
-        net = build_pspnet(cfg["encoder"], len(own), aux=bool(cfg.get("aux")))
-        load_into(net, model)
+        net, _ = load_segmenter(model)
         net = drop_aux_head(net).to(dev).eval()  # pretrained with --aux: segment only
         field_model, own_margin = lf.saliency_field()
         field_model = str(lung_model) if lung_model else field_model

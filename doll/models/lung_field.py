@@ -15,9 +15,8 @@ import torch
 
 from doll.data.dataset import to_tensor
 from doll.errors import DollError
-from doll.models.adapters import set_mode
-from doll.models.checkpoint import load_into, read_config
-from doll.models.segmenter import build_pspnet
+from doll.models.checkpoint import read_config
+from doll.models.segmenter import load_segmenter
 
 INPUT_MARGIN = 0.04  # dilation of the lung mask that classifier inputs are faded with (x image size)
 SALIENCY_MARGIN = 0.01  # default dilation of the field that multiplies saliency (`explain --field-margin`)
@@ -51,10 +50,8 @@ def lung_model_config(folder: str) -> dict:
 
 def load_lung_model(folder: str, device: torch.device) -> tuple[torch.nn.Module, int]:
     """The lung model of ``folder`` on ``device``, in eval mode, and the image size it was trained at."""
-    cfg = lung_model_config(folder)
-    model = build_pspnet(cfg["encoder"], 1)
-    set_mode(model, cfg.get("mode", "full"), cfg["image_size"])
-    load_into(model, folder)
+    lung_model_config(folder)
+    model, cfg = load_segmenter(folder)
     return model.to(device).eval(), cfg["image_size"]
 
 

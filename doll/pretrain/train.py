@@ -24,10 +24,18 @@ from doll.data.labels import apply_policy
 from doll.errors import DollError
 from doll.explain.distill import apply_rule, check_rule
 from doll.labels.store import LabelFile
-from doll.models.segmenter import build_pspnet, smp_config
+from doll.models.segmenter import (
+    DEFAULT_DECODER,
+    build_segmenter,
+    check_decoder,
+    check_encoder,
+    check_image_size,
+    checkpoint_config,
+    smp_config,
+)
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
-from doll.train.losses import masked_bce, multilabel_seg_loss
+from doll.train.tasks import SegmentationTask
 from doll.utils import (
     RunOptions,
     check_positive,
@@ -42,8 +50,11 @@ from doll.utils import (
 class PretrainSettings(RunOptions):
     labels: str = "artifacts/doll_labels.h5"
     out: str = "artifacts/pretrain"
+    decoder: str = DEFAULT_DECODER
     encoder: str = "resnet34"
     epochs: int = 10
+    max_steps: int = 0  # the training budget in optimiser steps (0: --epochs' worth)
+    val_every: int = 0  # optimiser steps between evaluations (0: about ten per run)
     batch_size: int = 16
     lr: float = 1e-3
     label_rule: str = ""  # default: the rule stored in the label file
@@ -56,55 +67,6 @@ class PretrainSettings(RunOptions):
     accumulate: int = 1  # gradient accumulation steps
     patience: int = 0  # early stopping on the validation IoU (0: off)
     num_workers: int = 0
-
-
-class SegmentationTask:
-    """Multi-label segmentation: loss on (image, mask, valid), IoU per class on validation.
-
-    A network with an auxiliary classification head (smp ``aux_params``) returns
-    (masks, labels); its labels get a masked BCE on the image labels, weighted ``aux_weight``.
-    """
-
-    def __init__(self, names: list[str], background_weight: float = 1.0, dice_weight: float = 0.5,
-                 aux_weight: float = 0.0):
-        self.names, self.bg, self.dw, self.aux = names, background_weight, dice_weight, aux_weight
-
-    def loss(self, model, batch):
-        out = model(batch["image"])
-        seg, cls = out if isinstance(out, tuple) else (out, None)
-        loss = multilabel_seg_loss(seg, batch["mask"], self.bg, self.dw, batch.get("valid"))
-        if cls is not None and self.aux > 0 and "target" in batch:
-            loss = loss + self.aux * masked_bce(cls, batch["target"], batch["weight"])
-        return loss
-
-    def predict(self, model, batch):
-        out = model(batch["image"])
-        return self.scored(out[0] if isinstance(out, tuple) else out, batch)
-
-    @staticmethod
-    def scored(logits, batch) -> dict:
-        """What ``metrics`` reads, reduced per image and class on the device: intersection
-        and union of the predicted (logit > 0) and true (>= 0.5) masks, whether the class is
-        present, and whether its map is known. Validation memory is then (N, C) numbers,
-        not (N, C, H, W) masks (CheXpert's validation tenth at 224 px: 27 GB)."""
-        pred, truth = logits.float() > 0, batch["mask"] >= 0.5
-        out = {"inter": (pred & truth).sum(dim=(2, 3)).cpu().numpy(),
-               "union": (pred | truth).sum(dim=(2, 3)).cpu().numpy(),
-               "present": truth.any(dim=3).any(dim=2).cpu().numpy()}
-        if "valid" in batch:
-            out["valid"] = batch["valid"].cpu().numpy()
-        return out
-
-    def metrics(self, out):
-        inter, union = out["inter"], out["union"]
-        valid = out.get("valid", np.ones(inter.shape))
-        iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-        per = {}
-        for k, name in enumerate(self.names):
-            sel = (valid[:, k] > 0) & out["present"][:, k]  # images where the class is present
-            if sel.any():
-                per[name] = float(iou[sel, k].mean())
-        return {"iou": float(np.mean(list(per.values()))) if per else float("nan")}
 
 
 class LabelRows:
@@ -184,6 +146,8 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     s = settings or PretrainSettings(**kwargs)
     resolve_paths(s, "labels")
     check_positive(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr)
+    check_decoder(s.decoder)
+    check_encoder(s.encoder)
     dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     if not 0 <= s.val_fraction < 1:
         raise DollError(f"--val-fraction must be in [0, 1), got {s.val_fraction}")
@@ -196,8 +160,9 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
         info = lf.info()
         patients, val_unit = row_patients(lf)
         patients = [patients[i] for i in done]
+    check_image_size(s.decoder, s.encoder, int(size), option=f"{s.labels} holds images of")
     torch.manual_seed(s.seed)  # the initial weights: the same --seed gives the same run
-    model = build_pspnet(s.encoder, len(names), aux=s.aux)
+    model = build_segmenter(s.decoder, s.encoder, len(names), aux=s.aux)
     y, w = apply_policy(image_labels, "ignore", "ignore")
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() else None
     dist.barrier()
@@ -209,12 +174,12 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     val_set = ArrayDataset(data.images, y, w, masks=data.masks, valid=data.valid,
                            indices=np.flatnonzero(is_val)) if n_val else None
     task = SegmentationTask(names, s.background_weight, s.dice_weight, s.aux_weight if s.aux else 0.0)
-    es = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, device=s.device,
+    es = EngineSettings(epochs=s.epochs, max_steps=s.max_steps, val_every=s.val_every, batch_size=s.batch_size, lr=s.lr, seed=s.seed, device=s.device,
                         num_workers=s.num_workers, monitor="val_iou" if n_val else "train_loss",
                         monitor_mode="max" if n_val else "min", progress=s.progress,
                         accumulate=s.accumulate, patience=s.patience)
-    ck = {"kind": "segmenter", "stage": "pretrain", "encoder": s.encoder, "classes": names, "in_channels": 1,
-          "image_size": int(size), "normalisation": NORMALISATION, "label_rule": rule, "soft": s.soft, "aux": s.aux,
+    ck = {**checkpoint_config(model, s.encoder, names, size, "pretrain", NORMALISATION, label_rule=rule,
+                              soft=s.soft, aux=s.aux),
           "labels": {"path": str(s.labels), "method": info["method"], "rows": info["rows"]},
           "run": {"command": "pretrain", **asdict(s)}}
     engine = Engine(model, task, es, out or s.out, ck, smp_config(model))

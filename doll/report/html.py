@@ -12,9 +12,7 @@ from doll.data import load_split
 from doll.data.dataset import to_tensor
 from doll.explain.distill import apply_rule
 from doll.labels.store import LabelFile
-from doll.models.adapters import set_mode
-from doll.models.checkpoint import load_into, read_config
-from doll.models.segmenter import build_pspnet
+from doll.models.segmenter import load_segmenter
 from doll.report.overlay import overlay, write_png
 from doll.utils import atomic_path
 
@@ -59,16 +57,11 @@ def _label_panels(out_dir: Path, labels: str, count: int = 4) -> list[str]:
     return files
 
 
-def _prediction_panels(out_dir: Path, data: Path, count: int = 4) -> list[str]:
+def _prediction_panels(out_dir: Path, data: Path, models: dict[str, Path], count: int = 4) -> list[str]:
+    """One figure per fine-tuned model (``models``: figure name -> the run's model folder)."""
     files = []
-    from doll.demo import MODES, finetune_folder
-
-    for mode, name in ((m, n) for m in MODES for n in ("doll_init", "random_init")):
-        folder = out_dir / finetune_folder(mode, name) / "model"
-        cfg = read_config(folder, kind="segmenter")["doll"]
-        model = build_pspnet(cfg["encoder"], len(cfg["classes"]))
-        set_mode(model, cfg["mode"], cfg["image_size"])
-        load_into(model, folder)
+    for figure, folder in models.items():
+        model, cfg = load_segmenter(folder)
         model.eval()
         _, arrays = load_split("jsrt", str(data / "anatomy"), "test", cfg["image_size"], structures=cfg["classes"],
                                progress=False)
@@ -77,15 +70,15 @@ def _prediction_panels(out_dir: Path, data: Path, count: int = 4) -> list[str]:
         rows = [np.concatenate([overlay(arrays.images[i], list(arrays.masks[i]), cfg["classes"]),
                                 overlay(arrays.images[i], list(pred[i]), cfg["classes"])], axis=1)
                 for i in range(min(count, len(pred)))]
-        figure = f"pred_{name}.png" if mode == "full" else f"pred_{mode}_{name}.png"
         write_png(out_dir / "figures" / figure, np.concatenate(rows, axis=0))
         files.append(figure)
     return files
 
 
-def write_report(out_dir: Path, report: dict, labels: str, data: Path) -> None:
+def write_report(out_dir: Path, report: dict, labels: str, data: Path, models: dict[str, Path]) -> None:
+    """``models``: figure file name -> fine-tuned model folder, one prediction figure each."""
     label_figs = _label_panels(out_dir, labels)
-    pred_figs = _prediction_panels(out_dir, data)
+    pred_figs = _prediction_panels(out_dir, data, models)
     ft = report["finetune"]
     arms = {"full": ft, "adapter": ft["adapter"]}
     curves = {f"{init} init, {mode} ({a[key]['mean_iou']:.3f})": [c["val_iou"] for c in a[key]["curve"]]

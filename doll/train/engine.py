@@ -46,6 +46,8 @@ LAST = "last.pt"
 @dataclass
 class EngineSettings:
     epochs: int = 5
+    max_steps: int = 0  # the budget in optimiser steps (0: epochs' worth)
+    val_every: int = 0  # optimiser steps between evaluations (0: about ten per run)
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -127,6 +129,8 @@ class Engine:
     def __init__(self, model: torch.nn.Module, task, settings: EngineSettings, out: str | Path,
                  checkpoint_config: dict, extra_config: dict | None = None):
         check_positive(epochs=settings.epochs, batch_size=settings.batch_size, accumulate=settings.accumulate, lr=settings.lr)
+        if settings.max_steps or settings.val_every:
+            raise DollError("step budgets (max_steps, val_every) are not implemented yet")
         self.s = settings
         self.task = task
         self.out = Path(out)

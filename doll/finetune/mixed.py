@@ -41,22 +41,25 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from doll.data.dataset import NORMALISATION, ArrayDataset
-from doll.models.adapters import set_mode
-from doll.models.segmenter import smp_config
-from doll.pretrain.train import SegmentationTask
-from doll.tasks.finetune import FinetuneSettings, build_model
-from doll.tasks.seg4cls import (
-    ProbSegTask,
+from doll.finetune.seg4cls.data import load_parts
+from doll.finetune.seg4cls.evaluate import masked_aurocs
+from doll.finetune.seg4cls.models import ProbSegTask
+from doll.finetune.settings import (
+    FinetuneSettings,
+    TaskRunner,
+    build_model,
     check_single_seed_run,
     choices,
     engine_settings,
-    load_parts,
-    masked_aurocs,
-    task_image_size,
+    image_size,
+    label_subset,
 )
+from doll.models.adapters import set_mode
+from doll.models.segmenter import smp_config
 from doll.train import distributed as dist
 from doll.train.engine import Engine, batches_per_epoch, predict_all
 from doll.train.losses import masked_bce, multilabel_seg_loss
+from doll.train.tasks import SegmentationTask
 from doll.utils import (
     prepare_out_dir,
     write_json,
@@ -155,11 +158,18 @@ def segmentation_scores(prob: np.ndarray, test, names: list[str]) -> dict:
     return {"per_class": per, "iou": mean("iou"), "f1": mean("f1")}
 
 
+class Mixed(TaskRunner):
+    """``--task mixed``."""
+
+    def run(self, s: FinetuneSettings) -> dict:
+        return mixed(s)
+
+
 def mixed(s: FinetuneSettings) -> dict:
     check_single_seed_run(s)
     poolings = choices(s.pooling, POOLINGS, "--pooling")
     t0 = time.time()
-    size = task_image_size(s)
+    size = image_size(s)
     names, sources, train, _val, test, test_split, _ = load_parts(s, size, need_val=False, test_needs_masks=True)
     C, n, bs = len(names), len(train), s.batch_size
     out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
@@ -167,8 +177,8 @@ def mixed(s: FinetuneSettings) -> dict:
     if dist.is_main():
         write_json(out / "config.json", {"command": "finetune", **asdict(s), "poolings": poolings, "image_size_used": size,
                                          "classes": names, "mask_structures": sources, "test_split": test_split})
-    k = max(1, int(round(s.label_fraction * n)))
-    subset = np.sort(np.random.default_rng(s.seed).permutation(n)[:k])
+    subset = label_subset(n, s.label_fraction, s.seed)
+    k = len(subset)
     seg_len = max(2, n // 2)  # as many segmentation samples per epoch as the alternating runs see
     seg_cycle = np.resize(subset, max(seg_len, k))
     ck = {"kind": "segmenter", "stage": "finetune", "task": "mixed", "classes": names, "mode": s.mode,
@@ -185,7 +195,7 @@ def mixed(s: FinetuneSettings) -> dict:
     model, init_info = build_model(s, C)
     params = set_mode(model, s.mode, size)
     seg_task = ProbSegTask(names, background_weight=1.0, dice_weight=0.5)
-    engine = Engine(model, seg_task, engine_settings(s, s.epochs, min(bs, len(seg_cycle))), out / "segmentation_only",
+    engine = Engine(model, seg_task, engine_settings(s, min(bs, len(seg_cycle))), out / "segmentation_only",
                     {**ck, **init_info}, smp_config(model))
     history = engine.fit(ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True, seed=s.seed,
                                       indices=seg_cycle), curve_set, resume=s.resume)["history"]
@@ -206,7 +216,7 @@ def mixed(s: FinetuneSettings) -> dict:
                                             seed=s.seed + 1, indices=np.resize(subset, max(n, k))), s.seed)
         task = AlternatingTask(names, data, batches_per_epoch(n, min(bs, n), dist.world_size() if dist.active() else 1))
         name = f"alternating_{pooling}"
-        e = Engine(net, task, engine_settings(s, s.epochs, min(bs, n)), out / name, {**ck, **init_info,
+        e = Engine(net, task, engine_settings(s, min(bs, n)), out / name, {**ck, **init_info,
                    "kind": "seg_to_class", "pooling": pooling})
         history = e.fit(data, curve_set, resume=s.resume)["history"]
         pred = predict_all(e.model, task, test_set, bs, e.device)

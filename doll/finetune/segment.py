@@ -1,0 +1,201 @@
+"""``doll finetune --task jsrt|lung|covid``: fine-tune a segmenter on a small real segmentation task.
+
+Tasks and the structures they segment (multi-label: structures may overlap):
+
+* ``jsrt``: left lung, right lung, heart, left clavicle, right clavicle (JSRT/SCR; the
+  official two folds: train on ``--fold``, test on the other);
+* ``lung``: the lung fields (left + right merged where a data set has them apart);
+* ``covid``: the infection masks (QaTa-COV19, COVID-QU-Ex); also reported on the
+  COVID-positive test images alone, with the mean predicted area (fraction of the
+  image) on the negative ones.
+
+The test split is ``test`` when the data set has one with masks, else ``valid``, else 20 % of
+the train patients (``HOLDOUT_FRACTION``, chosen by ``--seed``). Validation IoU and
+Dice on it are recorded every ``--val-every`` optimiser steps (the training-efficiency
+curve); the reported model is the last step's (no selection on the test split).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from doll.data import JSRT_STRUCTURES, load_arrays, open_dataset
+from doll.data.common import hold_out
+from doll.data.dataset import NORMALISATION, ArrayDataset
+from doll.errors import DollError
+from doll.finetune.settings import (
+    FinetuneSettings,
+    TaskRunner,
+    build_model,
+    engine_settings,
+    image_size,
+    label_subset,
+)
+from doll.models.adapters import set_mode
+from doll.models.segmenter import checkpoint_config, smp_config
+from doll.train import distributed as dist
+from doll.train.engine import Engine, predict_all
+from doll.train.metrics import segmentation_scores
+from doll.train.tasks import SegmentationTask
+from doll.utils import prepare_out_dir, resolve_device, write_json
+
+HOLDOUT_FRACTION = 0.2  # test split carved from train when a data set has no other split with masks
+LUNGS = ("lungs", ["left lung", "right lung"])
+
+
+class WholeMaskTask(SegmentationTask):
+    """Keeps the whole predicted and true masks (fine-tuning test sets are small): the final
+    scores need them (Dice, and the false-positive area on negative images)."""
+
+    def predict(self, model, batch):
+        out = model(batch["image"])
+        logits = out[0] if isinstance(out, tuple) else out
+        return {"pred": (logits.float() > 0).cpu().numpy(), "truth": (batch["mask"] >= 0.5).cpu().numpy()}
+
+    def metrics(self, out):
+        scores = segmentation_scores(out["pred"], out["truth"], self.names)
+        return {"iou": scores["mean_iou"], "dice": scores["mean_dice"]}
+
+
+def task_structures(task: str, available: list[str]) -> list[tuple[str, list[str]]]:
+    """(output name, source structures OR-ed together) for a task on a data set."""
+    if task == "jsrt":
+        missing = [s for s in JSRT_STRUCTURES if s not in available]
+        if missing:
+            raise DollError(f"--task jsrt needs masks for {', '.join(missing)}; use --dataset jsrt")
+        return [(s, [s]) for s in JSRT_STRUCTURES]
+    if task == "lung":
+        if "lungs" in available:
+            return [("lungs", ["lungs"])]
+        if all(s in available for s in LUNGS[1]):
+            return [LUNGS]
+        raise DollError(f"--task lung needs lung masks; this data set has {', '.join(available) or 'none'}")
+    if task == "covid":
+        if "infection" in available:
+            return [("infection", ["infection"])]
+        raise DollError("--task covid needs infection masks; use --dataset qata or covidqu")
+    raise DollError(f"--task {task!r} is not a segmentation task of this module")
+
+
+def load_task_data(s: FinetuneSettings, size: int):
+    """(output names, train, test, test split description). The test split is ``test``
+    when it has masks, else ``valid`` (COVID-QU-Ex ships Test without masks); a data set
+    with masks in neither (Montgomery, Shenzhen) has ``HOLDOUT_FRACTION`` of its train
+    patients held out as the test split, chosen by ``--seed``."""
+    fmt = open_dataset(s.dataset, s.root, fold=s.fold)
+    outputs = task_structures(s.task, list(fmt.structures))
+    sources = sorted({src for _, srcs in outputs for src in srcs})
+
+    def with_masks(split):
+        return [it for it in fmt.items(split) if any(src in it.masks for src in sources)] if split in fmt.splits else []
+
+    parts = {"train": with_masks("train")}
+    test_split = "test" if with_masks("test") else "valid"
+    parts[test_split] = with_masks(test_split)
+    if not parts[test_split] and len(parts["train"]) > 1:
+        items = parts["train"]
+        held = hold_out([it.patient or it.id for it in items], HOLDOUT_FRACTION, s.seed)
+        test_split = f"{int(HOLDOUT_FRACTION * 100)}% of train patients (seed {s.seed})"
+        is_test = [(it.patient or it.id) in held for it in items]
+        parts = {"train": [it for it, t in zip(items, is_test) if not t],
+                 test_split: [it for it, t in zip(items, is_test) if t]}
+    data = {}
+    for split, items in parts.items():
+        if not items:
+            raise DollError(f"{s.dataset} at {fmt.root} has no {split} images with {s.task} masks")
+        arr = load_arrays(items, size, sources, progress=s.progress and dist.is_main(), strict=s.strict)
+        masks = np.stack([np.max(arr.masks[:, [sources.index(x) for x in srcs]], axis=1) for _, srcs in outputs], 1)
+        data[split] = (arr.images, masks, arr.items)
+    return [name for name, _ in outputs], data["train"], data[test_split], test_split
+
+
+def per_image_iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(N, K) IoU of each test image and structure (both empty: 1), the numbers whose mean
+    over images and structures is ``mean_iou``: what a bootstrap over test images resamples."""
+    p, t = pred.astype(bool), truth.astype(bool)
+    inter = (p & t).sum(axis=(2, 3))
+    union = (p | t).sum(axis=(2, 3))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def one_seed(s: FinetuneSettings, names, train, test, size: int, out: Path) -> dict:
+    torch.manual_seed(s.seed)
+    images, masks, items = train
+    subset = label_subset(len(images), s.label_fraction, s.seed)
+    k = len(subset)
+    model, init_info = build_model(s, len(names))
+    params = set_mode(model, s.mode, size)
+    task = WholeMaskTask(names, background_weight=1.0, dice_weight=0.5)
+    train_set = ArrayDataset(images, masks=masks, augment=True, seed=s.seed, indices=subset)
+    test_set = ArrayDataset(test[0], masks=test[1])
+    ck = {**checkpoint_config(model, init_info["encoder"], names, size, "finetune", NORMALISATION, task=s.task,
+                              mode=s.mode), **init_info, "run": {"command": "finetune", **asdict(s)}}
+    engine = Engine(model, task, engine_settings(s, min(s.batch_size, k)), out, ck, smp_config(model))
+    hist = engine.fit(train_set, test_set, resume=s.resume)
+    pred = predict_all(engine.model, task, test_set, s.batch_size, engine.device)
+    scores = segmentation_scores(pred["pred"], pred["truth"], names)
+    if s.task == "covid":  # infection: quality on positive images, false-positive area on negative ones
+        positive = pred["truth"].any(axis=(1, 2, 3))
+        if positive.any():
+            scores["positives"] = {"n": int(positive.sum()),
+                                   **segmentation_scores(pred["pred"][positive], pred["truth"][positive], names)}
+        if (~positive).any():
+            scores["negatives"] = {"n": int((~positive).sum()),
+                                   "false_positive_area": float(pred["pred"][~positive].mean())}
+    budget = {k: hist[k] for k in ("steps", "max_steps", "images_seen", "train_seconds") if k in hist}
+    return {"seed": s.seed, "n_train": int(k), "train_ids": [items[i].id for i in subset][:50], **params,
+            **scores, **budget,
+            "per_image_iou": np.round(per_image_iou(pred["pred"], pred["truth"]), 5).tolist(),
+            "curve": [{key: r.get(key) for key in ("step", "epoch", "images_seen", "val_iou", "val_dice", "seconds")}
+                      for r in hist["history"]]}
+
+
+class Segment(TaskRunner):
+    """``--task jsrt | lung | covid``."""
+
+    def run(self, s: FinetuneSettings) -> dict:
+        dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
+        size = image_size(s)
+        t0 = time.time()
+        names, train, test, test_split = load_task_data(s, size)
+        out = Path(s.out)
+        if dist.is_main():
+            prepare_out_dir(out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s))
+            write_json(out / "config.json", {"command": "finetune", **asdict(s), "image_size_used": size})
+        dist.barrier()
+        result = seeds(s, names, train, test, test_split, size, out)
+        result["seconds"] = round(time.time() - t0, 2)
+        if dist.is_main():
+            write_json(out / "metrics.json", result)
+        return result
+
+
+def seeds(s: FinetuneSettings, names, train, test, test_split: str, size: int, out: Path) -> dict:
+    """Every seed of a jsrt / lung / covid run, and their summary."""
+    runs = []
+    for r in range(s.seeds):
+        sub = replace(s, seed=s.seed + r)
+        runs.append(one_seed(sub, names, train, test, size, out / f"seed_{sub.seed}" if s.seeds > 1 else out / "model"))
+    ious = [r["mean_iou"] for r in runs]
+    result = {"command": "finetune", "task": s.task, "dataset": s.dataset, "init": s.init, "mode": s.mode,
+              "label_fraction": s.label_fraction, "image_size": size, "test_split": test_split,
+              "n_train_total": len(train[0]), "n_train": runs[0]["n_train"], "n_test": len(test[0]),
+              "structures": names, "mean_iou": float(np.mean(ious)), "mean_iou_std": float(np.std(ious)),
+              "mean_dice": float(np.mean([r["mean_dice"] for r in runs])),
+              "per_structure": runs[0]["per_structure"] if s.seeds == 1 else {
+                  n: {"iou": float(np.mean([r["per_structure"][n]["iou"] for r in runs])),
+                      "dice": float(np.mean([r["per_structure"][n]["dice"] for r in runs]))} for n in names},
+              "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"],
+              "runs": runs}
+    for key in ("steps", "images_seen"):
+        if key in runs[0]:
+            result[key] = runs[0][key]
+    if "positives" in runs[0]:
+        result["positives_mean_iou"] = float(np.mean([r["positives"]["mean_iou"] for r in runs]))
+    if "negatives" in runs[0]:
+        result["negatives_false_positive_area"] = float(np.mean([r["negatives"]["false_positive_area"] for r in runs]))
+    return result

@@ -1,0 +1,202 @@
+"""Stage 4's shared settings and helpers: the options, the network to fine-tune and its
+initialisation, the image size, the label subset and the training budget. Every task
+module (``segment``, ``seg4cls``, ``mixed``) builds on these; none imports another."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from doll.errors import DollError
+from doll.models.adapters import MODES
+from doll.models.checkpoint import read_config, read_weights_file
+from doll.models.segmenter import (
+    DEFAULT_DECODER,
+    build_segmenter,
+    check_decoder,
+    check_encoder,
+    check_image_size,
+    drop_aux_head,
+    load_segmenter,
+    saved_decoder,
+)
+from doll.train.engine import EngineSettings
+from doll.utils import RunOptions, check_fraction, check_positive
+
+
+@dataclass
+class FinetuneSettings(RunOptions):
+    task: str = "jsrt"
+    dataset: str = "jsrt"
+    root: str = ""
+    init: str = "random"  # a `doll pretrain` folder, "random", or "imagenet:/path/to/weights"
+    out: str = "artifacts/finetune"
+    mode: str = "full"  # full | adapter | head
+    label_fraction: float = 1.0
+    decoder: str = DEFAULT_DECODER  # for random / imagenet init (a pretrain folder fixes its own)
+    encoder: str = "resnet34"  # for random / imagenet init (a pretrain folder fixes its own)
+    image_size: int = 0  # 0: the pretrained network's, the phantom's own, else 256
+    fold: int = 1
+    epochs: int = 20
+    max_steps: int = 0  # the training budget in optimiser steps (0: --epochs' worth)
+    val_every: int = 0  # optimiser steps between evaluations (0: about ten per run)
+    batch_size: int = 8
+    lr: float = 1e-3
+    seeds: int = 1
+    strict: bool = False  # a mask not on its image's pixel grid is an error (else resized)
+    accumulate: int = 1
+    summarizer: str = "all"  # seg4cls: rule, linear, pool-linear, cnn-mask, embedding, comma-separated, or all
+    baselines: bool = True  # seg4cls: also train the plain classifier and the multitask net
+    pseudo: str = "none"  # seg4cls: none, pseudo (teacher -> student on pseudo-masks) or boosted
+    pooling: str = "max,amp-mlp"  # mixed: how classification logits come from the segmentation logits
+    num_workers: int = 0
+
+
+class TaskRunner:
+    """One stage-4 task: a subclass in its own module and one row in ``doll.finetune.run.TASKS``.
+    ``run`` gets checked settings (``check_settings``) and does the rest: it prepares
+    ``s.out``, trains, scores and writes ``metrics.json``; it returns what it wrote."""
+
+    def run(self, s: FinetuneSettings) -> dict:
+        raise NotImplementedError
+
+
+# options that only some tasks read: (default, tasks, the flag)
+TASK_ONLY_OPTIONS = {"summarizer": ("all", ("seg4cls",), "--summarizer"),
+                     "pseudo": ("none", ("seg4cls",), "--pseudo / --boosted"),
+                     "baselines": (True, ("seg4cls",), "--no-baselines"),
+                     "pooling": ("max,amp-mlp", ("mixed",), "--pooling")}
+
+
+def init_is_folder(init: str) -> bool:
+    """Whether ``--init`` names a `doll pretrain` (or finetune) folder rather than random / imagenet:FILE."""
+    return init != "random" and not init.startswith("imagenet:")
+
+
+def check_init(init: str) -> None:
+    if init == "imagenet":
+        raise DollError("--init imagenet needs the weights file: --init imagenet:/path/to/weights.safetensors "
+                        "(weights are never downloaded)")
+    if init.startswith("imagenet:") and not init.split(":", 1)[1]:
+        raise DollError("--init imagenet: names no file; write --init imagenet:/path/to/weights.safetensors")
+
+
+def check_settings(s: FinetuneSettings) -> None:
+    """Refuse, before anything is written, options this task would ignore, unknown
+    --mode / --decoder / --encoder, bad numbers, and an --image-size the network cannot take."""
+    for name, (default, tasks, flag) in TASK_ONLY_OPTIONS.items():
+        if getattr(s, name) != default and s.task not in tasks:
+            raise DollError(f"{flag} applies to --task {' / '.join(tasks)} only, not --task {s.task}")
+    if s.mode not in MODES:
+        raise DollError(f"unknown --mode {s.mode!r}; choose one of {', '.join(MODES)}")
+    check_init(s.init)
+    check_fraction(s.label_fraction)
+    check_positive(epochs=s.epochs, batch_size=s.batch_size, seeds=s.seeds, lr=s.lr, accumulate=s.accumulate)
+    if s.max_steps < 0 or s.val_every < 0:
+        raise DollError("--max-steps and --val-every must be positive (0: derive them)")
+    if init_is_folder(s.init):
+        config = read_config(s.init, kind="segmenter")
+        decoder, encoder = saved_decoder(config), config["doll"]["encoder"]
+        if s.decoder != DEFAULT_DECODER and s.decoder != decoder:
+            raise DollError(f"--decoder {s.decoder}: {s.init} holds a {decoder}; leave --decoder out with a "
+                            "pretrained --init (the folder fixes its network)")
+    else:
+        decoder, encoder = check_decoder(s.decoder), check_encoder(s.encoder)
+    check_image_size(decoder, encoder, image_size(s))
+
+
+def image_size(s: FinetuneSettings) -> int:
+    """--image-size, else the pretrained network's, else the phantom's own size, else 256."""
+    if s.image_size:
+        check_positive(image_size=s.image_size)
+        return s.image_size
+    if init_is_folder(s.init):
+        size = read_config(s.init, kind="segmenter")["doll"].get("image_size")
+        if size:
+            return int(size)
+    if s.dataset == "phantom":
+        meta = Path(s.root) / "phantom.json"
+        if meta.is_file():
+            try:
+                return int(json.loads(meta.read_text()).get("size") or 256)
+            except (OSError, ValueError):
+                pass
+    return 256
+
+
+def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The sorted indices of the ``fraction`` of ``n`` training images whose masks are used
+    (at least one): the one seeded draw every task makes, so that arms with the same seed
+    (DoLL init and random init) see the same masks."""
+    k = max(1, int(round(fraction * n)))
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k])
+
+
+def engine_settings(s: FinetuneSettings, batch_size: int, monitor: str = "step", epochs: int | None = None,
+                    max_steps: int | None = None) -> EngineSettings:
+    """The engine's settings for one network of a fine-tuning run: the run's budget
+    (``--max-steps``, else ``--epochs``), evaluation cadence, learning rate and seed."""
+    return EngineSettings(epochs=s.epochs if epochs is None else epochs,
+                          max_steps=s.max_steps if max_steps is None else max_steps, val_every=s.val_every,
+                          batch_size=batch_size, lr=s.lr, seed=s.seed, device=s.device, num_workers=s.num_workers,
+                          monitor=monitor, monitor_mode="max", progress=s.progress, accumulate=s.accumulate)
+
+
+def load_imagenet_encoder(model, path: str) -> int:
+    """Copy matching encoder weights from a local file (safetensors or plain state dict)."""
+    p = Path(path)
+    state = read_weights_file(p, "--init imagenet:")
+    own = model.encoder.state_dict()
+    matched = {}
+    for k, v in state.items():
+        k = k.removeprefix("encoder.")
+        if k in own:
+            if v.ndim == 4 and v.shape[1] == 3 and own[k].shape[1] == 1:
+                v = v.sum(dim=1, keepdim=True)
+            if v.shape == own[k].shape:
+                matched[k] = v
+    if not matched:
+        raise DollError(f"no weight in {p} matches the {model.encoder.__class__.__name__} encoder")
+    model.encoder.load_state_dict(matched, strict=False)
+    return len(matched)
+
+
+def build_model(s: FinetuneSettings, n_out: int):
+    """The network to fine-tune and a description of its initialisation: a new one
+    (random, or an ImageNet encoder from a local file), or a pretrained folder's network
+    (any decoder) with its auxiliary head dropped and a new head of ``n_out`` outputs."""
+    from doll.models.segmenter import replace_head
+
+    if not init_is_folder(s.init):
+        model = build_segmenter(s.decoder, s.encoder, n_out)
+        info = {"init": s.init, "encoder": s.encoder}
+        if s.init.startswith("imagenet:"):
+            info["matched_tensors"] = load_imagenet_encoder(model, s.init.split(":", 1)[1])
+        return model, info
+    model, cfg = load_segmenter(s.init)
+    if cfg.get("mode", "full") != "full":
+        raise DollError(f"--init {s.init} is a {cfg['mode']}-mode fine-tune; initialise from a `doll pretrain` "
+                        "folder or a full fine-tune")
+    drop_aux_head(model)
+    replace_head(model, n_out)
+    return model, {"init": str(s.init), "encoder": cfg["encoder"], "pretrain_classes": cfg["classes"],
+                   "image_size": cfg.get("image_size")}
+
+
+def choices(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    """A comma-separated option value ("all" = every allowed one) checked against ``allowed``."""
+    value = str(value or "")
+    if value == "all":
+        return list(allowed)
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    if not chosen or any(v not in allowed for v in chosen):
+        raise DollError(f"unknown {option} {value!r}; choose all or some of {', '.join(allowed)} (comma-separated)")
+    return chosen
+
+
+def check_single_seed_run(s: FinetuneSettings) -> None:
+    """The checks every single-seed task (seg4cls, mixed) makes before loading data."""
+    if s.seeds != 1:
+        raise DollError(f"--task {s.task} runs one seed; use --seed N and repeat the command for more")
