@@ -20,7 +20,9 @@ def finetune(
     encoder: str = typer.Option("resnet34", "--encoder", help="Encoder for random/imagenet init (a pretrain folder brings its own)."),
     image_size: int = typer.Option(0, "--image-size", min=0, help="Square image size (0: the pretrained network's, else 256)."),
     fold: int = typer.Option(1, "--fold", help="JSRT: train on this official fold (1 or 2), test on the other."),
-    epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
+    epochs: int = typer.Option(0, "--epochs", min=0, help="Training epochs (0: --max-steps, else the default budget: 600 optimiser steps for jsrt / lung / covid, 20 epochs for seg4cls / mixed)."),
+    max_steps: int = typer.Option(0, "--max-steps", min=0, help="The training budget in optimiser steps; replaces --epochs (0: --epochs' worth). Recorded with the images seen and wall time in metrics.json."),
+    val_every: int = typer.Option(0, "--val-every", min=0, help="Optimiser steps between evaluations and checkpoints (0: about ten per run)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per batch."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
     seeds: int = typer.Option(1, "--seeds", help="Repeat with this many seeds and report mean and std."),
@@ -41,7 +43,7 @@ def finetune(
     if pseudo and boosted:
         raise DollError("--pseudo and --boosted are two ways to train the student; choose one")
     result = run(task=task, dataset=dataset, root=str(root), init=init, out=str(out), mode=mode,
-                 label_fraction=label_fraction, decoder=decoder, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs,
+                 label_fraction=label_fraction, decoder=decoder, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs, max_steps=max_steps, val_every=val_every,
                  batch_size=batch_size, lr=lr, seeds=seeds, accumulate=accumulate, strict=strict, summarizer=summarizer,
                  pseudo="boosted" if boosted else "pseudo" if pseudo else "none", pooling=pooling, baselines=baselines, num_workers=num_workers, device=device, seed=seed,
                  resume=resume, overwrite=overwrite, progress=not quiet)

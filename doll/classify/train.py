@@ -41,6 +41,8 @@ class ClassifierSettings(RunOptions):
     members: int = 2
     image_size: int = 64
     epochs: int = 8
+    max_steps: int = 0  # the budget in optimiser steps per member; wins over --epochs (0: --epochs' worth)
+    val_every: int = 0  # optimiser steps between evaluations (0: about ten per member)
     batch_size: int = 32
     lr: float = 2e-3
     uncertain: str = "ignore"
@@ -48,7 +50,7 @@ class ClassifierSettings(RunOptions):
     views: str = "frontal"
     valid_fraction: float = 0.0  # >0: carve this fraction of patients from train as validation
     accumulate: int = 1  # gradient accumulation steps
-    patience: int = 0  # early stopping after this many epochs without a better validation AUROC (0: off)
+    patience: int = 0  # early stopping after this many evaluations without a better validation AUROC (0: off)
     lung_model: str = ""  # a `doll finetune --task lung` model folder: classifiers see only its lung field
     # Hide-and-Seek: black out each cell of an 8x8 grid with this probability while training; several
     # values, comma-separated, are cycled over the members like arch (e.g. "0,0.5": every other member)
@@ -152,7 +154,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         model = build_classifier(arch, len(classes))
         if inits[m] != "random":
             load_pretrained(model, arch, inits[m].split(":", 1)[1])
-        settings = EngineSettings(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed, device=s.device,
+        settings = EngineSettings(epochs=s.epochs, max_steps=s.max_steps, val_every=s.val_every, batch_size=s.batch_size, lr=s.lr, seed=seed, device=s.device,
                                   num_workers=s.num_workers, monitor="val_auroc", monitor_mode="max",
                                   progress=s.progress, accumulate=s.accumulate, patience=s.patience)
         train_set.seed, train_set.hide = seed, hides[m]

@@ -22,11 +22,19 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 
 
-def save_model(folder: str | Path, model: torch.nn.Module, doll_config: dict, extra_config: dict | None = None) -> None:
-    folder = Path(folder)
+def save_weights(path: str | Path, model: torch.nn.Module) -> None:
+    """The model's weights as a safetensors file, written atomically."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
-    with atomic_path(folder / MODEL_FILE) as tmp:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "doll_version": tool_version()})
+
+
+def save_model(folder: str | Path, model: torch.nn.Module | None, doll_config: dict,
+               extra_config: dict | None = None) -> None:
+    """``model.safetensors`` (unless ``model`` is None: already in place) and ``config.json``."""
+    folder = Path(folder)
+    if model is not None:
+        save_weights(folder / MODEL_FILE, model)
     config = dict(extra_config or {})
     config["doll"] = {**doll_config, "version": tool_version()}
     write_json(folder / CONFIG_FILE, config)

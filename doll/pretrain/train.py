@@ -53,7 +53,7 @@ class PretrainSettings(RunOptions):
     decoder: str = DEFAULT_DECODER
     encoder: str = "resnet34"
     epochs: int = 10
-    max_steps: int = 0  # the training budget in optimiser steps (0: --epochs' worth)
+    max_steps: int = 0  # the budget in optimiser steps; wins over --epochs (0: --epochs' worth)
     val_every: int = 0  # optimiser steps between evaluations (0: about ten per run)
     batch_size: int = 16
     lr: float = 1e-3
@@ -65,7 +65,7 @@ class PretrainSettings(RunOptions):
     aux_weight: float = 0.2
     val_fraction: float = 0.1
     accumulate: int = 1  # gradient accumulation steps
-    patience: int = 0  # early stopping on the validation IoU (0: off)
+    patience: int = 0  # early stopping after this many evaluations without a better validation IoU (0: off)
     num_workers: int = 0
 
 

@@ -1,13 +1,23 @@
 """The one training engine used by train-classifiers, pretrain and finetune.
 
 * AMP on CUDA (bf16 where supported, else fp16 with a gradient scaler), channels_last;
-* gradient accumulation, AdamW, linear warm-up then cosine decay per optimiser step;
-* validation every epoch, early stopping on a monitored metric;
-* checkpoints: the best weights as ``model.safetensors`` + ``config.json`` in ``out``,
-  and ``last.pt`` (weights, optimiser, scheduler, scaler, epoch, RNG, history) read
-  back with ``torch.load(weights_only=True)``; every file written atomically;
-* ``resume=True`` continues from ``last.pt``: the data order and augmentation depend
-  only on (seed, epoch), so a resumed run ends where an uninterrupted one would;
+* the budget is in optimiser steps: ``max_steps``, or ``epochs`` x the steps of one epoch
+  (the same number either way, so the two describe one budget); the learning-rate
+  schedule (linear warm-up, cosine decay), evaluation and early stopping count steps;
+* gradient accumulation, AdamW;
+* evaluation and a checkpoint every ``val_every`` steps (default: about ``EVALUATIONS``
+  per run) and at the last step; early stopping after ``patience`` evaluations without
+  improvement of the monitored metric. Evaluating never changes the training: it runs
+  outside the training's random-number stream, as does the creation of the data loaders;
+* files: ``last.pt`` (weights, optimiser, scheduler, scaler, step, RNG, history) at every
+  evaluation, read back with ``torch.load(weights_only=True)``; the best weights so far in
+  ``best.safetensors``; only when the budget is spent (or early stopping ends the run)
+  ``model.safetensors`` + ``config.json``, then ``metrics.json`` with ``"finished": true``:
+  a killed run leaves no weights under the name the next stage reads. Every file is
+  written atomically;
+* ``resume=True`` continues from ``last.pt``, in the middle of an epoch too: the data
+  order and augmentation depend only on (seed, epoch), so a resumed run ends where an
+  uninterrupted one would;
 * torchrun: DistributedSampler with set_epoch, DDP, outputs gathered from all ranks
   for the metrics, only rank 0 writes files.
 
@@ -20,6 +30,7 @@ A *task* tells the engine what a batch means::
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -32,15 +43,19 @@ from tqdm.auto import tqdm
 
 from doll.errors import DollError
 from doll.models.checkpoint import (
+    MODEL_FILE,
     load_train_state,
     save_model,
     save_train_state,
+    save_weights,
     unwrap,
 )
 from doll.train import distributed as dist
 from doll.utils import check_positive, read_json, resolve_device, write_json
 
 LAST = "last.pt"
+BEST = "best.safetensors"
+EVALUATIONS = 10  # evaluations per run when --val-every is not given
 
 
 @dataclass
@@ -53,7 +68,7 @@ class EngineSettings:
     weight_decay: float = 1e-4
     warmup: float = 0.1  # fraction of all optimiser steps spent warming up
     accumulate: int = 1  # gradient accumulation steps
-    patience: int = 0  # early stopping after this many epochs without improvement (0: off)
+    patience: int = 0  # early stopping after this many evaluations without improvement (0: off)
     monitor: str = "val_loss"
     monitor_mode: str = "min"  # "min" or "max"
     seed: int = 0
@@ -129,8 +144,8 @@ class Engine:
     def __init__(self, model: torch.nn.Module, task, settings: EngineSettings, out: str | Path,
                  checkpoint_config: dict, extra_config: dict | None = None):
         check_positive(epochs=settings.epochs, batch_size=settings.batch_size, accumulate=settings.accumulate, lr=settings.lr)
-        if settings.max_steps or settings.val_every:
-            raise DollError("step budgets (max_steps, val_every) are not implemented yet")
+        if settings.max_steps < 0 or settings.val_every < 0:
+            raise DollError("--max-steps and --val-every must be positive (0: derive them)")
         self.s = settings
         self.task = task
         self.out = Path(out)
@@ -148,15 +163,23 @@ class Engine:
         if not dist.active():
             return self.model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # every trainable weight must get a gradient each step, or DDP stalls (build_pspnet freezes the
+        # every trainable weight must get a gradient each step, or DDP stalls (build_segmenter freezes the
         # encoder stages smp's PSPNet keeps but never runs)
         return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def budget(self, n_train: int) -> tuple[int, int, int]:
+        """(optimiser steps per epoch, total steps, steps between evaluations) for ``n_train`` images."""
+        s = self.s
+        ws = dist.world_size() if dist.active() else 1
+        steps_per_epoch = math.ceil(batches_per_epoch(n_train, s.batch_size, ws) / s.accumulate)  # a last, partial group also steps
+        total = s.max_steps or steps_per_epoch * s.epochs
+        return steps_per_epoch, total, s.val_every or max(1, math.ceil(total / EVALUATIONS))
 
     def fit(self, train_set, val_set, resume: bool = False) -> dict:
         s, out = self.s, self.out
         metrics_file = out / "metrics.json"
         if resume and metrics_file.exists() and read_json(metrics_file).get("finished"):
-            if (out / LAST).exists():  # leave the model as a finished fit leaves it: the last epoch's weights
+            if (out / LAST).exists():  # leave the model as a finished fit leaves it: the last step's weights
                 ck = load_train_state(out / LAST)
                 unwrap(self.model).load_state_dict(ck["model"])
                 return self._metrics(ck["state"], True)  # metrics.json may since hold the calling stage's result
@@ -164,19 +187,18 @@ class Engine:
         ws = dist.world_size() if dist.active() else 1
         sampler = DistributedSampler(train_set, num_replicas=ws, rank=dist.rank() if ws > 1 else 0,
                                      shuffle=True, seed=s.seed, drop_last=False)
-        loader = DataLoader(train_set, batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
-                            pin_memory=self.device.type == "cuda", drop_last=len(train_set) > s.batch_size * ws)
-        assert len(loader) == batches_per_epoch(len(train_set), s.batch_size, ws)
-        if len(loader) == 0:
+        drop_last = len(train_set) > s.batch_size * ws
+        n_batches = batches_per_epoch(len(train_set), s.batch_size, ws)
+        if n_batches == 0:
             raise DollError(f"no training batches: {len(train_set)} images with --batch-size {s.batch_size}")
-        steps_per_epoch = math.ceil(len(loader) / s.accumulate)  # a last, partial group also steps
-        total = steps_per_epoch * s.epochs
+        steps_per_epoch, total, val_every = self.budget(len(train_set))
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise DollError("nothing to train: every weight is frozen")
         opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(s.warmup * total))))
-        state = {"epoch": 0, "history": [], "best": None, "best_epoch": -1, "bad_epochs": 0}
+        state = {"step": 0, "epoch": 0, "batch": 0, "images_seen": 0, "history": [], "best": None, "best_step": -1,
+                 "bad_evals": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "max_steps": total}
         torch.manual_seed(s.seed)
         random.seed(s.seed)
         if resume and (out / LAST).exists():
@@ -190,89 +212,154 @@ class Engine:
             if torch.is_tensor(ck.get("rng_cuda")) and ck["rng_cuda"].numel() and self.device.type == "cuda":
                 torch.cuda.set_rng_state(ck["rng_cuda"], self.device)  # dropout on this rank's GPU draws from it
             random.setstate(ck["rng_python"])
-            state = ck["state"]
+            state = _upgrade_state(ck["state"], steps_per_epoch, total)
+            if state["max_steps"] != total:
+                raise DollError(f"{out} was started with a budget of {state['max_steps']} steps, this command asks "
+                                f"for {total}; resume with the same --epochs / --max-steps / --batch-size")
         model = self._ddp()
         start = time.time()
         main = dist.is_main()
-        warned = False
-        for epoch in range(state["epoch"], s.epochs):
-            t0 = time.time()
+        self._warned = False
+        bar = tqdm(total=total, initial=state["step"], desc=f"training {out.name}", leave=False,
+                   disable=not (s.progress and main))
+        running, count = 0.0, 0  # the training loss since the last evaluation
+        stop = False
+        while state["step"] < total and not stop:
+            epoch, skip = state["epoch"], state["batch"]
             sampler.set_epoch(epoch)
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
+            order = list(sampler)[skip * s.batch_size:]  # resumed in the middle of an epoch: its batches not yet seen
+            loader = DataLoader(train_set, batch_size=s.batch_size, sampler=order, num_workers=s.num_workers,
+                                pin_memory=self.device.type == "cuda", drop_last=drop_last)
+            with torch.random.fork_rng(devices=[]):  # creating the iterator draws a seed: not from training's stream
+                batches = iter(loader)
             model.train()
-            running, count = 0.0, 0
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{s.epochs}", leave=False, disable=not (s.progress and main))
             opt.zero_grad(set_to_none=True)
-            for i, batch in enumerate(bar):
+            t0 = time.time()
+            for i, batch in enumerate(batches, start=skip):
                 batch = _to_device(batch, self.device, self.channels_last)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                     loss = self.task.loss(model, batch)
                 if not torch.isfinite(loss):
-                    raise DollError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr")
+                    raise DollError(f"training diverged (loss {loss.item()}) at step {state['step'] + 1}; lower --lr")
                 self.scaler.scale(loss / s.accumulate).backward()
-                if (i + 1) % s.accumulate == 0 or i + 1 == len(loader):
-                    self.scaler.step(opt)
-                    self.scaler.update()
-                    opt.zero_grad(set_to_none=True)
-                    if sched.last_epoch < total:
-                        sched.step()
                 running += loss.item() * len(batch["index"])
                 count += len(batch["index"])
-                bar.set_postfix(loss=f"{running / count:.4f}")
-            train_loss = torch.tensor([running, count], dtype=torch.float64, device=self.device)  # NCCL needs CUDA
-            if dist.active():
-                torch.distributed.all_reduce(train_loss)
-            row = {"epoch": epoch + 1, "train_loss": float(train_loss[0] / train_loss[1]), "lr": opt.param_groups[0]["lr"]}
-            if val_set is not None and len(val_set):
-                outputs = predict_all(unwrap(model), self.task, val_set, s.batch_size, self.device, s.num_workers)
-                row.update({f"val_{k}": v for k, v in self.task.metrics(outputs).items()})
-            row["seconds"] = round(time.time() - t0, 3)
-            state["history"].append(row)
-            value = row.get(s.monitor, row["train_loss"])
-            defined = value is not None and not math.isnan(value)
-            best = state["best"]
-            best_defined = best is not None and math.isfinite(best)
-            if not defined:  # e.g. AUROC on a validation split where no class has positives and negatives
-                better = not best_defined  # nothing to compare yet: keep the latest epoch, no early stop
-                if main and not warned:
-                    tqdm.write(f"[{out.name}] warning: {s.monitor} is undefined at epoch {epoch + 1}; until it is "
-                               "defined the latest epoch is kept")
-                    warned = True
+                state["images_seen"] += len(batch["index"]) * ws
+                state["batch"] = i + 1
+                if not ((i + 1) % s.accumulate == 0 or i + 1 == n_batches):
+                    continue
+                self.scaler.step(opt)
+                self.scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if sched.last_epoch < total:
+                    sched.step()
+                state["step"] += 1
+                bar.update(1)
+                if i + 1 == n_batches:
+                    state["epoch"], state["batch"] = epoch + 1, 0
+                if state["step"] % val_every == 0 or state["step"] == total:
+                    state["train_seconds"] += time.time() - t0
+                    stop = self._evaluate(model, val_set, state, opt, sched, running, count, steps_per_epoch)
+                    running, count = 0.0, 0
+                    model.train()
+                    t0 = time.time()
+                if stop or state["step"] >= total:
+                    break
             else:
-                better = not best_defined or (value > best if s.monitor_mode == "max" else value < best)
-            if better:
-                state.update(best=value if defined else None, best_epoch=epoch + 1, bad_epochs=0)
-                if main:
-                    save_model(out, self.model, {**self.checkpoint_config, "epoch": epoch + 1,
-                                                 "settings": asdict(s)}, self.extra_config)
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch + 1
-            stop = s.patience > 0 and state["bad_epochs"] >= s.patience
-            if main:
-                save_train_state(out / LAST, {
-                    "model": unwrap(self.model).state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "scaler": self.scaler.state_dict(),
-                    "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(), "state": state,
-                    "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
-                    else torch.zeros(0, dtype=torch.uint8)})
-                write_json(metrics_file, self._metrics(state, False))
-                shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float) and k != "lr")
-                tqdm.write(f"[{out.name}] epoch {epoch + 1}/{s.epochs}  {shown}")
-            dist.barrier()
-            if stop:
-                if main:
-                    tqdm.write(f"[{out.name}] early stop: {s.monitor} did not improve for {s.patience} epochs")
-                break
+                state["train_seconds"] += time.time() - t0
+            if state["batch"] == n_batches:  # an epoch whose last batch ended a group mid-way
+                state["epoch"], state["batch"] = epoch + 1, 0
+        bar.close()
+        if main:
+            self._finish(state)
         metrics = self._metrics(state, True)
-        metrics["train_seconds"] = round(time.time() - start, 3)
+        metrics["process_seconds"] = round(time.time() - start, 3)
         if main:
             write_json(metrics_file, metrics)
         dist.barrier()
         return metrics
 
+    def _evaluate(self, model, val_set, state, opt, sched, running, count, steps_per_epoch) -> bool:
+        """Score the validation split, keep the best weights, checkpoint; whether to stop early."""
+        s, out, main = self.s, self.out, dist.is_main()
+        t0 = time.time()
+        train_loss = torch.tensor([running, count], dtype=torch.float64, device=self.device)  # NCCL needs CUDA
+        if dist.active():
+            torch.distributed.all_reduce(train_loss)
+        row = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 3),
+               "images_seen": state["images_seen"], "train_loss": float(train_loss[0] / max(train_loss[1], 1)),
+               "lr": opt.param_groups[0]["lr"]}
+        if val_set is not None and len(val_set):
+            with torch.random.fork_rng(devices=[]):  # scoring draws nothing from the training's stream
+                outputs = predict_all(unwrap(model), self.task, val_set, s.batch_size, self.device, s.num_workers)
+            row.update({f"val_{k}": v for k, v in self.task.metrics(outputs).items()})
+        value = row.get(s.monitor, row["train_loss"])
+        defined = value is not None and not math.isnan(value)
+        best = state["best"]
+        best_defined = best is not None and math.isfinite(best)
+        if not defined:  # e.g. AUROC on a validation split where no class has positives and negatives
+            better = not best_defined  # nothing to compare yet: keep the latest weights, no early stop
+            if main and not self._warned:
+                tqdm.write(f"[{out.name}] warning: {s.monitor} is undefined at step {state['step']}; until it is "
+                           "defined the latest weights are kept")
+                self._warned = True
+        else:
+            better = not best_defined or (value > best if s.monitor_mode == "max" else value < best)
+        if better:
+            state.update(best=value if defined else None, best_step=state["step"], bad_evals=0)
+            if main:
+                save_weights(out / BEST, self.model)
+        else:
+            state["bad_evals"] += 1
+        state["eval_seconds"] += time.time() - t0
+        row["seconds"] = round(state["train_seconds"] + state["eval_seconds"], 3)
+        state["history"].append(row)
+        stop = s.patience > 0 and state["bad_evals"] >= s.patience
+        if main:
+            save_train_state(out / LAST, {
+                "model": unwrap(self.model).state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(), "state": state,
+                "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+                else torch.zeros(0, dtype=torch.uint8)})
+            write_json(out / "metrics.json", self._metrics(state, False))
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items()
+                              if isinstance(v, float) and k not in ("lr", "epoch", "seconds"))
+            tqdm.write(f"[{out.name}] step {state['step']}/{state['max_steps']}  {shown}")
+            if stop:
+                tqdm.write(f"[{out.name}] early stop: {s.monitor} did not improve for {s.patience} evaluations")
+        dist.barrier()
+        return stop
+
+    def _finish(self, state: dict) -> None:
+        """The result under the names the next stage reads: the best weights as model.safetensors + config.json."""
+        out = self.out
+        if (out / BEST).exists():
+            os.replace(out / BEST, out / MODEL_FILE)
+        elif not (out / MODEL_FILE).exists():
+            save_weights(out / MODEL_FILE, self.model)
+        best_row = next((r for r in state["history"] if r.get("step") == state["best_step"]), {})
+        save_model(out, None, {**self.checkpoint_config, "step": state["best_step"], "epoch": best_row.get("epoch"),
+                               "settings": asdict(self.s)}, self.extra_config)
+
     def _metrics(self, state: dict, finished: bool) -> dict:
-        best_row = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
-        return {"finished": finished, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+        best_row = next((r for r in state["history"] if r.get("step") == state["best_step"]), {})
+        return {"finished": finished, "steps": state["step"], "max_steps": state["max_steps"],
+                "images_seen": state["images_seen"], "epochs_run": state["history"][-1]["epoch"] if state["history"] else 0,
+                "best_step": state["best_step"], "best_epoch": best_row.get("epoch", -1),
+                "train_seconds": round(state["train_seconds"], 3), "eval_seconds": round(state["eval_seconds"], 3),
                 "monitor": self.s.monitor, "best": best_row, "history": state["history"]}
+
+
+def _upgrade_state(state: dict, steps_per_epoch: int, total: int) -> dict:
+    """A training state saved by a doll that counted epochs: the same point in steps."""
+    if "step" in state:
+        return state
+    step = state["epoch"] * steps_per_epoch
+    history = [{**r, "step": r["epoch"] * steps_per_epoch} for r in state["history"]]
+    best_step = state["best_epoch"] * steps_per_epoch if state.get("best_epoch", -1) > 0 else -1
+    return {"step": step, "epoch": state["epoch"], "batch": 0, "images_seen": 0, "history": history,
+            "best": state.get("best"), "best_step": best_step, "bad_evals": state.get("bad_epochs", 0),
+            "train_seconds": 0.0, "eval_seconds": 0.0, "max_steps": total}
