@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from doll.errors import DollError
-from doll.explain.distill import apply_rule, distill
+from doll.explain.distill import distill
+from doll.labels.rule import apply_rule
 from doll.explain.ig import IntegratedGradients, make_baseline
 from doll.models.classifier import build_classifier
 

@@ -100,7 +100,7 @@ def test_labels_info_export_merge(pipeline, tmp_path, capsys):
 
     import cv2
 
-    from doll.explain.distill import apply_rule
+    from doll.labels.rule import apply_rule
     from doll.labels.store import LabelFile
 
     with LabelFile(pipeline["labels"]) as lf:
@@ -292,7 +292,7 @@ def test_pretrain_targets_keep_absent_classes_empty_even_when_explained(tmp_path
     """Targets read row by row (LabelRows): the rule where explained, empty where the label says absent."""
     import pickle
 
-    from doll.explain.distill import apply_rule
+    from doll.labels.rule import apply_rule
     from doll.labels import store
     from doll.pretrain.train import LabelRows
 

@@ -29,7 +29,7 @@ import torch
 from doll.data import load_split
 from doll.data.base import class_structure_pairs
 from doll.errors import DollError
-from doll.explain.distill import apply_rule
+from doll.labels.rule import apply_rule
 from doll.labels.store import LabelFile
 from doll.models.lung_field import predict_lung_fields
 from doll.train.metrics import iou_dice

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from doll.errors import DollError
-from doll.explain.distill import apply_rule, check_rule
+from doll.labels.rule import apply_rule, check_rule
 from doll.labels.store import Blocks, LabelFile, stored_rows, write_label_file
 from doll.utils import atomic_path, differing_keys, write_json
 
@@ -156,7 +156,6 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
     ``field_margin`` replace it (a better lung model needs no new explanations)."""
     import torch
 
-    from doll.data.dataset import to_tensor
     from doll.models.checkpoint import load_into, read_config
     from doll.models.lung_field import (
         check_field_margin,
@@ -165,7 +164,7 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         predict_lung_fields,
     )
     from doll.models.segmenter import build_pspnet, drop_aux_head
-    from doll.utils import check_positive, resolve_device
+    from doll.utils import check_positive, resolve_device, to_tensor
 
     t0 = time.time()
     check_positive(batch_size=batch_size)
