@@ -393,4 +393,4 @@ def test_python_api_names_stay_callable_after_their_subpackages_are_imported():
     for name in ("explain", "pretrain", "demo", "train_classifiers", "finetune"):
         assert callable(getattr(doll, name)), name
     with pytest.raises(DollError, match="--classifiers /nowhere does not exist"):
-        doll.explain(classifiers="/nowhere", out="/tmp/x.h5")
+        doll.explain(classifiers="/nowhere", root="/nowhere", out="/tmp/x.h5")

@@ -77,6 +77,10 @@ class ExplainSettings(RunOptions):
     block: int = 64  # images per resumable block
     image_size: int = 0  # 0: the classifiers' own size
 
+    def __post_init__(self):
+        if not str(self.root).strip():  # "" would be the current folder
+            raise DollError("--root is required: the folder you unpacked the data set into")
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
