@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from doll_cli.main import QUIET, emit
+from doll_cli.main import QUIET, Typer, emit
 
-data_app = typer.Typer(help="Make and check data sets.", no_args_is_help=True)
+data_app = Typer(help="Make and check data sets.", no_args_is_help=True)
 
 
 @data_app.command("phantom")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import typer
 from doll.labels.rule import DEFAULT_RULE
-from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
+from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, Typer, app, emit
 
-labels_app = typer.Typer(help="Inspect, merge, refine and export DoLL label files.", no_args_is_help=True)
+labels_app = Typer(help="Inspect, merge, refine and export DoLL label files.", no_args_is_help=True)
 
 
 @app.command("explain")

@@ -264,3 +264,21 @@ def test_allow_lists_name_real_parameters():
             assert command_name in SETTINGS, (command_name, name)
             cli = {p.name for p in COMMANDS[command_name].params}
             assert name in cli or name in _api_settings(_load(SETTINGS[command_name])), (command_name, name)
+
+
+HELP_PAGES = sorted({" ".join(name.split()[:i]) for name in COMMANDS for i in range(len(name.split()) + 1)})
+
+
+@pytest.mark.parametrize("page", HELP_PAGES, ids=lambda page: page or "doll")
+def test_help_shows_flags_as_flags(page, capsys):
+    """No ``<bool>`` after a flag (as if ``--quiet`` took a value); options with a value keep their type."""
+    from doll_cli.main import main
+
+    try:
+        main([*page.split(), "--help"])
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+    text = capsys.readouterr().out
+    assert "--help" in text and "<bool>" not in text, text
+    if page in COMMANDS and any(not getattr(p, "is_flag", True) for p in COMMANDS[page].params):
+        assert "<" in text, text  # e.g. <path>, <int>: only the flags lost their type
