@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
             # OSError from Python, or a library's own error wrapping it (safetensors' SafetensorError)
             _fail(f"disk full ({getattr(exc, 'filename', None) or 'while writing'}); free space or choose another --out", 2)
         _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback and report it)", 1)
-    if not code:  # success: every rank leaves torchrun's process group together
-        from doll.train.distributed import shutdown
+    if not code and "torch" in sys.modules:  # success: every rank leaves torchrun's process group together
+        from doll.train.distributed import shutdown  # (no torch loaded, no group: `doll --help` stays fast)
 
         shutdown()
     # Outside standalone mode, typer (0.29 here) returns the code of a `typer.Exit`
