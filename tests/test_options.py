@@ -237,8 +237,13 @@ def _refusal_problems(target, name: str, param) -> list[str]:
     flag = param.opts[0] if param.opts else name
     if not dataclasses.is_dataclass(target):
         return [f"{name}: required on the CLI, but the API defaults to {_api_settings(target)[name].default!r}"]
+    others = {other: "placeholder" for other, s in _api_settings(target).items()
+              if other != name and (s.default is inspect.Parameter.empty or s.default == "")
+              and _plain(s.annotation) == {str}}  # only the field under test is empty
     try:
-        target(**{name: ""})
+        target(**others, **{name: ""})
+    except TypeError as exc:
+        return [f"{name}: cannot construct {target.__name__} to see whether it refuses {name}='': {exc}"]
     except DollError as exc:
         if flag in str(exc):
             return []
