@@ -29,8 +29,7 @@ def phantom(
 
     summary = make_phantoms(out, n=n, size=size, seed=seed, n_anatomy=n_anatomy, noise=noise,
                             uncertain=uncertain, blank=blank, confound=confound, valid_fraction=valid_fraction,
-                            progress=not quiet,
-                            overwrite=overwrite)
+                            progress=not quiet, overwrite=overwrite)
     typer.echo(f"wrote {n} images to {out} (use --dataset phantom --root {out}; "
                f"anatomy: --dataset jsrt --root {out / 'anatomy'})")
     return summary

@@ -59,8 +59,7 @@ def evaluate_labels(
     quiet: bool = QUIET,
 ):
     """Pseudo-label quality against ground-truth masks (or NIH boxes): IoU, Dice, top-k IoU, pointing game and AP per class and mean, next to a random map (and the lung field, where known)."""
-    from doll.labels.evaluate import evaluate_labels as run
-    from doll.labels.evaluate import evaluation_path
+    from doll.labels.evaluate import evaluate_labels as run, evaluation_path
 
     result = run(str(labels), dataset=dataset, root=str(root) if root else "", label_rule=label_rule, seed=seed,
                  out=str(out) if out else "", progress=not quiet)
