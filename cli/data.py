@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from doll_cli.main import QUIET, emit
+from doll_cli.main import QUIET, Typer, emit
 
-data_app = typer.Typer(help="Make and check data sets.", no_args_is_help=True)
+data_app = Typer(help="Make and check data sets.", no_args_is_help=True)
 
 
 @data_app.command("phantom")
@@ -15,20 +15,21 @@ def phantom(
     n: int = typer.Option(200, "--n", help="Number of chest images (CheXpert layout)."),
     size: int = typer.Option(128, "--size", help="Image side in pixels (32 or more)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
-    n_anatomy: int = typer.Option(0, "--n-anatomy", min=0, help="Images in the JSRT-layout anatomy set (0: max(20, n/2))."),
+    n_anatomy: int = typer.Option(None, "--n-anatomy", min=0, show_default=False, help="Images in the JSRT-layout anatomy set (default: max(20, n/2))."),
     noise: float = typer.Option(0.05, "--noise", min=0.0, max=1.0, help="Fraction of training labels flipped."),
     uncertain: float = typer.Option(0.05, "--uncertain", help="Fraction of training labels written as -1 (uncertain)."),
     blank: float = typer.Option(0.1, "--blank", help="Fraction of negative training labels left blank."),
     confound: float = typer.Option(0.0, "--confound", help="Fraction of pneumothorax images that also get a chest tube."),
+    valid_fraction: float = typer.Option(0.2, "--valid-fraction", min=0.0, max=1.0, help="Fraction of the patients written as the valid split."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a phantom data set already in --out."),
     quiet: bool = QUIET,
 ):
     """Write synthetic chest X-rays with ground truth, in the real layouts: CheXpert (train.csv, valid.csv, patient/study/view folders) plus finding masks, and the anatomy in the JSRT PNG layout (anatomy/images, anatomy/masks/<structure>)."""
     from doll.data.phantom import make_phantoms
 
-    summary = make_phantoms(out, n=n, size=size, seed=seed, n_anatomy=n_anatomy or None, noise=noise,
-                            uncertain=uncertain, blank=blank, confound=confound, progress=not quiet,
-                            overwrite=overwrite)
+    summary = make_phantoms(out, n=n, size=size, seed=seed, n_anatomy=n_anatomy, noise=noise,
+                            uncertain=uncertain, blank=blank, confound=confound, valid_fraction=valid_fraction,
+                            progress=not quiet, overwrite=overwrite)
     typer.echo(f"wrote {n} images to {out} (use --dataset phantom --root {out}; "
                f"anatomy: --dataset jsrt --root {out / 'anatomy'})")
     return summary

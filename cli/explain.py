@@ -4,14 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
+from doll.labels.rule import DEFAULT_RULE
+from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, Typer, app, emit
 
-labels_app = typer.Typer(help="Inspect, merge, refine and export DoLL label files.", no_args_is_help=True)
+labels_app = Typer(help="Inspect, merge, refine and export DoLL label files.", no_args_is_help=True)
 
 
 @app.command("explain")
 def explain(
-    classifiers: Path = typer.Option(..., "--classifiers", help="Output folder of `doll train-classifiers`."),
+    classifiers: Path = typer.Option(Path("artifacts/classifiers"), "--classifiers", help="Output folder of `doll train-classifiers` (default: its default --out)."),
     dataset: str = typer.Option("phantom", "--dataset", help="The data set to label (same classes as the classifiers)."),
     root: Path = typer.Option(..., "--root", help="The folder you unpacked the data set into."),
     out: Path = typer.Option(Path("artifacts/doll_labels.h5"), "--out", help="The DoLL label file to write (.h5)."),
@@ -25,7 +26,7 @@ def explain(
     classes: str = typer.Option("", "--classes", help="Comma-separated classes to explain (default: all but No Finding)."),
     smooth: float = typer.Option(0.03, "--smooth", min=0.0, help="Gaussian smoothing sigma as a fraction of the image size."),
     sign: str = typer.Option("positive", "--sign", help="Which evidence counts: positive (the positive part of the attributions) or absolute."),
-    label_rule: str = typer.Option("otsu", "--label-rule", help="Saliency -> pixel label: otsu, quantile:Q or threshold:T."),
+    label_rule: str = typer.Option(DEFAULT_RULE, "--label-rule", help="Saliency -> pixel label: otsu, quantile:Q or threshold:T."),
     batch_size: int = typer.Option(0, "--batch-size", help="Interpolated images per forward pass (sets peak memory); 0: 256 on a GPU, 16 on the CPU."),
     precision: str = typer.Option("auto", "--precision", help="IG arithmetic on a GPU: auto (float16 autocast, float32 where it overflows), fp16, bf16 or fp32. The CPU always uses float32."),
     lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder (its model/ subfolder): saliency is kept inside the lung field it predicts."),
@@ -58,23 +59,15 @@ def evaluate_labels(
     quiet: bool = QUIET,
 ):
     """Pseudo-label quality against ground-truth masks (or NIH boxes): IoU, Dice, top-k IoU, pointing game and AP per class and mean, next to a random map (and the lung field, where known)."""
-    from doll.errors import DollError
-    from doll.labels.evaluate import evaluate_labels as run
-    from doll.utils import read_json, write_json
+    from doll.labels.evaluate import evaluate_labels as run, evaluation_path
 
-    target = out / "metrics.json" if out else Path(str(labels) + ".evaluation.json")
-    if out is not None and out.exists() and not out.is_dir():
-        raise DollError(f"--out {out} is a file; name a folder for metrics.json")
-    if out is not None and target.is_file() and read_json(target).get("command") != "evaluate-labels":
-        raise DollError(f"{target} holds another command's metrics; choose another --out")
     result = run(str(labels), dataset=dataset, root=str(root) if root else "", label_rule=label_rule, seed=seed,
-                 progress=not quiet)
-    write_json(target, result)
+                 out=str(out) if out else "", progress=not quiet)
     if as_json:
         emit(result, as_json=True)
     else:
         typer.echo(score_table(result))
-        typer.echo(f"metrics: {target}")
+        typer.echo(f"metrics: {evaluation_path(str(labels), str(out) if out else '')}")
 
 
 PRIORS = (("mean", "labels"), ("random", "random map"), ("lung_prior", "lung mask"), ("field_prior", "lung field"))
@@ -96,11 +89,12 @@ def show(
     index: int = typer.Option(0, "--index", min=0, help="Row of the file to show."),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
     classes: str = typer.Option("", "--classes", help="Comma-separated classes (default: those explained for the image)."),
+    label_rule: str = typer.Option("", "--label-rule", help="Override the file's label rule."),
 ):
     """Overlay of one image's pseudo labels (contours) and saliency, class by class."""
     from doll.report.overlay import show_labels
 
-    result = show_labels(str(labels), index, str(out), classes)
+    result = show_labels(str(labels), index, out=str(out), classes=classes, label_rule=label_rule)
     typer.echo(f"wrote {out} ({result['path']}: {', '.join(result['classes']) or 'no explained class'})")
 
 

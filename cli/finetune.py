@@ -9,8 +9,8 @@ from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
 
 @app.command("finetune")
 def finetune(
-    task: str = typer.Option(..., "--task", help="jsrt (lungs, heart, clavicles), lung (lung fields), covid (infection), seg4cls (segmentation for classification) or mixed (a few masks + image labels, alternating)."),
-    dataset: str = typer.Option(..., "--dataset", help="jsrt, montgomery, shenzhen, qata, covidqu, folder, ..."),
+    task: str = typer.Option("jsrt", "--task", help="jsrt (lungs, heart, clavicles), lung (lung fields), covid (infection), seg4cls (segmentation for classification) or mixed (a few masks + image labels, alternating)."),
+    dataset: str = typer.Option("jsrt", "--dataset", help="jsrt, montgomery, shenzhen, qata, covidqu, folder, ..."),
     root: Path = typer.Option(..., "--root", help="The folder you unpacked the data set into."),
     init: str = typer.Option("random", "--init", help="A `doll pretrain` output folder, random, or imagenet:/path/to/local/weights."),
     out: Path = typer.Option(Path("artifacts/finetune"), "--out", help="Output folder."),

@@ -14,7 +14,40 @@ import typer
 
 from doll.errors import DollError
 
-app = typer.Typer(
+
+class _FlagsReadAsFlags:
+    """typer's rich help prints each option's type after it, and ``<bool>`` after a flag too,
+    as if ``--quiet`` took a value. A flag gets an empty metavar, so nothing is printed
+    after it; options with a value keep their ``<int>``, ``<path>``, ..."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsReadAsFlags, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_FlagsReadAsFlags, typer.core.TyperGroup):
+    pass
+
+
+class Typer(typer.Typer):
+    """The ``typer.Typer`` of doll's command and its groups (``doll data``, ``doll labels``):
+    every command made with it shows flags as flags."""
+
+    def __init__(self, **kwargs):
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = Typer(
     name="doll",
     help="DoLL: turn image-level chest X-ray labels into pixel-level pseudo labels, pretrain a "
          "segmenter on them and fine-tune it on small real tasks. Start with `doll demo --quick`.",
@@ -144,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
             # OSError from Python, or a library's own error wrapping it (safetensors' SafetensorError)
             _fail(f"disk full ({getattr(exc, 'filename', None) or 'while writing'}); free space or choose another --out", 2)
         _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback and report it)", 1)
-    if not code:  # success: every rank leaves torchrun's process group together
-        from doll.train.distributed import shutdown
+    if not code and "torch" in sys.modules:  # success: every rank leaves torchrun's process group together
+        from doll.train.distributed import shutdown  # (no torch loaded, no group: `doll --help` stays fast)
 
         shutdown()
     # Outside standalone mode, typer (0.29 here) returns the code of a `typer.Exit`

@@ -14,6 +14,8 @@ the settings dataclass) and returning the metrics it writes::
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -31,10 +33,37 @@ _API = {
 }
 
 
-def __getattr__(name):  # lazy: `import doll` stays fast, torch loads on first use
-    if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'doll' has no attribute {name!r}")
+def _api_function(name: str, module: str) -> property:
+    """``doll.<name>``: the function ``<module>.<name>``, imported on first use (``import doll``
+    stays fast; torch loads then). Several of these names are also subpackages or modules
+    (``doll.explain``, ``doll.pretrain``, ``doll.demo``): importing one makes Python bind it as
+    an attribute of ``doll``, over the function. That binding is kept aside here, so the
+    name stays the function; the module is reached by importing it (``from doll.explain
+    import run``, ``importlib.import_module("doll.demo")``). A value set on purpose (a
+    monkeypatched function) is returned as set."""
 
+    def get(package):
+        value = package.__dict__.get(name)
+        if value is None or isinstance(value, types.ModuleType):
+            return getattr(importlib.import_module(module), name)
+        return value
+
+    def set_(package, value):
+        package.__dict__[name] = value
+
+    def delete(package):
+        package.__dict__.pop(name, None)
+
+    return property(get, set_, delete, doc=f"{module}.{name}")
+
+
+class _Package(types.ModuleType):
+    """The class of the module ``doll``: its API names are data descriptors, which the import
+    system's ``setattr(doll, "explain", <module doll.explain>)`` cannot replace."""
+
+
+for _name, _module in _API.items():
+    setattr(_Package, _name, _api_function(_name, _module))
+sys.modules[__name__].__class__ = _Package  # the one place: every subpackage stays a plain module
 
 __all__ = ["__version__", *_API]

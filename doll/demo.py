@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from doll._api import make_callable
 from doll.classify.train import train_classifiers
 from doll.data.phantom import make_phantoms
 from doll.errors import DollError
@@ -126,5 +125,3 @@ def demo(out: str = "artifacts/demo", quick: bool = False, seed: int = 0, device
           f"Report: {out_dir / 'report.html'}")
     return report
 
-
-make_callable(__name__, "doll.demo:demo")  # `doll.demo(...)` works once this module is imported too

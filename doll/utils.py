@@ -18,6 +18,18 @@ import torch
 from doll.errors import DollError
 
 
+# The input every network takes: uint8 images scaled to [0, 1], then (x - MEAN) / STD. Here,
+# below both the data sets and the models, so that neither has to import the other.
+MEAN, STD = 0.5, 0.25
+NORMALISATION = {"scale": 1 / 255, "mean": MEAN, "std": STD}  # as written into each model's config.json
+
+
+def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W) -> normalised float32 (..., 1, H, W)."""
+    x = torch.tensor(np.asarray(images_u8), dtype=torch.float32).div_(255.0)
+    return x.sub_(MEAN).div_(STD).unsqueeze(-3)
+
+
 @dataclasses.dataclass(kw_only=True)
 class RunOptions:
     """The options every command's settings share (the CLI's --seed, --device, --resume,

@@ -228,7 +228,7 @@ def test_damaged_weights_are_a_clear_error(tmp_path):
 def test_seg4cls_and_mixed_pass_accumulate_to_the_engine():
     from doll.finetune.settings import FinetuneSettings, engine_settings
 
-    assert engine_settings(FinetuneSettings(task="seg4cls", accumulate=4), 8).accumulate == 4
+    assert engine_settings(FinetuneSettings(task="seg4cls", root="data", accumulate=4), 8).accumulate == 4
 
 
 def test_under_torchrun_cuda_means_this_ranks_gpu_on_every_call(monkeypatch):

@@ -361,18 +361,20 @@ def test_paths_options_and_reruns_caught_before_anything_is_written(capsys, pipe
     expect_error(capsys, "holds another command's metrics", "evaluate-labels", "--labels", labels, "--out",
                  pipeline["classifiers"])
     # a demo stopped part-way can be run again
-    import doll.demo
+    from importlib import import_module
+
+    demo = import_module("doll.demo")  # the module: `doll.demo` is the function
 
     def stop(*args, **kwargs):
         raise DollError("stopped")
 
-    monkeypatch.setattr(doll.demo, "make_phantoms", stop)
+    monkeypatch.setattr(demo, "make_phantoms", stop)
     for _ in range(2):
         with pytest.raises(DollError, match="stopped"):
-            doll.demo.demo(out=str(tmp_path / "demo"), quick=True, progress=False)
+            demo.demo(out=str(tmp_path / "demo"), quick=True, progress=False)
     # ... but never replaces another run
     with pytest.raises(DollError, match="holds something other than an earlier demo"):
-        doll.demo.demo(out=str(pipeline["classifiers"]), quick=True, progress=False)
+        demo.demo(out=str(pipeline["classifiers"]), quick=True, progress=False)
     assert (pipeline["classifiers"] / "metrics.json").is_file()
 
 
@@ -386,11 +388,22 @@ def test_phantom_rerun_needs_overwrite(capsys, tmp_path):
 
 
 def test_python_api_names_stay_callable_after_their_subpackages_are_imported():
+    import sys
+    import types
+
     import doll
-    import doll.explain.run  # binds the name doll.explain to the subpackage
+    import doll.demo
+    import doll.explain.run  # Python binds the name doll.explain to the subpackage: doll keeps the function
     import doll.pretrain.train  # noqa: F401
 
-    for name in ("explain", "pretrain", "demo", "train_classifiers", "finetune"):
-        assert callable(getattr(doll, name)), name
+    for name in doll.__all__[1:]:
+        function = getattr(doll, name)
+        assert isinstance(function, types.FunctionType), name
+        assert function is getattr(sys.modules[doll._API[name]], name), name
+    for name in ("doll.explain", "doll.pretrain", "doll.demo"):  # plain modules, not callable ones
+        assert type(sys.modules[name]) is types.ModuleType, name
+    from doll.explain import run  # the subpackage is reached by importing it
+
+    assert run.explain is doll.explain
     with pytest.raises(DollError, match="--classifiers /nowhere does not exist"):
-        doll.explain(classifiers="/nowhere", out="/tmp/x.h5")
+        doll.explain(classifiers="/nowhere", root="/nowhere", out="/tmp/x.h5")

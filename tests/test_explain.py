@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from doll.errors import DollError
-from doll.explain.distill import apply_rule, distill
+from doll.explain.distill import distill
+from doll.labels.rule import apply_rule
 from doll.explain.ig import IntegratedGradients, make_baseline
 from doll.models.classifier import build_classifier
 
@@ -133,7 +134,7 @@ def explain_recording_writes(run, **kwargs) -> list[str]:
 
 @pytest.mark.parametrize("method", ["ig", "ig-smooth"])
 def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp_path, method):
-    import doll.explain.run as run
+    from doll.explain import run
 
     args = dict(classifiers=str(pipeline["classifiers"]), dataset="phantom", root=str(pipeline["phantom"]),
                 steps=4, block=16, progress=False, method=method)
@@ -183,7 +184,7 @@ def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp
 def test_explain_resume_on_changed_data_or_unknown_blocks_is_refused(pipeline, tmp_path):
     import shutil
 
-    import doll.explain.run as run
+    from doll.explain import run
 
     root = tmp_path / "phantom"
     shutil.copytree(pipeline["phantom"], root)
@@ -221,7 +222,7 @@ def test_explain_kill9_then_resume_gives_identical_file(pipeline, tmp_path):
     import sys
     import time
 
-    import doll.explain.run as run
+    from doll.explain import run
 
     args = dict(classifiers=str(pipeline["classifiers"]), dataset="phantom", root=str(pipeline["phantom"]),
                 steps=16, block=2, progress=False)  # many small blocks: the kill lands mid-run

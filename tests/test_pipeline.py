@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -58,7 +59,7 @@ def test_explain_writes_a_complete_label_file(pipeline):
     assert read(pipeline["labels"].with_name("labels.h5.metrics.json"))["images"] == n
 
 
-def test_evaluate_labels_beats_random_map(pipeline, capsys):
+def test_evaluate_labels_beats_random_map(pipeline, capsys, tmp_path):
     cli("evaluate-labels", "--labels", pipeline["labels"], "--json")
     result = json.loads(capsys.readouterr().out)
     assert result["pairs"] > 10
@@ -74,6 +75,14 @@ def test_evaluate_labels_beats_random_map(pipeline, capsys):
     assert list(rows) == ["iou", "dice", "topk_iou", "pointing", "ap"]
     assert rows["topk_iou"] == [round(result["mean"]["topk_iou"], 3), round(result["random"]["topk_iou"], 3)]
     assert lines[6] == f"{result['pairs']} image-class pairs, label rule {result['label_rule']}"
+    assert lines[7] == f"metrics: {pipeline['labels']}.evaluation.json"
+    # the Python call writes the file the command writes, with the same metrics
+    import doll
+
+    written = read(Path(f"{pipeline['labels']}.evaluation.json"))
+    assert written == json.loads(json.dumps(result))
+    assert doll.evaluate_labels(str(pipeline["labels"]), out=str(tmp_path / "ev"), progress=False) == result
+    assert read(tmp_path / "ev" / "metrics.json") == written
 
 
 def test_show_writes_png_overlay(pipeline, tmp_path):
@@ -100,7 +109,7 @@ def test_labels_info_export_merge(pipeline, tmp_path, capsys):
 
     import cv2
 
-    from doll.explain.distill import apply_rule
+    from doll.labels.rule import apply_rule
     from doll.labels.store import LabelFile
 
     with LabelFile(pipeline["labels"]) as lf:
@@ -292,7 +301,7 @@ def test_pretrain_targets_keep_absent_classes_empty_even_when_explained(tmp_path
     """Targets read row by row (LabelRows): the rule where explained, empty where the label says absent."""
     import pickle
 
-    from doll.explain.distill import apply_rule
+    from doll.labels.rule import apply_rule
     from doll.labels import store
     from doll.pretrain.train import LabelRows
 

@@ -53,9 +53,14 @@ class ClassifierSettings(RunOptions):
     patience: int = 0  # early stopping after this many evaluations without a better validation AUROC (0: off)
     lung_model: str = ""  # a `doll finetune --task lung` model folder: classifiers see only its lung field
     # Hide-and-Seek: black out each cell of an 8x8 grid with this probability while training; several
-    # values, comma-separated, are cycled over the members like arch (e.g. "0,0.5": every other member)
-    hide: float | str = 0.0
+    # values, comma-separated, are cycled over the members like arch (e.g. "0,0.5": every other member);
+    # a float is read as one value
+    hide: str | float = "0"
     num_workers: int = 0
+
+    def __post_init__(self):
+        if not str(self.root).strip():  # "" would be the current folder
+            raise DollError("--root is required: the folder you unpacked the data set into")
 
 
 def member_archs(arch: str, members: int) -> list[str]:

@@ -19,15 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-MEAN, STD = 0.5, 0.25  # applied to images scaled to [0, 1]
+from doll.utils import MEAN, NORMALISATION, STD, to_tensor  # noqa: F401 - re-exported: the networks' input
+
 HIDE_GRID = 8  # Hide-and-Seek cells per side
-NORMALISATION = {"scale": 1 / 255, "mean": MEAN, "std": STD}
-
-
-def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W) -> normalised float32 (..., 1, H, W)."""
-    x = torch.tensor(np.asarray(images_u8), dtype=torch.float32).div_(255.0)
-    return x.sub_(MEAN).div_(STD).unsqueeze(-3)
 
 
 def hide_cells(img: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:

@@ -1,5 +1,4 @@
-"""Distillation: explanation maps of several classifiers -> one uint8 saliency per class,
-and the label rule that turns saliency into pixel labels.
+"""Distillation: explanation maps of several classifiers -> one uint8 saliency per class.
 
 Algorithm (parameters in brackets, stored in the label file's attributes):
 
@@ -12,10 +11,8 @@ Algorithm (parameters in brackets, stored in the label file's attributes):
    by the lung field that model predicts for the image (dilated by ``--field-margin``, 1 % of the size);
 5. quantise to uint8 (0-255): the ``saliency`` dataset.
 
-Label rule (``label_rule``): ``otsu`` (per map, the pixels above Otsu's threshold on the
-non-zero saliency, as ``cv2.THRESH_OTSU`` splits them), ``quantile:Q`` (pixels at or
-above the map's Q-quantile, e.g. 0.9 = top 10 %), or ``threshold:T`` (saliency >= T on the 0-255 scale). Pixels with saliency 0
-are never labelled.
+The label rule that turns saliency into pixel labels is a property of the label file and
+lives in :mod:`doll.labels.rule` (re-exported here for the code that imports it from here).
 """
 from __future__ import annotations
 
@@ -23,8 +20,7 @@ import cv2
 import numpy as np
 
 from doll.errors import DollError
-
-DEFAULT_RULE = "otsu"
+from doll.labels.rule import DEFAULT_RULE, apply_rule, check_rule  # noqa: F401 - re-exported (see above)
 
 
 def normalise_map(a: np.ndarray, sign: str = "positive", smooth: float = 0.03) -> np.ndarray:
@@ -52,38 +48,3 @@ def distill(member_maps: list[np.ndarray], sign: str = "positive", smooth: float
     if field is not None:
         mean = mean * field[None]
     return np.round(mean * 255).astype(np.uint8)
-
-
-def check_rule(rule: str) -> str:
-    kind, _, arg = rule.partition(":")
-    try:
-        if kind == "otsu" and not arg:
-            return rule
-        if kind == "quantile" and 0 < float(arg) < 1:
-            return rule
-        if kind == "threshold" and 0 <= float(arg) <= 255:
-            return rule
-    except ValueError:
-        pass
-    raise DollError(f"bad label rule {rule!r}; use otsu, quantile:Q (0<Q<1) or threshold:T (0-255)")
-
-
-def apply_rule(saliency: np.ndarray, rule: str) -> np.ndarray:
-    """Binary labels (bool, same shape) from uint8 saliency maps (..., H, W), per map."""
-    kind, _, arg = check_rule(rule).partition(":")
-    flat = saliency.reshape(-1, *saliency.shape[-2:])
-    out = np.zeros(flat.shape, bool)
-    for i, s in enumerate(flat):
-        if not s.any():
-            continue
-        if kind == "otsu":  # Otsu's threshold t on the nonzero pixels; as in cv2, a label is s > t
-            nz = s[s > 0]
-            if nz.min() == nz.max():  # one level: nothing to separate, the whole map is the label
-                out[i] = s > 0
-                continue
-            t, _ = cv2.threshold(nz.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-            out[i] = s > t
-            continue
-        t = float(arg) if kind == "threshold" else np.quantile(s, float(arg))
-        out[i] = (s >= t) & (s > 0)
-    return out.reshape(saliency.shape)

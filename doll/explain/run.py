@@ -13,7 +13,6 @@ import torch
 from tqdm.auto import tqdm
 
 from doll.data import labels_of, load_split
-from doll.data.dataset import to_tensor
 from doll.errors import DollError
 from doll.explain.base import (
     NORMAL_CLASSES,
@@ -22,8 +21,9 @@ from doll.explain.base import (
     make_explainer,
     normal_class,
 )
-from doll.explain.distill import DEFAULT_RULE, check_rule, distill
+from doll.explain.distill import distill
 from doll.explain.ig import check_precision, default_batch_size
+from doll.labels.rule import DEFAULT_RULE, check_rule
 from doll.labels.store import Blocks, PartsWriter, write_label_file
 from doll.models.checkpoint import load_into, read_config
 from doll.models.classifier import build_classifier
@@ -44,6 +44,7 @@ from doll.utils import (
     check_positive,
     resolve_device,
     resolve_paths,
+    to_tensor,
     write_json,
 )
 
@@ -75,6 +76,10 @@ class ExplainSettings(RunOptions):
     precision: str = "auto"  # IG on CUDA: auto (float16 autocast), fp16, bf16 or fp32
     block: int = 64  # images per resumable block
     image_size: int = 0  # 0: the classifiers' own size
+
+    def __post_init__(self):
+        if not str(self.root).strip():  # "" would be the current folder
+            raise DollError("--root is required: the folder you unpacked the data set into")
 
 
 def _sha256(path: Path) -> str:

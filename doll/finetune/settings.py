@@ -53,6 +53,10 @@ class FinetuneSettings(RunOptions):
     pooling: str = "max,amp-mlp"  # mixed: how classification logits come from the segmentation logits
     num_workers: int = 0
 
+    def __post_init__(self):
+        if not str(self.root).strip():  # "" would be the current folder
+            raise DollError("--root is required: the folder you unpacked the data set into")
+
 
 class TaskRunner:
     """One stage-4 task: a subclass in its own module and one row in ``doll.finetune.run.TASKS``.

@@ -29,10 +29,11 @@ import torch
 from doll.data import load_split
 from doll.data.base import class_structure_pairs
 from doll.errors import DollError
-from doll.explain.distill import apply_rule
+from doll.labels.rule import apply_rule
 from doll.labels.store import LabelFile
 from doll.models.lung_field import predict_lung_fields
 from doll.train.metrics import iou_dice
+from doll.utils import read_json, write_json
 
 
 def _scores(sal: np.ndarray, label: np.ndarray, gt: np.ndarray) -> dict:
@@ -62,8 +63,21 @@ def _random_map(shape, smooth: float, rng) -> np.ndarray:
     return np.round(noise * 255).astype(np.uint8)
 
 
+def evaluation_path(labels: str, out: str = "") -> Path:
+    """Where :func:`evaluate_labels` writes its metrics: ``<out>/metrics.json``, or
+    ``<labels>.evaluation.json`` next to the label file."""
+    return Path(out) / "metrics.json" if out else Path(str(labels) + ".evaluation.json")
+
+
 def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: str = "", seed: int = 0,
-                    progress: bool = True) -> dict:
+                    out: str = "", progress: bool = True) -> dict:
+    """Score the labels (see the module's docstring); returns the metrics and writes them to
+    :func:`evaluation_path` (``doll evaluate-labels`` writes the same file)."""
+    target = evaluation_path(labels, out)
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise DollError(f"--out {out} is a file; name a folder for metrics.json")
+    if out and target.is_file() and read_json(target).get("command") != "evaluate-labels":
+        raise DollError(f"{target} holds another command's metrics; choose another --out")
     with LabelFile(labels) as lf:
         classes = lf.classes
         rule = label_rule or lf.label_rule
@@ -150,6 +164,7 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
     if any(scores["lung_prior"].values()):
         lper, lmean = summarise(scores["lung_prior"])
         result.update(lung_prior=lmean, lung_prior_per_class=lper)
+    write_json(target, result)
     return result
 
 

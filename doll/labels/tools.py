@@ -11,13 +11,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from doll.errors import DollError
-from doll.explain.distill import apply_rule, check_rule
+from doll.labels.rule import apply_rule, check_rule
 from doll.labels.store import Blocks, LabelFile, stored_rows, write_label_file
 from doll.utils import atomic_path, differing_keys, write_json
 
 
-def info(path: str) -> dict:
-    with LabelFile(path) as lf:
+def info(labels: str) -> dict:
+    with LabelFile(labels) as lf:
         return lf.info()
 
 
@@ -102,7 +102,7 @@ def _finished(result: dict, t0: float) -> dict:
     return result
 
 
-def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress: bool = True,
+def export(labels: str, out: str, fmt: str = "png", label_rule: str = "", progress: bool = True,
            overwrite: bool = False) -> dict:
     """One PNG mask (0/255) per explained class per image, ``masks/<class>/<row>.png``, plus
     ``labels.csv`` (row, path, image labels, probabilities) and ``images/<row>.png``."""
@@ -120,10 +120,10 @@ def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress
             raise DollError(f"--out {out_dir} holds something other than an export; refusing to delete it")
         shutil.rmtree(out_dir)
     count = 0
-    with LabelFile(path) as lf:
+    with LabelFile(labels) as lf:
         classes, rule, paths = lf.classes, check_rule(label_rule or lf.label_rule), lf.paths()
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
-        targets, labels, probs = lf["targets"][:], lf["labels"][:], lf["probs"][:]
+        targets, image_labels, probs = lf["targets"][:], lf["labels"][:], lf["probs"][:]
         for i in tqdm(range(len(lf)), desc="exporting", disable=not progress, leave=False):
             if not lf.done[i]:
                 continue
@@ -139,24 +139,23 @@ def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress
             w = csv.writer(fh)
             w.writerow(["row", "path", *classes, *[f"prob {c}" for c in classes]])
             for i in np.flatnonzero(lf.done):
-                w.writerow([f"{i:07d}", paths[i], *["" if np.isnan(v) else v for v in labels[i]],
+                w.writerow([f"{i:07d}", paths[i], *["" if np.isnan(v) else v for v in image_labels[i]],
                             *[f"{p:.4f}" for p in probs[i]]])
     result = {"command": "labels export", "out": str(out_dir), "masks": count, "label_rule": rule}
     write_json(out_dir / "export.json", result)
     return result
 
 
-def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = "auto",
+def refine(labels: str, model: str, out: str, batch_size: int = 32, device: str = "auto",
            lung_model: str = "", field_margin: float | None = None,
            overwrite: bool = False, progress: bool = True) -> dict:
     """One self-training round: a new label file whose saliency is the sigmoid output of a
-    segmenter pretrained on ``path`` (`doll pretrain`), times a lung field, for the classes
+    segmenter pretrained on ``labels`` (`doll pretrain`), times a lung field, for the classes
     each row explains; classes the segmenter was not trained on and everything else are
     copied. The field is the file's own (if any) unless ``lung_model`` and/or
     ``field_margin`` replace it (a better lung model needs no new explanations)."""
     import torch
 
-    from doll.data.dataset import to_tensor
     from doll.models.checkpoint import read_config
     from doll.models.lung_field import (
         check_field_margin,
@@ -165,7 +164,7 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         predict_lung_fields,
     )
     from doll.models.segmenter import drop_aux_head, load_segmenter
-    from doll.utils import check_positive, resolve_device
+    from doll.utils import check_positive, resolve_device, to_tensor
 
     t0 = time.time()
     check_positive(batch_size=batch_size)
@@ -180,11 +179,11 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         raise DollError(f"--model {model} {what}; pass the --out folder of `doll pretrain`")
     cfg = read_config(model, kind="segmenter")["doll"]
     dev = resolve_device(device)
-    with LabelFile(path) as lf:
+    with LabelFile(labels) as lf:
         classes, targets = lf.classes, lf["targets"][:]
         own = cfg.get("classes") or []
         if cfg.get("stage") != "pretrain" or not own or not set(own) <= set(classes):
-            raise DollError(f"--model {model} was not pretrained on labels with the classes of {path} "
+            raise DollError(f"--model {model} was not pretrained on labels with the classes of {labels} "
                             f"({', '.join(classes)}); pass a `doll pretrain` folder made from this kind of file")
         index = [classes.index(c) for c in own]  # the file's channel of each model output
         net, _ = load_segmenter(model)
@@ -194,9 +193,9 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         if field_margin is None:
             field_margin = own_margin
         elif not field_model:
-            raise DollError(f"{path} has no lung field; --field-margin needs --lung-model")
+            raise DollError(f"{labels} has no lung field; --field-margin needs --lung-model")
         if field_model and not Path(field_model).is_dir():
-            raise DollError(f"{path} was made with the lung model {field_model}, which does not exist (files made "
+            raise DollError(f"{labels} was made with the lung model {field_model}, which does not exist (files made "
                             "before doll recorded it absolute keep the path as typed); pass it with --lung-model")
         field_model = str(Path(field_model).resolve()) if field_model else ""  # found from any folder later
         lung = load_lung_model(field_model, dev) if field_model else None
@@ -229,4 +228,4 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
         write_label_file(out, {**small, "saliency": Blocks((n, len(classes), size, size), saliency_pieces()),
                                "images": Blocks.copy(lf["images"])}, attrs)
         bar.close()
-    return _finished({"command": "labels refine", "labels": path, "model": str(model), "out": str(out), "rows": n}, t0)
+    return _finished({"command": "labels refine", "labels": labels, "model": str(model), "out": str(out), "rows": n}, t0)

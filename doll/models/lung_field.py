@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import torch
 
-from doll.data.dataset import to_tensor
 from doll.errors import DollError
 from doll.models.checkpoint import read_config
 from doll.models.segmenter import load_segmenter
+from doll.utils import to_tensor
 
 INPUT_MARGIN = 0.04  # dilation of the lung mask that classifier inputs are faded with (x image size)
 SALIENCY_MARGIN = 0.01  # default dilation of the field that multiplies saliency (`explain --field-margin`)

@@ -22,7 +22,7 @@ from doll.data.common import hold_out
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.labels import apply_policy
 from doll.errors import DollError
-from doll.explain.distill import apply_rule, check_rule
+from doll.labels.rule import apply_rule, check_rule
 from doll.labels.store import LabelFile
 from doll.models.segmenter import (
     DEFAULT_DECODER,

@@ -10,7 +10,7 @@ import torch
 
 from doll.data import load_split
 from doll.data.dataset import to_tensor
-from doll.explain.distill import apply_rule
+from doll.labels.rule import apply_rule
 from doll.labels.store import LabelFile
 from doll.models.segmenter import load_segmenter
 from doll.report.overlay import overlay, write_png

@@ -44,9 +44,9 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
         tmp.write_bytes(buf.tobytes())
 
 
-def show_labels(labels: str, index: int, out: str, classes: str = "", label_rule: str = "") -> dict:
+def show_labels(labels: str, index: int = 0, *, out: str, classes: str = "", label_rule: str = "") -> dict:
     """``doll show``: overlay of one row of a label file (explained classes, or those named)."""
-    from doll.explain.distill import apply_rule
+    from doll.labels.rule import apply_rule
     from doll.labels.store import LabelFile
 
     with LabelFile(labels) as lf:
