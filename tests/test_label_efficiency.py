@@ -1,42 +1,233 @@
-"""benchmarks/label_efficiency.py: a 2 fractions x 2 modes sweep on a tiny phantom, JSON + PNG out."""
+"""benchmarks/label_efficiency.py as a paired experiment: a tiny two-arm run (random init and
+the session's pretrained network), resumability, the report; and its statistics
+(benchmarks/paired_stats.py) on made-up numbers."""
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
-import subprocess
+import math
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 import doll
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "label_efficiency.py"
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPT = BENCH / "label_efficiency.py"
+sys.path.insert(0, str(BENCH))
+import paired_stats as ps  # noqa: E402
 
 
-def test_label_efficiency_tiny(tmp_path):
-    doll.make_phantoms(tmp_path, n=40, size=32, progress=False)
+# ------------------------------------------------------------------ the statistics
+
+
+def t_quantile_numeric(df: int, p: float = 0.975) -> float:
+    """Student's t quantile by integrating the density (trapezoid on a fine grid) and bisection."""
+    logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        t = np.linspace(0.0, x, 200_001)
+        f = np.exp(logc - (df + 1) / 2 * np.log1p(t * t / df))
+        return 0.5 + float(np.sum((f[1:] + f[:-1]) / 2 * np.diff(t)))
+
+    lo, hi = 0.0, 20.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("df", [1, 2, 4, 9, 29, 30, 31, 45, 100])
+def test_t_quantile(df):
+    assert ps.t_quantile(df) == pytest.approx(t_quantile_numeric(df), abs=2e-4 if df == 1 else 2e-5)
+
+
+def test_t_interval_known_values():
+    # 1, 2, 3: mean 2, sd 1, half-width t(2) / sqrt(3) = 4.302653 / 1.732051 = 2.484138
+    r = ps.t_interval([1.0, 2.0, 3.0])
+    assert r["n"] == 3 and r["mean"] == pytest.approx(2.0) and r["sd"] == pytest.approx(1.0)
+    assert r["interval"] == pytest.approx([2 - 2.484138, 2 + 2.484138], abs=1e-5)
+    r = ps.t_interval([0.02, 0.05, 0.03, 0.04, 0.06])  # mean .04, sd .0158114, t(4) 2.776445
+    half = 2.776445 * 0.0158113883 / math.sqrt(5)
+    assert r["interval"] == pytest.approx([0.04 - half, 0.04 + half], abs=1e-7)
+    one = ps.t_interval([0.3])
+    assert one["mean"] == 0.3 and one["sd"] is None and one["interval"] is None
+    with pytest.raises(ValueError):
+        ps.t_quantile(0)
+
+
+def test_bootstrap_paired():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 0.9, size=200)  # per test image; arm A is 0.05 better with noise, 3 seeds
+    diffs = [base + 0.05 + rng.normal(0, 0.1, 200) - base for _ in range(3)]
+    r = ps.bootstrap_paired(diffs, resamples=2000, seed=0)
+    mean = float(np.mean([d.mean() for d in diffs]))
+    assert r["estimate"] == pytest.approx(mean)
+    lo, hi = r["interval"]
+    assert lo < mean < hi and lo > 0 and hi - lo < 0.05
+    assert ps.bootstrap_paired(diffs, resamples=2000, seed=0) == r  # seeded
+    # the standard error of a mean of 200 N(0, .1 / sqrt 3) values: about .0041
+    assert r["sd"] == pytest.approx(0.1 / math.sqrt(3) / math.sqrt(200), rel=0.2)
+    # test sets of different sizes (a hold-out split per seed): resampled seed by seed
+    uneven = [diffs[0][:150], diffs[1], diffs[2][:90]]
+    r2 = ps.bootstrap_paired(uneven, resamples=500, seed=3, shared=True)
+    m2 = float(np.mean([d.mean() for d in uneven]))
+    assert r2["interval"][0] < m2 < r2["interval"][1]
+    const = ps.bootstrap_paired([np.full(10, 0.2)], resamples=200)  # no spread: the interval is the point
+    assert const["interval"] == pytest.approx([0.2, 0.2])
+
+
+def test_curve_efficiency():
+    curve = [{"step": s, "val_iou": v} for s, v in [(60, 0.2), (120, 0.5), (180, 0.61), (240, 0.6), (600, 0.7)]]
+    assert ps.curve_at(curve, 0.1 * 600) == {"step": 60, "value": 0.2}
+    assert ps.curve_at(curve, 0.25 * 600) == {"step": 180, "value": 0.61}  # the first evaluation at or after 150
+    assert ps.curve_at(curve, 601) is None
+    assert ps.steps_to_reach(curve, 0.6) == 180
+    assert ps.steps_to_reach(curve, 0.7) == 600
+    assert ps.steps_to_reach(curve, 0.71) is None
+    assert ps.median_steps([180, None, 120]) == 180
+    assert ps.median_steps([180, None, None]) is None
+    assert ps.median_steps([100, 200]) == 150
+    assert ps.median_steps([]) is None
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("label_efficiency_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclass looks the module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def made_up_cell(init, seed, final, curve, per_image, positives=None):
+    cell = {"init": init, "mode": "full", "fraction": 0.05, "seed": seed, "n_train": 6, "n_test": len(per_image),
+            "test_split": "test", "mean_iou": final, "curve": [{"step": s, "val_iou": v} for s, v in curve],
+            "per_image_iou": np.asarray(per_image, float)}
+    if positives is not None:
+        cell["positives_mean_iou"], cell["test_positive"] = positives
+    return cell
+
+
+def test_summary_on_made_up_cells():
+    le = load_bench()
+    cells = []
+    for seed, (r, d) in enumerate([(0.50, 0.60), (0.55, 0.62), (0.52, 0.58)]):
+        cells.append(made_up_cell("random", seed, r, [(10, 0.1), (25, 0.3), (50, 0.45), (100, r)],
+                                  [[r - 0.1], [r + 0.1]], positives=(r - 0.1, [True, False])))
+        cells.append(made_up_cell("doll", seed, d, [(10, 0.4), (25, r), (50, 0.57), (100, d)],
+                                  [[d - 0.1], [d + 0.1]], positives=(d - 0.1, [True, False])))
+    summary = le.summarize(cells, "random", 100, resamples=500, boot_seed=0)
+    by = {e["init"]: e for e in summary}
+    ref, arm = by["random"]["mean_iou"], by["doll"]["mean_iou"]
+    assert ref["paired"] is None and by["random"]["is_reference"]
+    p = arm["paired"]
+    assert p["per_seed"] == pytest.approx([0.10, 0.07, 0.06]) and p["mean"] == pytest.approx(0.23 / 3)
+    assert p["t_interval"] == pytest.approx(ps.t_interval([0.10, 0.07, 0.06])["interval"])
+    assert p["bootstrap_interval"][0] <= p["mean"] <= p["bootstrap_interval"][1]
+    assert arm["final"]["mean"] == pytest.approx(0.60) and arm["final"]["sd"] == pytest.approx(0.02)
+    at = {x["budget_fraction"]: x for x in arm["efficiency"]["iou_at"]}
+    assert at[0.1]["mean"] == pytest.approx(0.4) and at[0.25]["steps"] == [25, 25, 25]
+    assert at[0.5]["mean"] == pytest.approx(0.57)
+    to = arm["efficiency"]["steps_to_reference"]
+    assert to["per_seed"] == [25, 25, 25] and to["median"] == 25 and to["reached"] == 3
+    assert ref["efficiency"]["steps_to_reference"]["per_seed"] == [100, 100, 100]
+    pos = by["doll"]["positives_mean_iou"]
+    assert pos["paired"]["mean"] == pytest.approx(0.23 / 3) and pos["paired"]["t_interval"]
+    assert pos["paired"]["bootstrap_interval"] is not None and pos["efficiency"] is None
+    for c in cells:  # a finetune that does not record which test images are positive: no bootstrap for them
+        del c["test_positive"]
+    pos = {e["init"]: e for e in le.summarize(cells, "random", 100, resamples=500)}["doll"]["positives_mean_iou"]
+    assert pos["paired"]["t_interval"] and pos["paired"]["bootstrap_interval"] is None
+    assert "positive" in pos["paired"]["bootstrap_note"]
+    text = le.report({"settings": {"task": "covid", "max_steps": 100}, "cells": cells, "summary": summary})
+    assert "(b) Paired difference" in text and "+0.077" in text and "positive" in text
+
+
+# ------------------------------------------------------------------ the benchmark, end to end
+
+
+def run(le, capsys, *args) -> tuple[str, str]:
+    """The benchmark in-process (a subprocess would spend most of this test importing torch):
+    (stdout, stderr)."""
+    capsys.readouterr()
+    le.main([str(x) for x in args])
+    got = capsys.readouterr()
+    return got.out, got.err
+
+
+def test_label_efficiency_paired(tmp_path, pipeline, capsys):
+    le = load_bench()
+    doll.make_phantoms(tmp_path / "ph", n=40, size=32, progress=False)
     out = tmp_path / "le"
-    env = dict(os.environ, DOLL_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--root", str(tmp_path / "anatomy"), "--inits", "random",
-                           "--modes", "full,adapter", "--fractions", "0.25,1.0", "--epochs", "1",
-                           "--encoder", "resnet18", "--image-size", "32", "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr
+    args = ["--root", tmp_path / "ph" / "anatomy", "--inits", f"random,pre={pipeline['pretrain']}",
+            "--modes", "full", "--fractions", "0.25,1.0", "--seeds", 2, "--seed", 5, "--max-steps", 3,
+            "--val-every", 1, "--image-size", 32, "--encoder", "resnet18", "--device", "cpu",
+            "--bootstrap", 200, "--out", out]
+    first, _ = run(le, capsys, *args)
     doc = json.loads((out / "label_efficiency.json").read_text())
     cells = doc["cells"]
-    assert len(cells) == 4
-    grid = {(m, f) for m in ("full", "adapter") for f in (0.25, 1.0)}
-    assert {(c["mode"], c["label_fraction"]) for c in cells} == grid
+    assert len(cells) == 8
+    assert {(c["init"], c["fraction"], c["seed"]) for c in cells} == {
+        (i, f, s) for i in ("random", "pre") for f in (0.25, 1.0) for s in (5, 6)}
     for c in cells:
-        assert c["init"] == "random"
-        assert 0.0 <= c["mean_iou"] <= 1.0 and 0.0 <= c["mean_dice"] <= 1.0
-        assert c["n_train"] >= 1 and c["trainable_params"] > 0 and c["seconds"] >= 0
-        assert (out / f"random_{c['mode']}_{c['label_fraction']:g}").is_dir()
-    n = {c["label_fraction"]: c["n_train"] for c in cells}
-    assert n[0.25] < n[1.0]
-    adapter = {c["trainable_params"] for c in cells if c["mode"] == "adapter"}
-    full = {c["trainable_params"] for c in cells if c["mode"] == "full"}
-    assert max(adapter) < min(full)
-    assert doc["settings"]["fractions"] == [0.25, 1.0] and "label_efficiency.py" in doc["command"]
-    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
-    assert lines == cells  # stdout: exactly one JSON line per cell (the stages' chatter goes to stderr)
-    assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+        assert c["steps"] == 3 and c["max_steps"] == 3 and c["mode"] == "full"
+        assert [p["step"] for p in c["curve"]] == [1, 2, 3]
+        assert c["curve"][-1]["val_iou"] == pytest.approx(c["mean_iou"], abs=1e-9)
+        assert (out / f"{c['init']}_full_{c['fraction']:g}" / f"seed_{c['seed']}" / "metrics.json").is_file()
+        assert "per_image_iou" not in c
+    by = {(c["init"], c["fraction"], c["seed"]): c for c in cells}
+    for f in (0.25, 1.0):  # the arms of a seed share the mask subset
+        for s in (5, 6):
+            assert by[("random", f, s)]["n_train"] == by[("pre", f, s)]["n_train"]
+    assert by[("random", 0.25, 5)]["n_train"] < by[("random", 1.0, 5)]["n_train"]
+    assert doc["settings"]["reference"] == "random" and doc["settings"]["max_steps"] == 3
+    summary = {(e["init"], e["fraction"]): e for e in doc["summary"]}
+    assert set(summary) == {(i, f) for i in ("random", "pre") for f in (0.25, 1.0)}
+    for f in (0.25, 1.0):
+        e = summary[("pre", f)]
+        assert e["n_seeds"] == 2 and e["seeds"] == [5, 6]
+        block = e["mean_iou"]
+        p = block["paired"]
+        diffs = [by[("pre", f, s)]["mean_iou"] - by[("random", f, s)]["mean_iou"] for s in (5, 6)]
+        assert p["reference"] == "random" and p["n_pairs"] == 2 and p["per_seed"] == pytest.approx(diffs)
+        assert p["mean"] == pytest.approx(np.mean(diffs))
+        lo, hi = p["t_interval"]
+        assert lo <= p["mean"] <= hi
+        blo, bhi = p["bootstrap_interval"]
+        assert blo - 1e-4 <= p["bootstrap"]["estimate"] <= bhi + 1e-4
+        assert p["bootstrap"]["estimate"] == pytest.approx(p["mean"], abs=1e-4)  # per-image IoUs are rounded
+        eff = block["efficiency"]
+        assert [x["budget_fraction"] for x in eff["iou_at"]] == [0.1, 0.25, 0.5]
+        assert [x["steps"] for x in eff["iou_at"]] == [[1, 1], [1, 1], [2, 2]]
+        to = eff["steps_to_reference"]
+        assert to["reference"] == "random" and len(to["per_seed"]) == 2 and "median" in to
+        assert summary[("random", f)]["mean_iou"]["paired"] is None
+    lines = [json.loads(ln) for ln in first.splitlines() if ln.strip()]
+    assert [(c["init"], c["fraction"], c["seed"]) for c in lines] == [
+        (c["init"], c["fraction"], c["seed"]) for c in cells]
+
+    # the same command again: every cell is finished, none is trained again
+    t = time.time()
+    again, err = run(le, capsys, *args)
+    assert time.time() - t < 10
+    assert again == first
+    assert "training" not in err and err.count("not run again") == 8
+    assert json.loads((out / "label_efficiency.json").read_text())["summary"] == doc["summary"]
+
+    report, _ = run(le, capsys, "--report", "--out", out)
+    assert "(a) Final mean IoU" in report and "(b) Paired difference" in report and "(c) Training efficiency" in report
+    assert "| full | 0.25 |" in report and "| pre | random | 2 |" in report
+    rescanned, _ = run(le, capsys, "--report", "--rescan", "--out", out)
+    assert rescanned.split("\n", 1)[1] == report.split("\n", 1)[1]  # the tables, from the folders alone
+
+    # finished runs made with other settings are neither reused nor deleted: refused before anything is written
+    before = (out / "label_efficiency.json").read_bytes()
+    with pytest.raises(SystemExit, match=r"other settings \(lr\)"):
+        le.main([str(x) for x in args] + ["--lr", "0.01"])
+    assert (out / "label_efficiency.json").read_bytes() == before
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
