@@ -24,7 +24,7 @@ from doll.explain.base import (
 )
 from doll.explain.distill import DEFAULT_RULE, check_rule, distill
 from doll.explain.ig import check_precision, default_batch_size
-from doll.labels.store import Blocks, PartsWriter, write_label_file
+from doll.labels.store import Blocks, PartsWriter, is_label_file, is_parts_folder, write_label_file
 from doll.models.checkpoint import load_into, read_config
 from doll.models.classifier import build_classifier
 from doll.models.lung_field import (
@@ -42,6 +42,8 @@ from doll.utils import (
     RunOptions,
     Stopwatch,
     check_positive,
+    prepare_out_file,
+    remove_leftover_temporaries,
     resolve_device,
     resolve_paths,
     write_json,
@@ -163,6 +165,13 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         raise DollError(f"--out {out}: {out.parent} is a file, not a folder")
     if out.exists() and not s.overwrite:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
+    parts_folder = Path(str(out) + ".parts")
+    if dist.is_main():  # one writer per label file; the temporaries of a killed run go
+        prepare_out_file(out, overwrite=s.overwrite, is_ours=is_label_file, what="label file")
+        if parts_folder.is_dir() and s.overwrite and not s.resume and not is_parts_folder(parts_folder):
+            raise DollError(f"{parts_folder} holds files that are not an unfinished doll explain run; refusing to "
+                            "delete it with --overwrite")
+        remove_leftover_temporaries(parts_folder)
     t0 = time.time()
     watch = Stopwatch()  # where the time goes: metrics["seconds_by_phase"]
     device = dist.init(resolve_device(s.device))
@@ -220,7 +229,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     resume_key = {**{k: v for k, v in run_settings.items() if k != "batch_size"},
                   "data": data_fingerprint(arrays.items, raw)}
     if s.overwrite and not s.resume and dist.is_main():
-        shutil.rmtree(Path(str(out) + ".parts"), ignore_errors=True)
+        shutil.rmtree(parts_folder, ignore_errors=True)
     dist.barrier()  # no rank writes a block before rank 0 has cleared the old ones
     parts = PartsWriter(str(out) + ".parts", resume_key, resume=s.resume, owner=dist.is_main())
     dist.barrier()

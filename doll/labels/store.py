@@ -123,6 +123,15 @@ def write_label_file(path: str | Path, rows: dict, attrs: dict) -> None:
                 f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(jsonable(v))
 
 
+def is_label_file(path: str | Path) -> bool:
+    """Whether ``path`` is a DoLL label file (any version): what ``--overwrite`` may replace."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
 def _deflate(row: np.ndarray) -> bytes:
     return zlib.compress(row.tobytes(), GZIP_LEVEL)
 
@@ -204,6 +213,14 @@ class LabelFile:
                 "settings": self.attr("settings"), "label_rule": self.label_rule,
                 "targets_per_class": dict(zip(self.classes, self.f["targets"][:].sum(axis=0).tolist())),
                 "classifiers": self.attr("classifiers"), "dataset": self.attr("dataset")}
+
+
+def is_parts_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds only what :class:`PartsWriter` writes (settings, blocks and
+    their temporaries): what ``explain --overwrite`` may delete."""
+    return all(p.is_file() and (p.name == "settings.json" or (p.name.startswith("block_") and p.suffix == ".npz")
+                                or (p.name.startswith(".") and p.suffix == ".tmp"))
+               for p in Path(folder).iterdir())
 
 
 class PartsWriter:

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from doll.errors import DollError
 from doll.explain.distill import apply_rule, check_rule
-from doll.labels.store import Blocks, LabelFile, stored_rows, write_label_file
-from doll.utils import atomic_path, differing_keys, write_json
+from doll.labels.store import Blocks, LabelFile, is_label_file, stored_rows, write_label_file
+from doll.utils import atomic_path, differing_keys, lock_output, os_errors, prepare_out_file, write_json
 
 
 def info(path: str) -> dict:
@@ -42,8 +42,7 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
     t0 = time.time()
     if not inputs:
         raise DollError("name the label files to merge")
-    if Path(out).exists() and not overwrite:
-        raise DollError(f"{out} already exists; pass --overwrite to replace it")
+    prepare_out_file(out, overwrite=overwrite, is_ours=is_label_file, what="label file")
     small: dict[str, list] = {}
     keeps: list[np.ndarray] = []
     attrs = None
@@ -113,14 +112,15 @@ def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress
         raise DollError("--out is empty; name the folder to export into")
     if out_dir.exists() and not out_dir.is_dir():
         raise DollError(f"--out {out_dir} is a file; name a folder to export into")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise DollError(f"--out {out_dir} is not empty; pass --overwrite to replace an earlier export there")
-        if not (out_dir / "export.json").is_file():
-            raise DollError(f"--out {out_dir} holds something other than an export; refusing to delete it")
-        shutil.rmtree(out_dir)
-    count = 0
-    with LabelFile(path) as lf:
+    with LabelFile(path) as lf, os_errors(out_dir):
+        lock_output(out_dir)
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            if not overwrite:
+                raise DollError(f"--out {out_dir} is not empty; pass --overwrite to replace an earlier export there")
+            if not (out_dir / "export.json").is_file():
+                raise DollError(f"--out {out_dir} holds something other than an export; refusing to delete it")
+            shutil.rmtree(out_dir)
+        count = 0
         classes, rule, paths = lf.classes, check_rule(label_rule or lf.label_rule), lf.paths()
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
         targets, labels, probs = lf["targets"][:], lf["labels"][:], lf["probs"][:]
@@ -181,6 +181,7 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
     cfg = read_config(model, kind="segmenter")["doll"]
     dev = resolve_device(device)
     with LabelFile(path) as lf:
+        prepare_out_file(out, overwrite=overwrite, is_ours=is_label_file, what="label file")
         classes, targets = lf.classes, lf["targets"][:]
         own = cfg.get("classes") or []
         if cfg.get("stage") != "pretrain" or not own or not set(own) <= set(classes):

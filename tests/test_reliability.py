@@ -1,0 +1,185 @@
+"""Nothing half-done is taken for done (issue 27): finished markers, one writer per output,
+label-file attributes as data, damaged rows named, file system errors as one line,
+leftover temporaries removed, and messages that say the fix."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import SIZE, cli, cli_exit
+
+CLI = "import sys; from doll_cli.main import main; main(sys.argv[1:])"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def doll(*args, **kw) -> subprocess.Popen:
+    """`doll ARGS` in a process of its own."""
+    return subprocess.Popen([sys.executable, "-c", CLI, *map(str, args)], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def one_error(capsys, fragment: str, *args) -> str:
+    code, err = cli_exit(capsys, *args)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def wait_for(predicate, seconds: float = 180, what: str = "") -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def classifier_args(phantom, out, epochs=2):
+    return ["train-classifiers", "--dataset", "phantom", "--root", phantom, "--out", out, "--members", 1,
+            "--epochs", epochs, "--image-size", SIZE, "--batch-size", 16, "--quiet"]
+
+
+# -- 4. one writer per output ----------------------------------------------------------------------
+
+def test_two_overwrite_runs_on_one_out_exactly_one_proceeds(phantom, tmp_path):
+    out = tmp_path / "c"
+    runs = [doll(*classifier_args(phantom, out, epochs=40), "--overwrite") for _ in range(2)]
+    try:
+        wait_for(lambda: any(p.poll() is not None for p in runs), what="one run to stop")
+        loser = next(p for p in runs if p.poll() is not None)
+        winner = next(p for p in runs if p is not loser)
+        err = loser.stderr.read()
+        assert loser.returncode == 2, err
+        assert re.fullmatch(rf"error: {re.escape(str(out))} is in use by process {winner.pid} on \S+; .*\n", err), err
+        assert winner.poll() is None  # still running, its folder not deleted under it
+        assert out.is_dir()
+    finally:
+        for p in runs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+
+
+def test_label_file_lock_and_takeover_after_kill(pipeline, tmp_path, capsys):
+    out = tmp_path / "l.h5"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from doll.outputs import lock_output; "
+                               "lock_output(sys.argv[1]); print('locked', flush=True); time.sleep(300)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        explain = ["explain", "--classifiers", pipeline["classifiers"], "--root", pipeline["phantom"], "--out", out,
+                   "--overwrite", "--split", "valid", "--steps", 2, "--quiet"]
+        one_error(capsys, f"{out} is in use by process {holder.pid} on ", *explain)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    from doll.outputs import lock_file_of, lock_output, release_outputs
+
+    lock_output(out)  # the dead holder's OS lock went with it: taken over, with a note
+    assert f"note: {out} was left locked by process {holder.pid} on " in capsys.readouterr().err
+    release_outputs()
+    assert lock_file_of(out).read_text() == ""  # released cleanly: no holder to report
+    lock_output(out)
+    assert "note:" not in capsys.readouterr().err
+    release_outputs()
+
+
+# -- 5. file system errors -------------------------------------------------------------------------
+
+def test_unwritable_out_is_one_error_line(pipeline, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    phantom = pipeline["phantom"]
+    cases = [["train-classifiers", "--root", phantom, "--out", blocker / "sub"],
+             ["pretrain", "--labels", pipeline["labels"], "--out", blocker / "sub"],
+             ["data", "phantom", "--out", blocker / "sub", "--n", 4, "--size", 32],
+             ["finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", phantom / "anatomy", "--out", blocker / "sub",
+              "--image-size", 32]]
+    for args in cases:
+        one_error(capsys, f"cannot write {blocker / 'sub'}", *args, "--quiet")
+    # permission denied (chmod does not bind root, so the file system is made to say it)
+    import pathlib
+
+    real_mkdir = pathlib.Path.mkdir
+
+    def denied(self, *a, **k):
+        if "locked_away" in str(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", denied)
+    one_error(capsys, f"cannot write {tmp_path / 'locked_away' / 'o'}: permission denied", "train-classifiers",
+              "--root", phantom, "--out", tmp_path / "locked_away" / "o")
+    one_error(capsys, "cannot write", "explain", "--classifiers", pipeline["classifiers"], "--root", phantom,
+              "--out", tmp_path / "locked_away" / "l.h5")
+    monkeypatch.undo()
+
+    import doll.classify.train as stage
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system", str(tmp_path / "o" / "metrics.json"))
+
+    monkeypatch.setattr(stage, "train_classifiers", read_only)
+    one_error(capsys, f"cannot write {tmp_path / 'o' / 'metrics.json'}: read-only file system", "train-classifiers",
+              "--root", phantom, "--out", tmp_path / "o")
+
+
+# -- 6. leftover temporaries -----------------------------------------------------------------------
+
+def test_leftover_temporaries_are_removed_at_the_next_start(pipeline, tmp_path):
+    cls = tmp_path / "cls"
+    shutil.copytree(pipeline["classifiers"], cls)
+    left = [cls / "member_0" / ".last.pt.a1b2c3d4.tmp", cls / "member_1" / ".model.safetensors.zz_9y8x7.tmp",
+            cls / ".metrics.json.abcdefgh.tmp"]
+    for p in left:
+        p.write_bytes(b"half a checkpoint")
+    keep = cls / "member_0" / "notes.tmp"  # not a temporary of doll's
+    keep.write_text("mine")
+    cli("train-classifiers", "--dataset", "phantom", "--root", pipeline["phantom"], "--out", cls, "--members", 2,
+        "--epochs", 2, "--image-size", SIZE, "--batch-size", 16, "--resume")
+    assert not any(p.exists() for p in left) and keep.exists()
+    out = tmp_path / "l.h5"
+    parts = Path(str(out) + ".parts")
+    parts.mkdir()
+    left = [tmp_path / ".l.h5.k3j4h5g6.tmp", tmp_path / ".l.h5.metrics.json.qwertyui.tmp",
+            parts / ".block_0000000.npz.asdfghjk.tmp"]
+    for p in left:
+        p.write_bytes(b"half a file")
+    other = tmp_path / ".l2.h5.k3j4h5g6.tmp"  # another output's
+    other.write_bytes(b"x")
+    cli("explain", "--classifiers", cls, "--root", pipeline["phantom"], "--out", out, "--split", "valid",
+        "--steps", 2)
+    assert out.is_file() and not any(p.exists() for p in left) and other.exists()
+
+
+# -- 7. explain --overwrite deletes only label files ----------------------------------------------
+
+def test_explain_overwrite_refuses_a_file_that_is_not_a_label_file(pipeline, tmp_path, capsys):
+    for name, make in (("notes.h5", lambda p: p.write_text("my notes")),
+                       ("other.h5", lambda p: h5py.File(p, "w").close())):
+        target = tmp_path / name
+        make(target)
+        before = target.read_bytes()
+        one_error(capsys, f"{target} is not a doll label file; refusing to replace it", "explain", "--classifiers",
+                  pipeline["classifiers"], "--root", pipeline["phantom"], "--out", target, "--overwrite")
+        assert target.read_bytes() == before
+    labels = tmp_path / "l.h5"  # a label file, but its parts folder holds someone else's files
+    shutil.copy(pipeline["labels"], labels)
+    Path(str(labels) + ".parts").mkdir()
+    (Path(str(labels) + ".parts") / "thesis.tex").write_text("mine")
+    one_error(capsys, "holds files that are not an unfinished doll explain run; refusing to delete it", "explain",
+              "--classifiers", pipeline["classifiers"], "--root", pipeline["phantom"], "--out", labels, "--overwrite",
+              "--quiet")
+    assert (Path(str(labels) + ".parts") / "thesis.tex").exists()
