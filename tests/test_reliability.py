@@ -51,6 +51,87 @@ def classifier_args(phantom, out, epochs=2):
             "--epochs", epochs, "--image-size", SIZE, "--batch-size", 16, "--quiet"]
 
 
+# -- 1. finished markers --------------------------------------------------------------------------
+
+def test_killed_classifier_run_is_refused_until_resumed(phantom, tmp_path, capsys):
+    out = tmp_path / "c"
+    proc = doll(*classifier_args(phantom, out, epochs=3))
+    metrics = out / "member_0" / "metrics.json"
+
+    def first_epoch_done():
+        try:
+            return json.loads(metrics.read_text())["epochs_run"] >= 1
+        except (OSError, ValueError, KeyError):
+            return False
+
+    wait_for(first_epoch_done, what="the first epoch")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads(metrics.read_text())
+    assert not state["finished"]
+    explain = ["explain", "--classifiers", out, "--dataset", "phantom", "--root", phantom, "--split", "valid",
+               "--steps", 2, "--out", tmp_path / "l.h5", "--quiet"]
+    line = one_error(capsys, "is an unfinished run", *explain)
+    assert f"{out / 'member_0'} is an unfinished run (epoch {state['epochs_run']} of 3); finish it with --resume" in line
+    assert not (tmp_path / "l.h5").exists()
+    cli(*classifier_args(phantom, out, epochs=3), "--resume")
+    assert json.loads(metrics.read_text())["finished"]
+    cli(*explain)  # the finished ensemble is taken
+    assert (tmp_path / "l.h5").is_file()
+
+
+def test_missing_member_and_unfinished_pretrain_are_refused(pipeline, tmp_path, capsys):
+    cls = tmp_path / "cls"
+    shutil.copytree(pipeline["classifiers"], cls)
+    shutil.rmtree(cls / "member_1")  # killed before the second member started
+    one_error(capsys, f"{cls} is an unfinished run (member 2 of 2 not started); finish it with --resume", "explain",
+              "--classifiers", cls, "--root", pipeline["phantom"], "--out", tmp_path / "l.h5")
+    pre = tmp_path / "pre"
+    shutil.copytree(pipeline["pretrain"], pre)
+    (pre / "metrics.json").write_text(json.dumps({"finished": False, "epochs_run": 1, "history": []}))
+    one_error(capsys, f"{pre} is an unfinished run (epoch 1 of 2); finish it with --resume", "finetune", "--task",
+              "jsrt", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy", "--init", pre, "--out",
+              tmp_path / "ft")
+    one_error(capsys, f"{pre} is an unfinished run (epoch 1 of 2)", "labels", "refine", pipeline["labels"], "--model",
+              pre, "--out", tmp_path / "r.h5")
+    (pre / "metrics.json").unlink()  # killed while its first metrics.json was being written: last.pt only
+    one_error(capsys, f"{pre} is an unfinished run (epoch ? of 2: it has last.pt but no metrics.json)", "labels",
+              "refine", pipeline["labels"], "--model", pre, "--out", tmp_path / "r.h5")
+
+
+def test_progress_counts_steps_when_the_run_does(tmp_path):
+    from doll.errors import DollError
+    from doll.models.checkpoint import require_finished, run_progress
+
+    assert run_progress({"epochs_run": 2}, {"doll": {"settings": {"epochs": 5}}}) == "epoch 2 of 5"
+    assert run_progress({"steps_run": 300, "max_steps": 1000}) == "step 300 of 1000"
+    assert run_progress({"steps_run": 30}, {"doll": {"settings": {"max_steps": 90, "epochs": 1}}}) == "step 30 of 90"
+    (tmp_path / "metrics.json").write_text(json.dumps({"finished": False, "steps_run": 30, "max_steps": 90}))
+    with pytest.raises(DollError, match=r"is an unfinished run \(step 30 of 90\); finish it with --resume"):
+        require_finished(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps({"finished": True}))
+    require_finished(tmp_path)
+
+
+def test_label_file_finished_marker(pipeline, tmp_path, capsys):
+    with h5py.File(pipeline["labels"], "r") as f:
+        assert int(f.attrs["finished"]) == 1  # written by explain
+    half = tmp_path / "half.h5"
+    shutil.copy(pipeline["labels"], half)
+    with h5py.File(half, "a") as f:
+        f.attrs["finished"] = 0
+    fragment = f"{half} is an unfinished label file"
+    one_error(capsys, fragment, "pretrain", "--labels", half, "--out", tmp_path / "o", "--epochs", 1, "--quiet")
+    one_error(capsys, fragment, "evaluate-labels", "--labels", half, "--quiet")
+    one_error(capsys, fragment, "labels", "export", half, "--out", tmp_path / "e", "--quiet")
+    one_error(capsys, fragment, "labels", "merge", half, "--out", tmp_path / "m.h5")
+    old = tmp_path / "old.h5"  # made before the marker existed: renamed into place complete, accepted
+    shutil.copy(pipeline["labels"], old)
+    with h5py.File(old, "a") as f:
+        del f.attrs["finished"]
+    cli("labels", "info", old)
+
+
 # -- 4. one writer per output ----------------------------------------------------------------------
 
 def test_two_overwrite_runs_on_one_out_exactly_one_proceeds(phantom, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from doll.explain.base import (
 from doll.explain.distill import DEFAULT_RULE, check_rule, distill
 from doll.explain.ig import check_precision, default_batch_size
 from doll.labels.store import Blocks, PartsWriter, is_label_file, is_parts_folder, write_label_file
-from doll.models.checkpoint import load_into, read_config
+from doll.models.checkpoint import load_into, read_config, require_finished
 from doll.models.classifier import build_classifier
 from doll.models.lung_field import (
     INPUT_MARGIN,
@@ -102,6 +103,7 @@ def load_ensemble(folder: str | Path, device: torch.device):
     if not folder.is_dir():
         raise DollError(f"--classifiers {folder} does not exist; train some with `doll train-classifiers`")
     dirs = sorted(p for p in folder.glob("member_*") if p.is_dir()) or [folder]
+    require_complete_ensemble(folder, dirs)
     members = []
     for d in dirs:
         cfg = read_config(d, kind="classifier")["doll"]
@@ -119,6 +121,26 @@ def load_ensemble(folder: str | Path, device: torch.device):
         if cfg.get("lung_model") != members[0][1].get("lung_model"):
             raise DollError(f"ensemble members disagree on --lung-model ({info['folder']}); train them together")
     return members, classes
+
+
+def require_complete_ensemble(folder: Path, dirs: list[Path]) -> None:
+    """Refuse an ensemble whose `train-classifiers` run did not finish: a member missing
+    (the run was killed before it started) or unfinished (read_config checks each member's
+    own marker; a member folder without one has not finished its first epoch)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        planned = int(config.get("members", 0)) if config.get("command") == "train-classifiers" else 0
+    except (OSError, ValueError, TypeError, AttributeError):
+        return  # not a train-classifiers folder (one checkpoint folder, or put together by hand)
+    for i in range(planned):
+        member = folder / f"member_{i}"
+        if member not in dirs:
+            raise DollError(f"{folder} is an unfinished run (member {i + 1} of {planned} not started); finish it "
+                            "with --resume")
+        require_finished(member)
+        if not (member / "metrics.json").is_file():  # killed before the member's first epoch ended
+            raise DollError(f"{member} is an unfinished run (epoch 0 of {config.get('epochs', '?')}); finish it "
+                            "with --resume")
 
 
 def completeness_summary(errors: np.ndarray) -> dict[str, float]:

@@ -12,7 +12,7 @@ Datasets (N images, C classes, H x W pixels):
 ``done``       bool (N,)              row finished
 =============  =====================  ==============================================
 
-Attributes: ``format`` = "doll-labels", ``format_version`` = 1, ``classes`` (JSON list),
+Attributes: ``format`` = "doll-labels", ``format_version`` = 1, ``finished`` = 1 (written last), ``classes`` (JSON list),
 ``method``, ``settings`` (JSON), ``label_rule``, ``classifiers`` (JSON: folder, arch,
 sha256 of each member's weights), ``image_size``, ``dataset``, ``root`` and ``split``
 (where the images were read; ``split`` "" = all splits, e.g. after a merge of several),
@@ -22,7 +22,12 @@ While a run is in progress, finished blocks of rows live as atomically written
 compressed ``.npz`` files in ``<file>.parts/`` (the saliency of the explained classes
 only); ``--resume`` skips the blocks already there and the
 final file is assembled from them (and renamed into place) at the end, so a killed run
-never leaves a half-written ``.h5`` behind. The final file is written block by block, so
+never leaves a half-written ``.h5`` behind. The file is written under a temporary name
+(``.<name>.XXXXXXXX.tmp``) and renamed into place when complete, as every doll version
+has done: the rename is the real finished marker, and the ``finished`` attribute (written
+last, before the rename) says so inside the file. Readers refuse a file whose ``finished``
+is present and not 1; a file without the attribute is accepted (made before it existed,
+and, being at its final name, renamed there complete). The final file is written block by block, so
 memory stays bounded by a block, not by the data set (CheXpert at 224 px: 191k x 14 x
 224 x 224 bytes of saliency would be 134 GB). Several processes (torchrun) write blocks
 into the same parts folder (which must be on a file system they all share); ``doll labels
@@ -118,9 +123,14 @@ def write_label_file(path: str | Path, rows: dict, attrs: dict) -> None:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["tool_version"] = tool_version()
             for k, v in attrs.items():
+                if k == "finished":
+                    continue
                 if isinstance(v, np.generic):
                     v = v.item()
                 f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(jsonable(v))
+            # the finished marker, written last; the rename into place after it is what makes the
+            # file appear under its name, so a reader never sees a file without it (see LabelFile)
+            f.attrs["finished"] = 1
 
 
 def is_label_file(path: str | Path) -> bool:
@@ -160,6 +170,11 @@ class LabelFile:
             self.f.close()
             raise DollError(f"{self.path} lacks the dataset(s) {', '.join(missing)}; the file is damaged")
         self.done = self.f["done"][:]
+        finished = self.f.attrs.get("finished")  # absent in files made before it: complete (see the module's notes)
+        if finished is not None and int(finished) != 1:
+            self.f.close()
+            raise DollError(f"{self.path} is an unfinished label file ({int(self.done.sum())} of {len(self.done)} rows "
+                            "done); finish it with `doll explain --resume`")
         if not self.done.any():
             self.f.close()
             raise DollError(f"{self.path} has no finished rows; finish it with `doll explain --resume`")
@@ -212,7 +227,8 @@ class LabelFile:
                 "classes": self.classes, "image_size": [h, w], "method": self.attr("method"),
                 "settings": self.attr("settings"), "label_rule": self.label_rule,
                 "targets_per_class": dict(zip(self.classes, self.f["targets"][:].sum(axis=0).tolist())),
-                "classifiers": self.attr("classifiers"), "dataset": self.attr("dataset")}
+                "classifiers": self.attr("classifiers"), "dataset": self.attr("dataset"),
+                "finished": bool(int(self.f.attrs.get("finished", 1)))}
 
 
 def is_parts_folder(folder: str | Path) -> bool:

@@ -178,7 +178,7 @@ def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = 
     if not Path(model).is_dir():
         what = "is a file, not a folder" if Path(model).exists() else "does not exist"
         raise DollError(f"--model {model} {what}; pass the --out folder of `doll pretrain`")
-    cfg = read_config(model, kind="segmenter")["doll"]
+    cfg = read_config(model, kind="segmenter")["doll"]  # refuses an unfinished pretrain run
     dev = resolve_device(device)
     with LabelFile(path) as lf:
         prepare_out_file(out, overwrite=overwrite, is_ours=is_label_file, what="label file")
