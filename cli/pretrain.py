@@ -10,6 +10,7 @@ from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
 @app.command("pretrain")
 def pretrain(
     labels: Path = typer.Option(..., "--labels", help="A DoLL label file made by `doll explain`."),
+    dataset: str = typer.Option("", "--dataset", help="The data set the labels were made from, whose patients the validation split keeps apart (default: the one the file names; a format of your own, package.module:ClassName, must be named here: doll never imports code a label file names)."),
     out: Path = typer.Option(Path("artifacts/pretrain"), "--out", help="Output folder (loadable with segmentation_models_pytorch.from_pretrained)."),
     encoder: str = typer.Option("resnet34", "--encoder", help="PSPNet encoder: resnet18, resnet34, resnet50 or densenet121."),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
@@ -28,7 +29,7 @@ def pretrain(
     """Stage 3: pretrain a whole PSPNet (encoder and decoder) on DoLL pseudo labels."""
     from doll.pretrain.train import pretrain as run
 
-    result = run(labels=str(labels), out=str(out), encoder=encoder, epochs=epochs, batch_size=batch_size, lr=lr,
+    result = run(labels=str(labels), dataset=dataset, out=str(out), encoder=encoder, epochs=epochs, batch_size=batch_size, lr=lr,
                  label_rule=label_rule, soft=soft, background_weight=background_weight, aux=aux, val_fraction=val_fraction, accumulate=accumulate, patience=patience,
                  num_workers=num_workers, device=device, seed=seed, resume=resume, overwrite=overwrite,
                  progress=not quiet)

@@ -132,6 +132,22 @@ def test_label_file_finished_marker(pipeline, tmp_path, capsys):
     cli("labels", "info", old)
 
 
+# -- 2. label-file attributes are data -------------------------------------------------------------
+
+def test_label_file_naming_a_module_is_refused_without_importing_it(pipeline, tmp_path, capsys):
+    evil = tmp_path / "evil.h5"
+    shutil.copy(pipeline["labels"], evil)
+    with h5py.File(evil, "a") as f:
+        f.attrs["dataset"] = "this:X"
+    assert "this" not in sys.modules
+    for args in (["pretrain", "--labels", evil, "--out", tmp_path / "o", "--epochs", 1, "--encoder", "resnet18",
+                  "--quiet"], ["evaluate-labels", "--labels", evil, "--quiet"]):
+        line = one_error(capsys, "attribute dataset='this:X'", *args)
+        assert str(evil) in line
+        assert "this" not in sys.modules
+    assert not (tmp_path / "o").exists()
+
+
 # -- 4. one writer per output ----------------------------------------------------------------------
 
 def test_two_overwrite_runs_on_one_out_exactly_one_proceeds(phantom, tmp_path):

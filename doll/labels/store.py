@@ -27,7 +27,11 @@ never leaves a half-written ``.h5`` behind. The file is written under a temporar
 has done: the rename is the real finished marker, and the ``finished`` attribute (written
 last, before the rename) says so inside the file. Readers refuse a file whose ``finished``
 is present and not 1; a file without the attribute is accepted (made before it existed,
-and, being at its final name, renamed there complete). The final file is written block by block, so
+and, being at its final name, renamed there complete).
+
+The ``dataset`` attribute is data: readers resolve it through the built-in registry only
+(:meth:`LabelFile.dataset_name`); a plug-in ``package.module:ClassName`` is honoured only
+from the command line, so a shared file can never make doll import a module. The final file is written block by block, so
 memory stays bounded by a block, not by the data set (CheXpert at 224 px: 191k x 14 x
 224 x 224 bytes of saliency would be 134 GB). Several processes (torchrun) write blocks
 into the same parts folder (which must be on a file system they all share); ``doll labels
@@ -207,6 +211,22 @@ class LabelFile:
 
     def __getitem__(self, key):
         return self.f[key]
+
+    def dataset_name(self) -> str:
+        """The file's ``dataset`` attribute, resolved through the built-in registry only ("" when
+        the file names none). A label file is data: anything else (a plug-in
+        ``package.module:ClassName`` included) is refused, never imported; a format of your
+        own is named on the command line (``--dataset``)."""
+        from doll.data.registry import FORMATS
+
+        value = self.attr("dataset")
+        if value is None or value == "":
+            return ""
+        if isinstance(value, str) and value in FORMATS:
+            return value
+        raise DollError(f"{self.path}: its attribute dataset={value!r} is not a built-in data set "
+                        f"({', '.join(FORMATS)}); doll never imports code that a file names; pass your format with "
+                        "--dataset on the command line")
 
     def paths(self) -> list[str]:
         return [p.decode() if isinstance(p, bytes) else p for p in self.f["paths"][:]]

@@ -42,6 +42,7 @@ from doll.utils import (
 class PretrainSettings(RunOptions):
     labels: str = "artifacts/doll_labels.h5"
     out: str = "artifacts/pretrain"
+    dataset: str = ""  # the data set the labels came from, for the patient-level split (default: the file's)
     encoder: str = "resnet34"
     epochs: int = 10
     batch_size: int = 16
@@ -167,13 +168,16 @@ class _Column:
         return self.n
 
 
-def row_patients(lf: LabelFile) -> tuple[list[str], str]:
+def row_patients(lf: LabelFile, dataset: str = "") -> tuple[list[str], str]:
     """The patient of each row, from the data set the file was made from (its index only),
     and what the validation split is made of: "patients", or "images" when that data set
-    cannot be opened here (each row then counts as its own patient)."""
+    cannot be opened here (each row then counts as its own patient). ``dataset`` (from the
+    command line) may name a format of your own; the file's own attribute is resolved
+    through the built-in registry only (a file never makes doll import a module)."""
     paths = lf.paths()
+    name = dataset or lf.dataset_name()
     try:
-        fmt = open_dataset(lf.attr("dataset") or "", lf.attr("root") or "")
+        fmt = open_dataset(name, lf.attr("root") or "")
         patient = {it.id: it.patient or it.id for it in fmt.items()}
     except DollError:
         return paths, "images"
@@ -194,7 +198,7 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
         data = LabelRows(lf, done, rule, s.soft)
         names, image_labels, size = data.names, data.labels, data.shape[-1]
         info = lf.info()
-        patients, val_unit = row_patients(lf)
+        patients, val_unit = row_patients(lf, s.dataset)
         patients = [patients[i] for i in done]
     torch.manual_seed(s.seed)  # the initial weights: the same --seed gives the same run
     model = build_pspnet(s.encoder, len(names), aux=s.aux)
