@@ -148,6 +148,41 @@ def test_label_file_naming_a_module_is_refused_without_importing_it(pipeline, tm
     assert not (tmp_path / "o").exists()
 
 
+# -- 3. damaged rows -----------------------------------------------------------------------------
+
+def corrupt(path: Path, key: str, rows) -> None:
+    """Flip bytes in the middle of the stored chunk of each row."""
+    with h5py.File(path, "r") as f:
+        ds = f[key]
+        spans = [ds.id.get_chunk_info_by_coord((r, *(0,) * (ds.ndim - 1))) for r in rows]
+    data = bytearray(path.read_bytes())
+    for info in spans:
+        mid = info.byte_offset + info.size // 2
+        data[mid:mid + 8] = bytes(b ^ 0xFF for b in data[mid:mid + 8])
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_chunk_is_named_by_row(pipeline, tmp_path, capsys):
+    with h5py.File(pipeline["labels"], "r") as f:
+        ids = [p.decode() for p in f["paths"][:]]
+    one = tmp_path / "one.h5"
+    shutil.copy(pipeline["labels"], one)
+    corrupt(one, "saliency", [2])
+    code, err = cli_exit(capsys, "labels", "info", one)
+    assert code == 0, err  # the quick look does not read the rows
+    code, err = cli_exit(capsys, "labels", "info", one, "--verify")
+    assert code == 2 and err.count("error:") == 1 and f"row 2 ({ids[2]})" in err, err
+    one_error(capsys, f"{one} row 2 ({ids[2]}) is unreadable", "labels", "export", one, "--out", tmp_path / "e",
+              "--quiet")
+    cli("labels", "info", pipeline["labels"], "--verify")  # an intact file passes
+    every = tmp_path / "every.h5"
+    shutil.copy(pipeline["labels"], every)
+    corrupt(every, "images", range(len(ids)))
+    line = one_error(capsys, "is unreadable", "pretrain", "--labels", every, "--out", tmp_path / "o", "--encoder",
+                     "resnet18", "--epochs", 1, "--batch-size", 8, "--quiet")
+    assert re.search(rf"{re.escape(str(every))} row \d+ \(.+\) is unreadable: .+; re-run doll explain for it", line)
+
+
 # -- 4. one writer per output ----------------------------------------------------------------------
 
 def test_two_overwrite_runs_on_one_out_exactly_one_proceeds(phantom, tmp_path):

@@ -16,9 +16,14 @@ from doll.labels.store import Blocks, LabelFile, is_label_file, stored_rows, wri
 from doll.utils import atomic_path, differing_keys, lock_output, os_errors, prepare_out_file, write_json
 
 
-def info(path: str) -> dict:
+def info(path: str, verify: bool = False) -> dict:
+    """What :meth:`LabelFile.info` says; with ``verify``, also ``verify``: the rows read and
+    the ``unreadable`` ones (:meth:`LabelFile.verify`)."""
     with LabelFile(path) as lf:
-        return lf.info()
+        result = lf.info()
+        if verify:
+            result["verify"] = {"rows": len(lf), "unreadable": lf.verify()}
+        return result
 
 
 # settings that say where and how fast a run went, not what its maps are

@@ -23,7 +23,7 @@ from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.labels import apply_policy
 from doll.errors import DollError
 from doll.explain.distill import apply_rule, check_rule
-from doll.labels.store import LabelFile
+from doll.labels.store import LabelFile, read_rows
 from doll.models.segmenter import build_pspnet, smp_config
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
@@ -144,13 +144,13 @@ class LabelRows:
         return {**self.__dict__, "_f": None, "_pid": None}
 
     def _image(self, j: int) -> np.ndarray:
-        return self._file()["images"][self.rows[j]]
+        return read_rows(self._file()["images"], self.rows[j])
 
     def _mask(self, j: int) -> np.ndarray:
         m = np.zeros((len(self.used), *self.shape), np.float16)
         ks = np.flatnonzero(self.explained[j])
         if len(ks):
-            sal = self._file()["saliency"][self.rows[j]][self.used[ks]]
+            sal = read_rows(self._file()["saliency"], self.rows[j])[self.used[ks]]
             m[ks] = sal / 255.0 if self.soft else apply_rule(sal, self.rule)
         return m
 
