@@ -315,3 +315,44 @@ def test_explain_overwrite_refuses_a_file_that_is_not_a_label_file(pipeline, tmp
               "--classifiers", pipeline["classifiers"], "--root", pipeline["phantom"], "--out", labels, "--overwrite",
               "--quiet")
     assert (Path(str(labels) + ".parts") / "thesis.tex").exists()
+
+
+# -- 8. OpenCV stays quiet -------------------------------------------------------------------------
+
+def test_truncated_png_gives_only_dolls_error(phantom, tmp_path, capfd):
+    root = tmp_path / "anatomy"
+    shutil.copytree(phantom / "anatomy", root)
+    png = sorted((root / "images").glob("*.png"))[0]
+    png.write_bytes(png.read_bytes()[:len(png.read_bytes()) // 2])
+    code, err = cli_exit(capfd, "data", "check", "--dataset", "jsrt", "--root", root, "--decode", 0, "--quiet")
+    assert code == 2, err
+    assert "WARN" not in err and [line for line in err.splitlines() if line.strip()][0].startswith("error: "), err
+
+
+# -- 9. data check: masks of another size ----------------------------------------------------------
+
+def test_data_check_reports_mask_of_another_size(phantom, tmp_path, capsys):
+    import cv2
+
+    root = tmp_path / "ph"
+    shutil.copytree(phantom, root)
+    mask = sorted((root / "findings" / "masks").rglob("*.png"))[0]
+    cv2.imwrite(str(mask), np.zeros((SIZE // 2, SIZE // 2), np.uint8))
+    code, err = cli_exit(capsys, "data", "check", "--dataset", "phantom", "--root", root, "--decode", 0, "--quiet")
+    out = capsys.readouterr().out
+    assert code == 2 and "1 mask(s) whose size is not their image's" in err, err
+    from doll.data.check import check_dataset
+
+    report = check_dataset("phantom", str(root), decode=0, progress=False)
+    assert report["mask_size_mismatch"] == 1
+    assert f"is {SIZE // 2}x{SIZE // 2} but its image" in report["mask_size_examples"][0]
+    assert f"is {SIZE}x{SIZE} (0.5x its width, 0.5x its height)" in report["mask_size_examples"][0]
+    del out
+    anatomy = tmp_path / "anatomy"  # JSRT: SCR's masks at a whole fraction of the image are its layout
+    shutil.copytree(phantom / "anatomy", anatomy)
+    heart = sorted((anatomy / "masks" / "heart").glob("*.png"))
+    cv2.imwrite(str(heart[0]), np.zeros((SIZE // 2, SIZE // 2), np.uint8))
+    assert check_dataset("jsrt", str(anatomy), decode=0, progress=False)["ok"]
+    cv2.imwrite(str(heart[1]), np.zeros((10, 12), np.uint8))
+    report = check_dataset("jsrt", str(anatomy), decode=0, progress=False)
+    assert not report["ok"] and report["mask_size_mismatch"] == 1
