@@ -356,3 +356,18 @@ def test_data_check_reports_mask_of_another_size(phantom, tmp_path, capsys):
     cv2.imwrite(str(heart[1]), np.zeros((10, 12), np.uint8))
     report = check_dataset("jsrt", str(anatomy), decode=0, progress=False)
     assert not report["ok"] and report["mask_size_mismatch"] == 1
+
+
+# -- 10. messages that say the fix -----------------------------------------------------------------
+
+def test_init_messages_say_the_fix(phantom, tmp_path, capsys):
+    ft = ["finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", phantom / "anatomy", "--out", tmp_path / "o",
+          "--image-size", SIZE, "--quiet"]
+    one_error(capsys, "write --init imagenet:/path/to/weights.safetensors", *ft, "--init", "imagenet")
+    one_error(capsys, "--init takes random or imagenet:/path/to/weights.safetensors", "train-classifiers", "--root",
+              phantom, "--out", tmp_path / "c", "--init", "imagenet")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint\n" * 10)
+    for args in (ft, ["train-classifiers", "--root", phantom, "--out", tmp_path / "c", "--quiet"]):
+        line = one_error(capsys, "expected a plain state dict of tensors", *args, "--init", f"imagenet:{junk}")
+        assert "not a PyTorch file" in line and "Error)" not in line

@@ -109,7 +109,8 @@ def member_inits(init: str, archs: list[str]) -> list[str]:
     values = [v.strip() for v in init.split(",") if v.strip()] or ["random"]
     for i, v in enumerate(values):
         if v != "random" and not v.startswith("imagenet:"):
-            raise DollError(f"--init takes random or imagenet:/path/to/local/weights, got {v!r}")
+            raise DollError(f"--init takes random or imagenet:/path/to/weights.safetensors (torchvision's weights for "
+                            f"--arch, a local file: doll never downloads them), got {v!r}")
         if v.startswith("imagenet:"):
             values[i] = "imagenet:" + str(Path(v.split(":", 1)[1]).expanduser().resolve())
     inits = cycled(values, len(archs))

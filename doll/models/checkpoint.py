@@ -83,6 +83,9 @@ def save_model(folder: str | Path, model: torch.nn.Module, doll_config: dict, ex
 def read_config(folder: str | Path, kind: str | None = None) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
+        if folder.name in ("imagenet", "imagenet:") and not folder.exists():
+            raise DollError("--init imagenet needs the weights file: write --init imagenet:/path/to/weights.safetensors "
+                            "(torchvision's weights for the encoder, a local file; doll never downloads them)")
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise DollError(f"checkpoint folder {folder} {what}; point --init/--classifiers at a doll output folder")
     require_finished(folder)  # before the files' checks: a run killed early has last.pt but no model yet
@@ -125,8 +128,13 @@ def read_weights_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:
     else:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise DollError(f"refusing to load {p}: not a plain state dict ({type(exc).__name__})") from None
+        except Exception:  # noqa: BLE001 - pickles of objects are refused here, and so is junk
+            with open(p, "rb") as fh:
+                head = fh.read(2)
+            found = ("it holds Python objects, which doll never unpickles" if head[:2] == b"PK" or head[:1] == b"\x80"
+                     else "it is not a PyTorch file (damaged, or another format)")
+            raise DollError(f"refusing to load {p}: expected a plain state dict of tensors (what "
+                            f"torch.save(model.state_dict()) writes) or a .safetensors file, but {found}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
