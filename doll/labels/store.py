@@ -22,21 +22,23 @@ While a run is in progress, finished blocks of rows live as atomically written
 compressed ``.npz`` files in ``<file>.parts/`` (the saliency of the explained classes
 only); ``--resume`` skips the blocks already there and the
 final file is assembled from them (and renamed into place) at the end, so a killed run
-never leaves a half-written ``.h5`` behind. The file is written under a temporary name
-(``.<name>.XXXXXXXX.tmp``) and renamed into place when complete, as every doll version
-has done: the rename is the real finished marker, and the ``finished`` attribute (written
-last, before the rename) says so inside the file. Readers refuse a file whose ``finished``
-is present and not 1; a file without the attribute is accepted (made before it existed,
-and, being at its final name, renamed there complete).
-
-The ``dataset`` attribute is data: readers resolve it through the built-in registry only
-(:meth:`LabelFile.dataset_name`); a plug-in ``package.module:ClassName`` is honoured only
-from the command line, so a shared file can never make doll import a module. Row reads go
-through :func:`read_rows`: an HDF5 read failure names the file, the row and its image id. The final file is written block by block, so
+never leaves a half-written ``.h5`` behind. The final file is written block by block, so
 memory stays bounded by a block, not by the data set (CheXpert at 224 px: 191k x 14 x
 224 x 224 bytes of saliency would be 134 GB). Several processes (torchrun) write blocks
 into the same parts folder (which must be on a file system they all share); ``doll labels
 merge`` joins files explained the same way on separate machines.
+
+Finished marker: the file is written under a temporary name (``.<name>.XXXXXXXX.tmp``)
+and renamed into place when complete, as every doll version has done: the rename is the
+real marker, and the ``finished`` attribute (written last, before the rename) says so
+inside the file. Readers refuse a file whose ``finished`` is present and not 1; a file
+without the attribute is accepted (made before it existed, and, being at its final name,
+renamed there complete).
+
+The ``dataset`` attribute is data: readers resolve it through the built-in registry only
+(:meth:`LabelFile.dataset_name`); a plug-in ``package.module:ClassName`` is honoured only
+from the command line, so a shared file can never make doll import a module. Row reads go
+through :func:`read_rows`: an HDF5 read failure names the file, the row and its image id.
 """
 from __future__ import annotations
 
