@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import functools
 import os
 import re
 import socket
@@ -128,12 +129,14 @@ def _owner(path: Path) -> tuple[int, str] | None:
         return None
 
 
-def release_outputs() -> None:
-    """Release the output locks this process holds (the CLI calls it when a command ends;
-    also run at exit). The lock file stays, emptied: a waiting writer shares its inode."""
+def release_outputs(keep=()) -> None:
+    """Release the output locks this process holds, but those in ``keep`` (keys of
+    ``_HELD``). The CLI calls it when a command ends, :func:`releases_outputs` when a stage
+    returns, and it runs at exit. The lock file stays, emptied: a waiting writer shares its inode."""
     with _HELD_GUARD:
-        held = list(_HELD.items())
-        _HELD.clear()
+        held = [(key, lock) for key, lock in _HELD.items() if key not in keep]
+        for key, _ in held:
+            del _HELD[key]
     for (path, _), lock in held:
         with contextlib.suppress(OSError):
             Path(path).write_text("")  # released cleanly: no holder to report
@@ -142,6 +145,23 @@ def release_outputs() -> None:
 
 
 atexit.register(release_outputs)
+
+
+def releases_outputs(fn):
+    """Decorate a stage (``train_classifiers``, ``explain``, ...): the output locks it takes
+    are released when it returns or raises, so that a notebook that called it does not keep
+    its ``--out`` locked against a later run; the caller's own locks (``demo`` calling the
+    stages) stay."""
+    @functools.wraps(fn)
+    def stage(*args, **kwargs):
+        with _HELD_GUARD:
+            before = set(_HELD)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_outputs(keep=before)
+
+    return stage
 
 
 # -- temporaries of a killed write --------------------------------------------------------------

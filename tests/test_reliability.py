@@ -228,6 +228,14 @@ def test_label_file_lock_and_takeover_after_kill(pipeline, tmp_path, capsys):
     release_outputs()
 
 
+def test_a_stage_called_from_python_releases_its_lock_when_it_returns(tmp_path):
+    from doll.data.phantom import make_phantoms
+    from doll.outputs import _HELD, lock_file_of
+
+    make_phantoms(tmp_path / "ph", n=4, size=32, n_anatomy=0, progress=False)
+    assert lock_file_of(tmp_path / "ph").read_text() == "" and not _HELD  # a notebook does not keep it locked
+
+
 # -- 5. file system errors -------------------------------------------------------------------------
 
 def test_unwritable_out_is_one_error_line(pipeline, tmp_path, capsys, monkeypatch):

@@ -15,6 +15,7 @@ from doll.errors import DollError
 from doll.models.checkpoint import load_into
 from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier, load_pretrained
 from doll.models.lung_field import lung_model_config, mask_images, predict_lung_fields
+from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.losses import masked_bce
@@ -120,6 +121,7 @@ def member_inits(init: str, archs: list[str]) -> list[str]:
     return inits
 
 
+@releases_outputs
 def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> dict:
     """Train ``members`` classifiers; returns (and writes to ``out/metrics.json``) their metrics."""
     s = settings or ClassifierSettings(**kwargs)

@@ -37,6 +37,7 @@ from doll.models.lung_field import (
     mask_images,
     predict_lung_masks,
 )
+from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.utils import (
     RUN_ONLY_SETTINGS,
@@ -161,6 +162,7 @@ def select_targets(raw: np.ndarray, probs: np.ndarray, mode: str, threshold: flo
     return [np.flatnonzero(row).tolist() for row in chosen]
 
 
+@releases_outputs
 def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     """Write the DoLL label file ``out``; returns (and writes to ``<out>.metrics.json``) run metrics."""
     s = settings or ExplainSettings(**kwargs)

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from doll.errors import DollError
 from doll.explain.distill import apply_rule, check_rule
 from doll.labels.store import Blocks, LabelFile, is_label_file, stored_rows, write_label_file
+from doll.outputs import releases_outputs
 from doll.utils import atomic_path, differing_keys, lock_output, os_errors, prepare_out_file, write_json
 
 
@@ -39,6 +40,7 @@ def output_settings(settings: dict) -> dict:
     return out
 
 
+@releases_outputs
 def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
     """Join label files row-wise: e.g. the splits of a data set explained on separate machines.
     They must agree on what decides the maps (classes, method, ``output_settings``, label
@@ -106,6 +108,7 @@ def _finished(result: dict, t0: float) -> dict:
     return result
 
 
+@releases_outputs
 def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress: bool = True,
            overwrite: bool = False) -> dict:
     """One PNG mask (0/255) per explained class per image, ``masks/<class>/<row>.png``, plus
@@ -151,6 +154,7 @@ def export(path: str, out: str, fmt: str = "png", label_rule: str = "", progress
     return result
 
 
+@releases_outputs
 def refine(path: str, model: str, out: str, batch_size: int = 32, device: str = "auto",
            lung_model: str = "", field_margin: float | None = None,
            overwrite: bool = False, progress: bool = True) -> dict:

@@ -25,6 +25,7 @@ from doll.errors import DollError
 from doll.explain.distill import apply_rule, check_rule
 from doll.labels.store import LabelFile, read_rows
 from doll.models.segmenter import build_pspnet, smp_config
+from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
 from doll.train.losses import masked_bce, multilabel_seg_loss
@@ -184,6 +185,7 @@ def row_patients(lf: LabelFile, dataset: str = "") -> tuple[list[str], str]:
     return [patient.get(p, p) for p in paths], "patients"
 
 
+@releases_outputs
 def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     s = settings or PretrainSettings(**kwargs)
     resolve_paths(s, "labels")
