@@ -54,5 +54,7 @@ def check(
     if not report["ok"]:
         from doll.errors import DollError
 
+        wrong = report.get("mask_size_mismatch", 0)
+        masks = f", and {wrong} mask(s) whose size is not their image's" if wrong else ""
         raise DollError(f"{dataset} at {root}: {report.get('missing_files', 0)} missing and {report.get('unreadable', 0)} "
-                        "unreadable files (listed above); fix or remove them")
+                        f"unreadable files{masks} (listed above); fix or remove them")

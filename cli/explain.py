@@ -99,11 +99,20 @@ def show(
 
 
 @labels_app.command("info")
-def info(labels: Path = typer.Argument(..., help="A DoLL label file.")):
+def info(labels: Path = typer.Argument(..., help="A DoLL label file."),
+         verify: bool = typer.Option(False, "--verify", help="Also read every row (every chunk) and list those that cannot be read; exits 2 if any.")):
     """Format version, rows, classes, method and settings of a label file."""
+    from doll.errors import DollError
     from doll.labels.tools import info as run
 
-    emit(run(str(labels)), as_json=True)
+    result = run(str(labels), verify=verify)
+    emit(result, as_json=True)
+    bad = (result.get("verify") or {}).get("unreadable", [])
+    if bad:
+        first = next((b for b in bad if b["row"] is not None), bad[0])
+        where = f"row {first['row']} ({first['id']})" if first["row"] is not None else f"dataset {first['dataset']}"
+        raise DollError(f"{labels}: {len(bad)} unreadable row(s) (listed above under verify; first: {where}: "
+                        f"{first['reason']}); re-run doll explain for them")
 
 
 @labels_app.command("merge")

@@ -139,6 +139,16 @@ def _empty_path_flag(argv: list[str]) -> str | None:
     return None
 
 
+def _run(argv: list[str]):
+    """Run one command; the output locks it took are released when it ends, however it ends
+    (in-process callers, the tests among them, run many commands in one process)."""
+    try:
+        return app(args=argv, prog_name="doll", standalone_mode=False)
+    finally:
+        if "doll.outputs" in sys.modules:
+            sys.modules["doll.outputs"].release_outputs()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DOLL_DEBUG") == "1"
@@ -148,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{empty} is empty; name a file or folder", 2)
     _register()
     try:
-        code = app(args=argv, prog_name="doll", standalone_mode=False)
+        code = _run(argv)
     except DollError as exc:
         if debug:  # the traceback, and still the exit code of bad input
             import traceback
@@ -176,6 +186,12 @@ def main(argv: list[str] | None = None) -> None:
         if (isinstance(exc, OSError) and exc.errno == 28) or "No space left on device" in str(exc):
             # OSError from Python, or a library's own error wrapping it (safetensors' SafetensorError)
             _fail(f"disk full ({getattr(exc, 'filename', None) or 'while writing'}); free space or choose another --out", 2)
+        if isinstance(exc, OSError):  # permission, read-only file system, quota, a file in the way
+            from doll.outputs import os_error_message
+
+            message = os_error_message(exc)
+            if message:
+                _fail(message, 2)
         _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback and report it)", 1)
     if not code and "torch" in sys.modules:  # success: every rank leaves torchrun's process group together
         from doll.train.distributed import shutdown  # (no torch loaded, no group: `doll --help` stays fast)

@@ -10,6 +10,7 @@ from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, app, emit
 @app.command("pretrain")
 def pretrain(
     labels: Path = typer.Option(Path("artifacts/doll_labels.h5"), "--labels", help="A DoLL label file made by `doll explain` (default: its default --out)."),
+    dataset: str = typer.Option("", "--dataset", help="The data set the labels were made from, whose patients the validation split keeps apart (default: the one the file names; a format of your own, package.module:ClassName, must be named here: doll never imports code a label file names)."),
     out: Path = typer.Option(Path("artifacts/pretrain"), "--out", help="Output folder (loadable with segmentation_models_pytorch.from_pretrained)."),
     decoder: str = typer.Option("pspnet", "--decoder", help="Segmenter: pspnet (the method's network), unet, unetplusplus, deeplabv3plus or fpn."),
     encoder: str = typer.Option("resnet34", "--encoder", help="Encoder: resnet18, resnet34, resnet50 or densenet121."),
@@ -33,8 +34,8 @@ def pretrain(
     """Stage 3: pretrain a whole segmenter (PSPNet by default; encoder and decoder) on DoLL pseudo labels."""
     from doll.pretrain.train import pretrain as run
 
-    result = run(labels=str(labels), out=str(out), decoder=decoder, encoder=encoder, epochs=epochs, max_steps=max_steps,
-                 val_every=val_every, batch_size=batch_size, lr=lr,
+    result = run(labels=str(labels), dataset=dataset, out=str(out), decoder=decoder, encoder=encoder, epochs=epochs,
+                 max_steps=max_steps, val_every=val_every, batch_size=batch_size, lr=lr,
                  label_rule=label_rule, soft=soft, background_weight=background_weight, dice_weight=dice_weight,
                  aux=aux, aux_weight=aux_weight, val_fraction=val_fraction, accumulate=accumulate, patience=patience,
                  num_workers=num_workers, device=device, seed=seed, resume=resume, overwrite=overwrite,

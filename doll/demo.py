@@ -17,6 +17,7 @@ from doll.data.phantom import make_phantoms
 from doll.errors import DollError
 from doll.explain.run import explain
 from doll.labels.evaluate import evaluate_labels
+from doll.outputs import releases_outputs
 from doll.pretrain.train import pretrain
 from doll.report.html import write_report
 from doll.finetune.run import finetune
@@ -49,6 +50,7 @@ FULL = DemoPlan(n=480, size=64, members=2, cls_epochs=12, steps=8, encoder="resn
                 finetune_epochs=25, label_fraction=0.1)
 
 
+@releases_outputs
 def demo(out: str = "artifacts/demo", quick: bool = False, seed: int = 0, device: str = "auto",
          overwrite: bool = True, progress: bool = True) -> dict:
     plan = QUICK if quick else FULL

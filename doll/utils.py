@@ -16,6 +16,13 @@ import numpy as np
 import torch
 
 from doll.errors import DollError
+from doll.outputs import (  # noqa: F401 - one writer per output, file system errors, leftover temporaries
+    lock_output,
+    os_error_message,
+    os_errors,
+    release_outputs,
+    remove_leftover_temporaries,
+)
 
 
 # The input every network takes: uint8 images scaled to [0, 1], then (x - MEAN) / STD. Here,
@@ -150,26 +157,56 @@ def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
     """Create ``out``; refuse a folder that already holds a run unless resuming or overwriting.
     With ``settings`` (the command's settings, as written into ``config.json``), ``--resume``
     of a run made with other settings is refused: its finished models would be reported
-    under the new settings."""
+    under the new settings.
+
+    ``out`` is locked for the rest of the command (:func:`lock_output`: a second writer is
+    refused, not run beside this one), and the temporaries a killed write left in it are
+    removed (:func:`remove_leftover_temporaries`). File system errors (permission,
+    read-only, a file where a folder should be) become a DollError naming the path."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DollError(f"--out {out} is a file; choose a folder")
-    holds_run = out.is_dir() and any(out.iterdir())
-    if holds_run and not (resume or overwrite):
-        raise DollError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if holds_run and resume and settings is not None and (out / "config.json").is_file():
-        stored = read_json(out / "config.json")
-        stored = stored.get("doll", {}).get("run", stored)  # a checkpoint folder's config: the run's settings
-        given = json.loads(json.dumps(settings))
-        changed = differing_keys(stored, given, [k for k in given if k not in RUN_ONLY_SETTINGS and k in stored])
-        if changed:
-            raise DollError(f"--resume with different settings ({', '.join(changed)}) from the run in {out}; use "
-                            "its settings, or --overwrite to start again")
-    if holds_run and overwrite and not resume:
-        if not (out / marker).exists() and not (out / "metrics.json").exists():
-            raise DollError(f"{out} is not empty and does not look like a doll run; refusing to delete it with --overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with os_errors(out):
+        lock_output(out)
+        holds_run = out.is_dir() and any(out.iterdir())
+        if holds_run and not (resume or overwrite):
+            raise DollError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        if holds_run and resume and settings is not None and (out / "config.json").is_file():
+            stored = read_json(out / "config.json")
+            stored = stored.get("doll", {}).get("run", stored)  # a checkpoint folder's config: the run's settings
+            given = json.loads(json.dumps(settings))
+            changed = differing_keys(stored, given, [k for k in given if k not in RUN_ONLY_SETTINGS and k in stored])
+            if changed:
+                raise DollError(f"--resume with different settings ({', '.join(changed)}) from the run in {out}; use "
+                                "its settings, or --overwrite to start again")
+        if holds_run and overwrite and not resume:
+            if not (out / marker).exists() and not (out / "metrics.json").exists():
+                raise DollError(f"{out} is not empty and does not look like a doll run; refusing to delete it with --overwrite")
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        remove_leftover_temporaries(out)
+    return out
+
+
+def prepare_out_file(out: str | Path, *, overwrite: bool = False, is_ours=None, what: str = "file") -> Path:
+    """The file counterpart of :func:`prepare_out_dir` (``doll explain``'s label file and the
+    label files ``labels merge | refine`` write): lock ``out``, refuse to replace an existing
+    file without ``overwrite``, or, with it, one that ``is_ours(path)`` says doll did not
+    write, and remove the temporaries a killed write of ``out`` left next to it."""
+    out = Path(out)
+    if out.is_dir():
+        raise DollError(f"--out {out} is a folder; name the {what} to write")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise DollError(f"--out {out}: {out.parent} is a file, not a folder")
+    with os_errors(out):
+        lock_output(out)
+        if out.exists():
+            if not overwrite:
+                raise DollError(f"{out} already exists; pass --overwrite to replace it")
+            if is_ours is not None and not is_ours(out):
+                raise DollError(f"{out} is not a doll {what}; refusing to replace it with --overwrite (choose "
+                                "another --out)")
+        remove_leftover_temporaries(out.parent, prefix=out.name, recursive=False)
     return out
 
 

@@ -15,6 +15,7 @@ from doll.errors import DollError
 from doll.models.checkpoint import load_into
 from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier, load_pretrained
 from doll.models.lung_field import lung_model_config, mask_images, predict_lung_fields
+from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.tasks import ClassificationTask
@@ -97,7 +98,8 @@ def member_inits(init: str, archs: list[str]) -> list[str]:
     values = [v.strip() for v in init.split(",") if v.strip()] or ["random"]
     for i, v in enumerate(values):
         if v != "random" and not v.startswith("imagenet:"):
-            raise DollError(f"--init takes random or imagenet:/path/to/local/weights, got {v!r}")
+            raise DollError(f"--init takes random or imagenet:/path/to/weights.safetensors (torchvision's weights for "
+                            f"--arch, a local file: doll never downloads them), got {v!r}")
         if v.startswith("imagenet:"):
             values[i] = "imagenet:" + str(Path(v.split(":", 1)[1]).expanduser().resolve())
     inits = cycled(values, len(archs))
@@ -107,6 +109,7 @@ def member_inits(init: str, archs: list[str]) -> list[str]:
     return inits
 
 
+@releases_outputs
 def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> dict:
     """Train ``members`` classifiers; returns (and writes to ``out/metrics.json``) their metrics."""
     s = settings or ClassifierSettings(**kwargs)

@@ -66,6 +66,9 @@ class DatasetFormat:
     classes: list[str] = []  # image-level label names ([] if the format has none)
     structures: list[str] = []  # mask names ([] if the format has no masks)
     splits: tuple[str, ...] = ("train", "valid", "test")
+    # masks may be their image subsampled by a whole factor (JSRT: SCR's 1024 px masks of the
+    # 2048 px images); `doll data check` reports any other mask whose size is not its image's
+    subsampled_masks: bool = False
 
     def __init__(self, root: str | Path, **options):
         self.root = Path(root).expanduser().resolve()

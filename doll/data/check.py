@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm.auto import tqdm
 
-from doll.data.images import read_raw
+from doll.data.images import read_raw, same_grid
 from doll.data.registry import open_dataset
 from doll.errors import DollError
 
@@ -48,26 +48,48 @@ def check_dataset(dataset: str, root: str, decode: int = 200, progress: bool = T
         present = [present[i] for i in sorted(set(pick.tolist()))]
 
     def try_read(it):
+        """(why the image or a mask cannot be read, the image's shape, its dtype, masks whose size is wrong)"""
         try:
             img = read_raw(it.image)
-            return None, img.shape, str(img.dtype)
         except DollError as exc:
-            return str(exc), None, None
+            return str(exc), None, None, []
+        wrong = []
+        for mask in it.masks.values():
+            if not mask.exists():
+                continue  # counted as missing
+            try:
+                m = read_raw(mask)
+            except DollError as exc:
+                return str(exc), img.shape, str(img.dtype), wrong
+            if m.shape[:2] != img.shape[:2] and not (fmt.subsampled_masks and same_grid(m.shape[:2], img.shape[:2])):
+                wrong.append(mask_size_problem(mask, m.shape[:2], it.image, img.shape[:2]))
+        return None, img.shape, str(img.dtype), wrong
 
     with ThreadPoolExecutor(4) as pool:
         results = list(tqdm(pool.map(try_read, present), total=len(present), desc="decoding", leave=False,
                             disable=not progress))
     bad = [r[0] for r in results if r[0]]
     shapes = [r[1] for r in results if r[1]]
+    wrong_size = [w for r in results for w in r[3]]
     report["decoded"] = len(present)
     report["unreadable"] = len(bad)
     report["unreadable_examples"] = bad[:10]
+    report["mask_size_mismatch"] = len(wrong_size)
+    report["mask_size_examples"] = wrong_size[:10]
     if shapes:
         hs, ws = np.array([s[0] for s in shapes]), np.array([s[1] for s in shapes])
         report["image_size"] = {"min": [int(hs.min()), int(ws.min())], "max": [int(hs.max()), int(ws.max())]}
         report["dtypes"] = sorted({r[2] for r in results if r[2]})
-    report["ok"] = not missing and not bad
+    report["ok"] = not missing and not bad and not wrong_size
     return report
+
+
+def mask_size_problem(mask, mask_shape, image, image_shape) -> str:
+    """``mask M is 128x128 but its image I is 256x256 (0.5x its width, 0.5x its height)``:
+    usually a mask paired with the wrong image, or masks of another resolution of the set."""
+    (mh, mw), (ih, iw) = mask_shape, image_shape
+    return (f"mask {mask} is {mw}x{mh} but its image {image} is {iw}x{ih} "
+            f"({mw / iw:.3g}x its width, {mh / ih:.3g}x its height)")
 
 
 def format_report(r: dict) -> str:
@@ -84,6 +106,10 @@ def format_report(r: dict) -> str:
     lines.append(f"  missing files: {r['missing_files']}; unreadable: {r['unreadable']} of {r['decoded']} decoded")
     for ex in r["missing_examples"][:3] + r["unreadable_examples"][:3]:
         lines.append(f"    {ex}")
+    if r.get("mask_size_mismatch"):
+        lines.append(f"  masks whose size is not their image's: {r['mask_size_mismatch']} (of the decoded images' masks)")
+        for ex in r["mask_size_examples"][:3]:
+            lines.append(f"    {ex}")
     if r.get("rows_without_image"):
         lines.append(f"  index rows naming an image that is not here: {r['rows_without_image']} (skipped by every "
                      f"command; expected for a partial download), e.g. {', '.join(r['rows_without_image_examples'][:3])}")

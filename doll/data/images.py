@@ -22,6 +22,19 @@ from doll.errors import DollError
 PREPROCESS_VERSION = 1
 LOW_PCT, HIGH_PCT = 0.5, 99.5
 
+
+def _quiet_opencv() -> None:
+    """OpenCV's decoders log warnings (``[ WARN:0@1.2] ... PNG input buffer is incomplete``)
+    straight to stderr before doll's own ``error:`` line about the same file: keep errors only."""
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # OpenCV builds without cv2.utils.logging
+        if hasattr(cv2, "setLogLevel"):
+            cv2.setLogLevel(2)  # 2 = error
+
+
+_quiet_opencv()
+
 JSRT_RAW_SHAPE = (2048, 2048)
 
 

@@ -65,6 +65,7 @@ class JSRT(DatasetFormat):
     classes = ["Nodule"]
     structures = list(JSRT_STRUCTURES)
     splits = ("train", "valid", "test", "unlabelled")
+    subsampled_masks = True  # SCR's masks are 1024 px for the 2048 px images
 
     def __init__(self, root, **options):
         super().__init__(root, **options)

@@ -30,6 +30,7 @@ import numpy as np
 
 from doll.data.base import CHEXPERT_CLASSES, FINDINGS, JSRT_STRUCTURES
 from doll.errors import DollError
+from doll.outputs import lock_output, os_errors, releases_outputs
 
 PHANTOM_VERSION = 1
 CHEXPERT_DIRNAME = "CheXpert-v1.0-phantom"
@@ -598,6 +599,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]):
     os.replace(tmp, path)
 
 
+@releases_outputs
 def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, uncertain=0.05, blank=0.1,
                   confound=0.0, valid_fraction=0.2, progress=True, overwrite=True) -> dict:
     """Write a phantom data set under ``out`` and return its summary.
@@ -631,7 +633,9 @@ def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, unce
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise DollError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with os_errors(out):
+        lock_output(out)  # one writer per folder, until the command ends
+        out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "phantom.json"
     earlier = [sub for sub in ("phantom.json", CHEXPERT_DIRNAME, "findings", "anatomy") if (out / sub).exists()]
     if earlier and not overwrite:

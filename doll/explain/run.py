@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +25,8 @@ from doll.explain.base import (
 from doll.explain.distill import distill
 from doll.explain.ig import check_precision, default_batch_size
 from doll.labels.rule import DEFAULT_RULE, check_rule
-from doll.labels.store import Blocks, PartsWriter, write_label_file
-from doll.models.checkpoint import load_into, read_config
+from doll.labels.store import Blocks, PartsWriter, is_label_file, is_parts_folder, write_label_file
+from doll.models.checkpoint import load_into, read_config, require_finished
 from doll.models.classifier import build_classifier
 from doll.models.lung_field import (
     INPUT_MARGIN,
@@ -36,12 +37,15 @@ from doll.models.lung_field import (
     mask_images,
     predict_lung_masks,
 )
+from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.utils import (
     RUN_ONLY_SETTINGS,
     RunOptions,
     Stopwatch,
     check_positive,
+    prepare_out_file,
+    remove_leftover_temporaries,
     resolve_device,
     resolve_paths,
     to_tensor,
@@ -105,6 +109,7 @@ def load_ensemble(folder: str | Path, device: torch.device):
     if not folder.is_dir():
         raise DollError(f"--classifiers {folder} does not exist; train some with `doll train-classifiers`")
     dirs = sorted(p for p in folder.glob("member_*") if p.is_dir()) or [folder]
+    require_complete_ensemble(folder, dirs)
     members = []
     for d in dirs:
         cfg = read_config(d, kind="classifier")["doll"]
@@ -122,6 +127,26 @@ def load_ensemble(folder: str | Path, device: torch.device):
         if cfg.get("lung_model") != members[0][1].get("lung_model"):
             raise DollError(f"ensemble members disagree on --lung-model ({info['folder']}); train them together")
     return members, classes
+
+
+def require_complete_ensemble(folder: Path, dirs: list[Path]) -> None:
+    """Refuse an ensemble whose `train-classifiers` run did not finish: a member missing
+    (the run was killed before it started) or unfinished (read_config checks each member's
+    own marker; a member folder without one has not finished its first epoch)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        planned = int(config.get("members", 0)) if config.get("command") == "train-classifiers" else 0
+    except (OSError, ValueError, TypeError, AttributeError):
+        return  # not a train-classifiers folder (one checkpoint folder, or put together by hand)
+    for i in range(planned):
+        member = folder / f"member_{i}"
+        if member not in dirs:
+            raise DollError(f"{folder} is an unfinished run (member {i + 1} of {planned} not started); finish it "
+                            "with --resume")
+        require_finished(member)
+        if not (member / "metrics.json").is_file():  # killed before the member's first epoch ended
+            raise DollError(f"{member} is an unfinished run (epoch 0 of {config.get('epochs', '?')}); finish it "
+                            "with --resume")
 
 
 def completeness_summary(errors: np.ndarray) -> dict[str, float]:
@@ -142,6 +167,7 @@ def select_targets(raw: np.ndarray, probs: np.ndarray, mode: str, threshold: flo
     return [np.flatnonzero(row).tolist() for row in chosen]
 
 
+@releases_outputs
 def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     """Write the DoLL label file ``out``; returns (and writes to ``<out>.metrics.json``) run metrics."""
     s = settings or ExplainSettings(**kwargs)
@@ -168,6 +194,13 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         raise DollError(f"--out {out}: {out.parent} is a file, not a folder")
     if out.exists() and not s.overwrite:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
+    parts_folder = Path(str(out) + ".parts")
+    if dist.is_main():  # one writer per label file; the temporaries of a killed run go
+        prepare_out_file(out, overwrite=s.overwrite, is_ours=is_label_file, what="label file")
+        if parts_folder.is_dir() and s.overwrite and not s.resume and not is_parts_folder(parts_folder):
+            raise DollError(f"{parts_folder} holds files that are not an unfinished doll explain run; refusing to "
+                            "delete it with --overwrite")
+        remove_leftover_temporaries(parts_folder)
     t0 = time.time()
     watch = Stopwatch()  # where the time goes: metrics["seconds_by_phase"]
     device = dist.init(resolve_device(s.device))
@@ -225,7 +258,7 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     resume_key = {**{k: v for k, v in run_settings.items() if k != "batch_size"},
                   "data": data_fingerprint(arrays.items, raw)}
     if s.overwrite and not s.resume and dist.is_main():
-        shutil.rmtree(Path(str(out) + ".parts"), ignore_errors=True)
+        shutil.rmtree(parts_folder, ignore_errors=True)
     dist.barrier()  # no rank writes a block before rank 0 has cleared the old ones
     parts = PartsWriter(str(out) + ".parts", resume_key, resume=s.resume, owner=dist.is_main())
     dist.barrier()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from doll.errors import DollError
 from doll.finetune.settings import FinetuneSettings, TaskRunner, check_settings
+from doll.outputs import releases_outputs
 from doll.utils import load_class, resolve_paths
 
 TASKS = {
@@ -17,6 +18,7 @@ TASKS = {
 }
 
 
+@releases_outputs
 def finetune(settings: FinetuneSettings | None = None, **kwargs) -> dict:
     s = settings or FinetuneSettings(**kwargs)
     if s.task not in TASKS:

@@ -83,7 +83,7 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
         rule = label_rule or lf.label_rule
         settings = lf.attr("settings") or {}
         smooth = float(settings.get("smooth", 0.03))
-        dataset = dataset or lf.attr("dataset")
+        dataset = dataset or lf.dataset_name()  # the file's: built-in names only (a file never names code)
         root = root or lf.attr("root")
         paths = lf.paths()
         targets = lf["targets"][:]

@@ -12,7 +12,7 @@ Datasets (N images, C classes, H x W pixels):
 ``done``       bool (N,)              row finished
 =============  =====================  ==============================================
 
-Attributes: ``format`` = "doll-labels", ``format_version`` = 1, ``classes`` (JSON list),
+Attributes: ``format`` = "doll-labels", ``format_version`` = 1, ``finished`` = 1 (written last), ``classes`` (JSON list),
 ``method``, ``settings`` (JSON), ``label_rule``, ``classifiers`` (JSON: folder, arch,
 sha256 of each member's weights), ``image_size``, ``dataset``, ``root`` and ``split``
 (where the images were read; ``split`` "" = all splits, e.g. after a merge of several),
@@ -27,6 +27,18 @@ memory stays bounded by a block, not by the data set (CheXpert at 224 px: 191k x
 224 x 224 bytes of saliency would be 134 GB). Several processes (torchrun) write blocks
 into the same parts folder (which must be on a file system they all share); ``doll labels
 merge`` joins files explained the same way on separate machines.
+
+Finished marker: the file is written under a temporary name (``.<name>.XXXXXXXX.tmp``)
+and renamed into place when complete, as every doll version has done: the rename is the
+real marker, and the ``finished`` attribute (written last, before the rename) says so
+inside the file. Readers refuse a file whose ``finished`` is present and not 1; a file
+without the attribute is accepted (made before it existed, and, being at its final name,
+renamed there complete).
+
+The ``dataset`` attribute is data: readers resolve it through the built-in registry only
+(:meth:`LabelFile.dataset_name`); a plug-in ``package.module:ClassName`` is honoured only
+from the command line, so a shared file can never make doll import a module. Row reads go
+through :func:`read_rows`: an HDF5 read failure names the file, the row and its image id.
 """
 from __future__ import annotations
 
@@ -75,15 +87,119 @@ def stored_rows(ds: h5py.Dataset, rows):
     """The given rows of a label file's big dataset, one at a time: the compressed bytes of
     the row when the dataset has the layout :func:`write_label_file` gives it (one gzip
     chunk per row), else the decoded row (an array of one row)."""
+    ds = ds.ds if isinstance(ds, Rows) else ds
     as_stored = ds.chunks == (1, *ds.shape[1:]) and ds.compression == "gzip" and ds.dtype == np.uint8
     tail = (0,) * (ds.ndim - 1)
     for i in rows:
         if as_stored:
-            filters, chunk = ds.id.read_direct_chunk((int(i), *tail))
+            try:
+                filters, chunk = ds.id.read_direct_chunk((int(i), *tail))
+            except OSError as exc:
+                raise unreadable_row(ds, int(i), exc) from None
             if filters == 0:  # every filter applied, as write_label_file stores it
                 yield chunk
                 continue
-        yield ds[int(i):int(i) + 1]
+        yield read_rows(ds, slice(int(i), int(i) + 1))
+
+
+def read_rows(ds: h5py.Dataset, index):
+    """``ds[index]``, with an HDF5 read failure (a damaged chunk) turned into
+    ``DollError("<file> row N (<image id>) is unreadable: <reason>; re-run doll explain for it")``."""
+    try:
+        return ds[index]
+    except OSError as exc:
+        raise unreadable_row(ds, index, exc) from None
+
+
+def unreadable_row(ds: h5py.Dataset, index, exc: Exception) -> DollError:
+    """The error for a failed read of ``ds[index]``: the first row of ``index`` that cannot be read."""
+    path, reason = ds.file.filename, _reason(exc)
+    if ds.name.lstrip("/") not in ("saliency", "images"):  # not stored row by row: the dataset is what is damaged
+        return DollError(f"{path}: dataset {ds.name.lstrip('/')} is unreadable: {reason}; the file is damaged, "
+                         "re-run doll explain")
+    n = len(ds)
+    first = index[0] if isinstance(index, tuple) else index
+    if isinstance(first, slice):
+        rows = range(*first.indices(n))
+    elif isinstance(first, (int, np.integer)):
+        rows = [int(first) % n if n else 0]
+    else:
+        first = np.asarray(first)
+        rows = np.flatnonzero(first).tolist() if first.dtype == bool else [int(r) for r in first.ravel()]
+    bad = next((r for r in rows if not _row_readable(ds, r)), None)
+    if bad is None:
+        return DollError(f"{path}: dataset {ds.name.lstrip('/')} is unreadable: {reason}; the file is damaged, "
+                         "re-run doll explain")
+    return DollError(f"{path} row {bad} ({row_id(ds.file, bad)}) is unreadable: {reason}; re-run doll explain for it")
+
+
+def _row_readable(ds: h5py.Dataset, row: int) -> bool:
+    try:
+        ds[row]
+        return True
+    except OSError:
+        return False
+
+
+def _raw_row(ds: h5py.Dataset, i: int):
+    """The stored (compressed) bytes of row ``i`` when ``ds`` has write_label_file's layout; an
+    OSError when even they cannot be read; None for another layout (HDF5 then decodes the row)."""
+    if not (ds.chunks == (1, *ds.shape[1:]) and ds.compression == "gzip" and ds.dtype == np.uint8):
+        return None
+    try:
+        filters, raw = ds.id.read_direct_chunk((i, *(0,) * (ds.ndim - 1)))
+    except OSError as exc:
+        return exc
+    return raw if filters == 0 else None
+
+
+def _check_row(ds: h5py.Dataset, i: int, raw) -> str | None:
+    """Why row ``i`` cannot be read (None when it can): ``raw`` from :func:`_raw_row`."""
+    if isinstance(raw, OSError):
+        return _reason(raw)
+    if raw is None:
+        try:
+            ds[i]
+        except OSError as exc:
+            return _reason(exc)
+        return None
+    try:
+        n = len(zlib.decompress(raw))
+    except zlib.error as exc:
+        return f"corrupt compressed data ({exc})"
+    size = int(np.prod(ds.shape[1:]))
+    return None if n == size else f"the row inflates to {n} bytes, expected {size}"
+
+
+def _reason(exc: Exception) -> str:
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return text.split("] ", 1)[1] if text.startswith("[Errno") and "] " in text else text
+
+
+def row_id(f: h5py.File, row: int) -> str:
+    """The image id of a row of a label file ("?" if even that cannot be read)."""
+    try:
+        p = f["paths"][row]
+        return p.decode() if isinstance(p, bytes) else str(p)
+    except Exception:  # noqa: BLE001 - a damaged paths dataset still gets its row number reported
+        return "?"
+
+
+class Rows:
+    """A dataset of a label file whose reads (``rows[i]``, ``rows[a:b]``) go through
+    :func:`read_rows`; everything else (shape, dtype, chunks, id) is the dataset's."""
+
+    def __init__(self, ds: h5py.Dataset):
+        self.ds = ds
+
+    def __getitem__(self, index):
+        return read_rows(self.ds, index)
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getattr__(self, name):
+        return getattr(self.ds, name)
 
 
 def write_label_file(path: str | Path, rows: dict, attrs: dict) -> None:
@@ -118,9 +234,23 @@ def write_label_file(path: str | Path, rows: dict, attrs: dict) -> None:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["tool_version"] = tool_version()
             for k, v in attrs.items():
+                if k == "finished":
+                    continue
                 if isinstance(v, np.generic):
                     v = v.item()
                 f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(jsonable(v))
+            # the finished marker, written last; the rename into place after it is what makes the
+            # file appear under its name, so a reader never sees a file without it (see LabelFile)
+            f.attrs["finished"] = 1
+
+
+def is_label_file(path: str | Path) -> bool:
+    """Whether ``path`` is a DoLL label file (any version): what ``--overwrite`` may replace."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 def _deflate(row: np.ndarray) -> bytes:
@@ -150,7 +280,16 @@ class LabelFile:
         if missing:
             self.f.close()
             raise DollError(f"{self.path} lacks the dataset(s) {', '.join(missing)}; the file is damaged")
-        self.done = self.f["done"][:]
+        try:
+            self.done = self["done"][:]
+        except DollError:
+            self.f.close()
+            raise
+        finished = self.f.attrs.get("finished")  # absent in files made before it: complete (see the module's notes)
+        if finished is not None and int(finished) != 1:
+            self.f.close()
+            raise DollError(f"{self.path} is an unfinished label file ({int(self.done.sum())} of {len(self.done)} rows "
+                            "done); finish it with `doll explain --resume`")
         if not self.done.any():
             self.f.close()
             raise DollError(f"{self.path} has no finished rows; finish it with `doll explain --resume`")
@@ -182,7 +321,44 @@ class LabelFile:
         return len(self.done)
 
     def __getitem__(self, key):
-        return self.f[key]
+        """A dataset of the file; its reads name the row that cannot be read (:class:`Rows`)."""
+        return Rows(self.f[key])
+
+    def dataset_name(self) -> str:
+        """The file's ``dataset`` attribute, resolved through the built-in registry only ("" when
+        the file names none). A label file is data: anything else (a plug-in
+        ``package.module:ClassName`` included) is refused, never imported; a format of your
+        own is named on the command line (``--dataset``)."""
+        from doll.data.registry import FORMATS
+
+        value = self.attr("dataset")
+        if value is None or value == "":
+            return ""
+        if isinstance(value, str) and value in FORMATS:
+            return value
+        raise DollError(f"{self.path}: its attribute dataset={value!r} is not a built-in data set "
+                        f"({', '.join(FORMATS)}); doll never imports code that a file names; pass your format with "
+                        "--dataset on the command line")
+
+    def verify(self) -> list[dict]:
+        """Read every chunk of the file; one entry ``{"row", "id", "dataset", "reason"}`` per
+        unreadable row (``row`` None for a dataset that cannot be read at all)."""
+        bad: list[dict] = []
+        for key in ("done", "targets", "labels", "probs", "paths"):
+            try:
+                self.f[key][:]
+            except OSError as exc:
+                bad.append({"row": None, "id": None, "dataset": key, "reason": _reason(exc)})
+        with ThreadPoolExecutor(COMPRESS_THREADS) as pool:  # zlib releases the GIL: rows inflate in parallel
+            for key in ("saliency", "images"):
+                ds = self.f[key]
+                for lo in range(0, len(ds), ROWS_PER_WRITE):
+                    rows = range(lo, min(len(ds), lo + ROWS_PER_WRITE))
+                    for i, reason in zip(rows, pool.map(lambda i, raw, ds=ds: _check_row(ds, i, raw),
+                                                        rows, [_raw_row(ds, i) for i in rows])):
+                        if reason:
+                            bad.append({"row": i, "id": row_id(self.f, i), "dataset": key, "reason": reason})
+        return bad
 
     def paths(self) -> list[str]:
         return [p.decode() if isinstance(p, bytes) else p for p in self.f["paths"][:]]
@@ -203,7 +379,16 @@ class LabelFile:
                 "classes": self.classes, "image_size": [h, w], "method": self.attr("method"),
                 "settings": self.attr("settings"), "label_rule": self.label_rule,
                 "targets_per_class": dict(zip(self.classes, self.f["targets"][:].sum(axis=0).tolist())),
-                "classifiers": self.attr("classifiers"), "dataset": self.attr("dataset")}
+                "classifiers": self.attr("classifiers"), "dataset": self.attr("dataset"),
+                "finished": bool(int(self.f.attrs.get("finished", 1)))}
+
+
+def is_parts_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds only what :class:`PartsWriter` writes (settings, blocks and
+    their temporaries): what ``explain --overwrite`` may delete."""
+    return all(p.is_file() and (p.name == "settings.json" or (p.name.startswith("block_") and p.suffix == ".npz")
+                                or (p.name.startswith(".") and p.suffix == ".tmp"))
+               for p in Path(folder).iterdir())
 
 
 class PartsWriter:

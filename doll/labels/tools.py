@@ -12,13 +12,19 @@ from tqdm.auto import tqdm
 
 from doll.errors import DollError
 from doll.labels.rule import apply_rule, check_rule
-from doll.labels.store import Blocks, LabelFile, stored_rows, write_label_file
-from doll.utils import atomic_path, differing_keys, write_json
+from doll.labels.store import Blocks, LabelFile, is_label_file, stored_rows, write_label_file
+from doll.outputs import releases_outputs
+from doll.utils import atomic_path, differing_keys, lock_output, os_errors, prepare_out_file, write_json
 
 
-def info(labels: str) -> dict:
+def info(labels: str, verify: bool = False) -> dict:
+    """What :meth:`LabelFile.info` says; with ``verify``, also ``verify``: the rows read and
+    the ``unreadable`` ones (:meth:`LabelFile.verify`)."""
     with LabelFile(labels) as lf:
-        return lf.info()
+        result = lf.info()
+        if verify:
+            result["verify"] = {"rows": len(lf), "unreadable": lf.verify()}
+        return result
 
 
 # settings that say where and how fast a run went, not what its maps are
@@ -34,6 +40,7 @@ def output_settings(settings: dict) -> dict:
     return out
 
 
+@releases_outputs
 def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
     """Join label files row-wise: e.g. the splits of a data set explained on separate machines.
     They must agree on what decides the maps (classes, method, ``output_settings``, label
@@ -42,8 +49,7 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
     t0 = time.time()
     if not inputs:
         raise DollError("name the label files to merge")
-    if Path(out).exists() and not overwrite:
-        raise DollError(f"{out} already exists; pass --overwrite to replace it")
+    prepare_out_file(out, overwrite=overwrite, is_ours=is_label_file, what="label file")
     small: dict[str, list] = {}
     keeps: list[np.ndarray] = []
     attrs = None
@@ -102,6 +108,7 @@ def _finished(result: dict, t0: float) -> dict:
     return result
 
 
+@releases_outputs
 def export(labels: str, out: str, fmt: str = "png", label_rule: str = "", progress: bool = True,
            overwrite: bool = False) -> dict:
     """One PNG mask (0/255) per explained class per image, ``masks/<class>/<row>.png``, plus
@@ -113,14 +120,15 @@ def export(labels: str, out: str, fmt: str = "png", label_rule: str = "", progre
         raise DollError("--out is empty; name the folder to export into")
     if out_dir.exists() and not out_dir.is_dir():
         raise DollError(f"--out {out_dir} is a file; name a folder to export into")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise DollError(f"--out {out_dir} is not empty; pass --overwrite to replace an earlier export there")
-        if not (out_dir / "export.json").is_file():
-            raise DollError(f"--out {out_dir} holds something other than an export; refusing to delete it")
-        shutil.rmtree(out_dir)
-    count = 0
-    with LabelFile(labels) as lf:
+    with LabelFile(labels) as lf, os_errors(out_dir):
+        lock_output(out_dir)
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            if not overwrite:
+                raise DollError(f"--out {out_dir} is not empty; pass --overwrite to replace an earlier export there")
+            if not (out_dir / "export.json").is_file():
+                raise DollError(f"--out {out_dir} holds something other than an export; refusing to delete it")
+            shutil.rmtree(out_dir)
+        count = 0
         classes, rule, paths = lf.classes, check_rule(label_rule or lf.label_rule), lf.paths()
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
         targets, image_labels, probs = lf["targets"][:], lf["labels"][:], lf["probs"][:]
@@ -146,6 +154,7 @@ def export(labels: str, out: str, fmt: str = "png", label_rule: str = "", progre
     return result
 
 
+@releases_outputs
 def refine(labels: str, model: str, out: str, batch_size: int = 32, device: str = "auto",
            lung_model: str = "", field_margin: float | None = None,
            overwrite: bool = False, progress: bool = True) -> dict:
@@ -177,9 +186,10 @@ def refine(labels: str, model: str, out: str, batch_size: int = 32, device: str 
     if not Path(model).is_dir():
         what = "is a file, not a folder" if Path(model).exists() else "does not exist"
         raise DollError(f"--model {model} {what}; pass the --out folder of `doll pretrain`")
-    cfg = read_config(model, kind="segmenter")["doll"]
+    cfg = read_config(model, kind="segmenter")["doll"]  # refuses an unfinished pretrain run
     dev = resolve_device(device)
     with LabelFile(labels) as lf:
+        prepare_out_file(out, overwrite=overwrite, is_ours=is_label_file, what="label file")
         classes, targets = lf.classes, lf["targets"][:]
         own = cfg.get("classes") or []
         if cfg.get("stage") != "pretrain" or not own or not set(own) <= set(classes):

@@ -6,9 +6,15 @@ segmentation-models-pytorch keys (``_model_class``, ``encoder_name``, ...) at th
 level, so ``segmentation_models_pytorch.from_pretrained(dir)`` loads them offline.
 Training state (optimiser, scheduler, RNG) is ``train_state.pt`` saved with plain
 tensors and containers and read with ``torch.load(weights_only=True)``.
+
+A run folder (a classifier member ``member_<i>/``, a pretrain folder, a finetune run's
+``model/``) is *finished* when its ``metrics.json`` says ``"finished": true``; the training
+engine writes that last. :func:`read_config` refuses an unfinished one
+(:func:`require_finished`), so no stage builds on the weights a killed run left.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -20,6 +26,49 @@ from doll.utils import atomic_path, tool_version, write_json
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+METRICS_FILE, LAST_FILE = "metrics.json", "last.pt"
+
+
+def run_progress(metrics: dict, config: dict | None = None) -> str:
+    """How far a run got, for messages: ``step S of N`` when the run counts steps
+    (``steps_run`` / ``max_steps`` in its metrics or settings), else ``epoch E of N``
+    (``epochs_run`` of the ``epochs`` in its settings); ``of N`` is left out when unknown."""
+    settings = {}
+    for section in ((config or {}).get("doll", {}).get("settings"), (config or {}).get("doll", {}).get("run"),
+                    config):
+        if isinstance(section, dict):
+            settings = {**section, **settings}  # the engine's settings first, then the run's
+    if "steps_run" in metrics or "max_steps" in metrics or settings.get("max_steps"):
+        done = metrics.get("steps_run", metrics.get("steps"))
+        total, unit = metrics.get("max_steps") or settings.get("max_steps"), "step"
+    else:
+        done, total, unit = metrics.get("epochs_run"), metrics.get("epochs") or settings.get("epochs"), "epoch"
+    done = "?" if done is None else done
+    return f"{unit} {done} of {total}" if total else f"{unit} {done}"
+
+
+def require_finished(folder: str | Path, what: str = "run") -> None:
+    """Refuse a run folder whose training did not finish: its ``metrics.json`` does not say
+    ``"finished": true`` (the engine writes that last), or it has a ``last.pt`` but no
+    ``metrics.json``. A folder with neither (a checkpoint put together by hand) passes.
+    ``error: <folder> is an unfinished run (epoch 1 of 3); finish it with --resume``."""
+    folder = Path(folder)
+    metrics_file = folder / METRICS_FILE
+    config = None
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    if metrics_file.is_file():
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError):
+            raise DollError(f"{metrics_file} is damaged; finish or redo the {what} with --resume or --overwrite") from None
+        if isinstance(metrics, dict) and metrics.get("finished") is True:
+            return
+        progress = run_progress(metrics if isinstance(metrics, dict) else {}, config)
+        raise DollError(f"{folder} is an unfinished {what} ({progress}); finish it with --resume")
+    if (folder / LAST_FILE).exists():
+        raise DollError(f"{folder} is an unfinished {what} ({run_progress({}, config)}: it has {LAST_FILE} but no "
+                        f"{METRICS_FILE}); finish it with --resume")
 
 
 def save_weights(path: str | Path, model: torch.nn.Module) -> None:
@@ -43,8 +92,12 @@ def save_model(folder: str | Path, model: torch.nn.Module | None, doll_config: d
 def read_config(folder: str | Path, kind: str | None = None) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
+        if folder.name in ("imagenet", "imagenet:") and not folder.exists():
+            raise DollError("--init imagenet needs the weights file: write --init imagenet:/path/to/weights.safetensors "
+                            "(torchvision's weights for the encoder, a local file; doll never downloads them)")
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise DollError(f"checkpoint folder {folder} {what}; point --init/--classifiers at a doll output folder")
+    require_finished(folder)  # before the files' checks: a run killed early has last.pt but no model yet
     if not (folder / MODEL_FILE).exists():
         pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if pickles:
@@ -84,8 +137,13 @@ def read_weights_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:
     else:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise DollError(f"refusing to load {p}: not a plain state dict ({type(exc).__name__})") from None
+        except Exception:  # noqa: BLE001 - pickles of objects are refused here, and so is junk
+            with open(p, "rb") as fh:
+                head = fh.read(2)
+            found = ("it holds Python objects, which doll never unpickles" if head[:2] == b"PK" or head[:1] == b"\x80"
+                     else "it is not a PyTorch file (damaged, or another format)")
+            raise DollError(f"refusing to load {p}: expected a plain state dict of tensors (what "
+                            f"torch.save(model.state_dict()) writes) or a .safetensors file, but {found}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

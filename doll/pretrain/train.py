@@ -23,7 +23,7 @@ from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.labels import apply_policy
 from doll.errors import DollError
 from doll.labels.rule import apply_rule, check_rule
-from doll.labels.store import LabelFile
+from doll.labels.store import LabelFile, read_rows
 from doll.models.segmenter import (
     DEFAULT_DECODER,
     build_segmenter,
@@ -33,6 +33,7 @@ from doll.models.segmenter import (
     checkpoint_config,
     smp_config,
 )
+from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
 from doll.train.tasks import SegmentationTask
@@ -50,6 +51,7 @@ from doll.utils import (
 class PretrainSettings(RunOptions):
     labels: str = "artifacts/doll_labels.h5"
     out: str = "artifacts/pretrain"
+    dataset: str = ""  # the data set the labels came from, for the patient-level split (default: the file's)
     decoder: str = DEFAULT_DECODER
     encoder: str = "resnet34"
     epochs: int = 10
@@ -105,13 +107,13 @@ class LabelRows:
         return {**self.__dict__, "_f": None, "_pid": None}
 
     def _image(self, j: int) -> np.ndarray:
-        return self._file()["images"][self.rows[j]]
+        return read_rows(self._file()["images"], self.rows[j])
 
     def _mask(self, j: int) -> np.ndarray:
         m = np.zeros((len(self.used), *self.shape), np.float16)
         ks = np.flatnonzero(self.explained[j])
         if len(ks):
-            sal = self._file()["saliency"][self.rows[j]][self.used[ks]]
+            sal = read_rows(self._file()["saliency"], self.rows[j])[self.used[ks]]
             m[ks] = sal / 255.0 if self.soft else apply_rule(sal, self.rule)
         return m
 
@@ -129,19 +131,23 @@ class _Column:
         return self.n
 
 
-def row_patients(lf: LabelFile) -> tuple[list[str], str]:
+def row_patients(lf: LabelFile, dataset: str = "") -> tuple[list[str], str]:
     """The patient of each row, from the data set the file was made from (its index only),
     and what the validation split is made of: "patients", or "images" when that data set
-    cannot be opened here (each row then counts as its own patient)."""
+    cannot be opened here (each row then counts as its own patient). ``dataset`` (from the
+    command line) may name a format of your own; the file's own attribute is resolved
+    through the built-in registry only (a file never makes doll import a module)."""
     paths = lf.paths()
+    name = dataset or lf.dataset_name()
     try:
-        fmt = open_dataset(lf.attr("dataset") or "", lf.attr("root") or "")
+        fmt = open_dataset(name, lf.attr("root") or "")
         patient = {it.id: it.patient or it.id for it in fmt.items()}
     except DollError:
         return paths, "images"
     return [patient.get(p, p) for p in paths], "patients"
 
 
+@releases_outputs
 def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     s = settings or PretrainSettings(**kwargs)
     resolve_paths(s, "labels")
@@ -158,7 +164,7 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
         data = LabelRows(lf, done, rule, s.soft)
         names, image_labels, size = data.names, data.labels, data.shape[-1]
         info = lf.info()
-        patients, val_unit = row_patients(lf)
+        patients, val_unit = row_patients(lf, s.dataset)
         patients = [patients[i] for i in done]
     check_image_size(s.decoder, s.encoder, int(size), option=f"{s.labels} holds images of")
     torch.manual_seed(s.seed)  # the initial weights: the same --seed gives the same run

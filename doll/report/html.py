@@ -40,7 +40,7 @@ def _label_panels(out_dir: Path, labels: str, count: int = 4) -> list[str]:
     files = []
     with LabelFile(labels) as lf:
         classes = lf.classes
-        _, arrays = load_split(lf.attr("dataset"), lf.attr("root"), lf.attr("split") or None,
+        _, arrays = load_split(lf.dataset_name(), lf.attr("root"), lf.attr("split") or None,
                                int(lf.attr("image_size")), structures=classes, progress=False)
         by_id = {it.id: i for i, it in enumerate(arrays.items)}
         rows = [i for i in range(len(lf)) if lf["targets"][i].any()][:count]
