@@ -91,3 +91,20 @@ def test_finetune_refuses_an_image_size_its_network_cannot_take_before_writing(p
                          "--quiet")
     assert code == 2 and "multiple of 8" in err and "use 32 or 40" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_transfer_encoder_keeps_the_pretrained_encoder_under_a_new_decoder(pipeline, phantom):
+    from doll.finetune.settings import FinetuneSettings, build_model
+
+    pre, _ = load_segmenter(pipeline["pretrain"])
+    common = {"task": "jsrt", "dataset": "jsrt", "root": str(phantom / "anatomy"), "init": str(pipeline["pretrain"])}
+    enc_only, info = build_model(FinetuneSettings(**common, transfer="encoder"), 5)
+    whole, _ = build_model(FinetuneSettings(**common), 5)
+    assert info["transfer"] == "encoder"
+    for k, v in pre.encoder.state_dict().items():
+        assert torch.equal(enc_only.encoder.state_dict()[k], v) and torch.equal(whole.encoder.state_dict()[k], v)
+    changed = [k for k, v in pre.decoder.state_dict().items() if not torch.equal(enc_only.decoder.state_dict()[k], v)]
+    assert changed and all(torch.equal(whole.decoder.state_dict()[k], v) for k, v in pre.decoder.state_dict().items())
+    with pytest.raises(DollError, match="--transfer"):
+        from doll.finetune.settings import check_settings
+        check_settings(FinetuneSettings(**{**common, "init": "random"}, transfer="encoder"))

@@ -18,6 +18,7 @@ from doll.models.segmenter import (
     check_decoder,
     check_encoder,
     check_image_size,
+    decoder_of,
     drop_aux_head,
     load_segmenter,
     saved_decoder,
@@ -34,6 +35,7 @@ class FinetuneSettings(RunOptions):
     init: str = "random"  # a `doll pretrain` folder, "random", or "imagenet:/path/to/weights"
     out: str = "artifacts/finetune"
     mode: str = "full"  # full | adapter | head
+    transfer: str = "all"  # with a pretrained --init: all (encoder and decoder) or encoder (a new decoder)
     label_fraction: float = 1.0
     decoder: str = DEFAULT_DECODER  # for random / imagenet init (a pretrain folder fixes its own)
     encoder: str = "resnet34"  # for random / imagenet init (a pretrain folder fixes its own)
@@ -74,6 +76,9 @@ TASK_ONLY_OPTIONS = {"summarizer": ("all", ("seg4cls",), "--summarizer"),
                      "pooling": ("max,amp-mlp", ("mixed",), "--pooling")}
 
 
+TRANSFERS = ("all", "encoder")
+
+
 def init_is_folder(init: str) -> bool:
     """Whether ``--init`` names a `doll pretrain` (or finetune) folder rather than random / imagenet:FILE."""
     return init != "random" and not init.startswith("imagenet:")
@@ -95,6 +100,10 @@ def check_settings(s: FinetuneSettings) -> None:
             raise DollError(f"{flag} applies to --task {' / '.join(tasks)} only, not --task {s.task}")
     if s.mode not in MODES:
         raise DollError(f"unknown --mode {s.mode!r}; choose one of {', '.join(MODES)}")
+    if s.transfer not in TRANSFERS:
+        raise DollError(f"unknown --transfer {s.transfer!r}; choose one of {', '.join(TRANSFERS)}")
+    if s.transfer != "all" and not init_is_folder(s.init):
+        raise DollError("--transfer applies to a pretrained --init folder only")
     check_init(s.init)
     check_fraction(s.label_fraction)
     check_positive(batch_size=s.batch_size, seeds=s.seeds, lr=s.lr, accumulate=s.accumulate)
@@ -199,10 +208,15 @@ def build_model(s: FinetuneSettings, n_out: int):
     if cfg.get("mode", "full") != "full":
         raise DollError(f"--init {s.init} is a {cfg['mode']}-mode fine-tune; initialise from a `doll pretrain` "
                         "folder or a full fine-tune")
+    info = {"init": str(s.init), "encoder": cfg["encoder"], "pretrain_classes": cfg["classes"],
+            "image_size": cfg.get("image_size"), "transfer": s.transfer}
+    if s.transfer == "encoder":  # the pretrained encoder under a new decoder and head, as random init makes them
+        fresh = build_segmenter(decoder_of(model), cfg["encoder"], n_out)
+        fresh.encoder.load_state_dict(model.encoder.state_dict())
+        return fresh, info
     drop_aux_head(model)
     replace_head(model, n_out)
-    return model, {"init": str(s.init), "encoder": cfg["encoder"], "pretrain_classes": cfg["classes"],
-                   "image_size": cfg.get("image_size")}
+    return model, info
 
 
 def choices(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
