@@ -309,7 +309,7 @@ class Engine:
             better = not best_defined or (value > best if s.monitor_mode == "max" else value < best)
         if better:
             state.update(best=value if defined else None, best_step=state["step"], bad_evals=0)
-            if main:
+            if main and s.monitor != "step":  # monitoring the step keeps the last weights: written once, at the end
                 save_weights(out / BEST, self.model)
         else:
             state["bad_evals"] += 1
@@ -336,7 +336,9 @@ class Engine:
     def _finish(self, state: dict) -> None:
         """The result under the names the next stage reads: the best weights as model.safetensors + config.json."""
         out = self.out
-        if (out / BEST).exists():
+        if self.s.monitor == "step":
+            save_weights(out / MODEL_FILE, self.model)
+        elif (out / BEST).exists():
             os.replace(out / BEST, out / MODEL_FILE)
         elif not (out / MODEL_FILE).exists():
             save_weights(out / MODEL_FILE, self.model)
