@@ -16,6 +16,7 @@ With ``--baseline-json FILE`` (an earlier output) it adds ``baseline_ratio`` of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -43,10 +44,11 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="doll-step-budget-") as tmp:
         for name, val_every in (("default_cadence", 0), ("one_evaluation", args.max_steps)):
             t0 = time.perf_counter()
-            m = doll.finetune(task=args.task, dataset=args.dataset, root=args.root, init=args.init,
-                              encoder=args.encoder, image_size=args.image_size, label_fraction=args.label_fraction,
-                              max_steps=args.max_steps, val_every=val_every, batch_size=args.batch_size,
-                              device=args.device, out=str(Path(tmp) / name), progress=False)
+            with contextlib.redirect_stdout(sys.stderr):  # the stage's progress lines: stdout is the JSON
+                m = doll.finetune(task=args.task, dataset=args.dataset, root=args.root, init=args.init,
+                                  encoder=args.encoder, image_size=args.image_size, label_fraction=args.label_fraction,
+                                  max_steps=args.max_steps, val_every=val_every, batch_size=args.batch_size,
+                                  device=args.device, out=str(Path(tmp) / name), progress=False)
             run = m["runs"][0]
             result[name] = {"wall_seconds": round(time.perf_counter() - t0, 2), "steps": m["steps"],
                             "evaluations": len(run["curve"]), "train_seconds": run["train_seconds"],
