@@ -108,3 +108,19 @@ def test_transfer_encoder_keeps_the_pretrained_encoder_under_a_new_decoder(pipel
     with pytest.raises(DollError, match="--transfer"):
         from doll.finetune.settings import check_settings
         check_settings(FinetuneSettings(**{**common, "init": "random"}, transfer="encoder"))
+
+
+def test_finetune_checks_the_imagenet_file_and_a_pretrained_encoder_before_writing(pipeline, phantom, tmp_path,
+                                                                                     capsys):
+    anatomy = phantom / "anatomy"
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a state dict")
+    for init, words in ((f"imagenet:{tmp_path / 'nope.pth'}", "no such file"), (f"imagenet:{junk}", "junk.pth"),
+                        (f"imagenet:{tmp_path}", "is a folder")):
+        out = tmp_path / "o"
+        code, err = cli_exit(capsys, "finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", anatomy, "--init",
+                             init, "--encoder", "resnet18", "--image-size", SIZE, "--out", out, "--quiet")
+        assert code == 2 and words in err and not out.exists(), (init, err)
+    code, err = cli_exit(capsys, "finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", anatomy, "--init",
+                         pipeline["pretrain"], "--encoder", "resnet50", "--out", tmp_path / "e", "--quiet")
+    assert code == 2 and "holds a resnet18 encoder" in err and not (tmp_path / "e").exists()

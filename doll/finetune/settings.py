@@ -27,6 +27,9 @@ from doll.train.engine import EngineSettings
 from doll.utils import RunOptions, check_fraction, check_positive
 
 
+DEFAULT_ENCODER = "resnet34"
+
+
 @dataclass
 class FinetuneSettings(RunOptions):
     task: str = "jsrt"
@@ -38,7 +41,7 @@ class FinetuneSettings(RunOptions):
     transfer: str = "all"  # with a pretrained --init: all (encoder and decoder) or encoder (a new decoder)
     label_fraction: float = 1.0
     decoder: str = DEFAULT_DECODER  # for random / imagenet init (a pretrain folder fixes its own)
-    encoder: str = "resnet34"  # for random / imagenet init (a pretrain folder fixes its own)
+    encoder: str = DEFAULT_ENCODER  # for random / imagenet init (a pretrain folder fixes its own)
     image_size: int = 0  # 0: the pretrained network's, the phantom's own, else 256
     fold: int = 1
     epochs: int = 0  # the budget in epochs (0: --max-steps, else the task's default budget)
@@ -115,9 +118,14 @@ def check_settings(s: FinetuneSettings) -> None:
         if s.decoder != DEFAULT_DECODER and s.decoder != decoder:
             raise DollError(f"--decoder {s.decoder}: {s.init} holds a {decoder}; leave --decoder out with a "
                             "pretrained --init (the folder fixes its network)")
+        if s.encoder != DEFAULT_ENCODER and s.encoder != encoder:
+            raise DollError(f"--encoder {s.encoder}: {s.init} holds a {encoder} encoder; leave --encoder out with a "
+                            "pretrained --init (the folder fixes its network)")
     else:
         decoder, encoder = check_decoder(s.decoder), check_encoder(s.encoder)
     check_image_size(decoder, encoder, image_size(s))
+    if s.init.startswith("imagenet:"):  # read (and refuse) the file before anything is written
+        read_weights_file(Path(s.init.split(":", 1)[1]), "--init imagenet:")
 
 
 def image_size(s: FinetuneSettings) -> int:

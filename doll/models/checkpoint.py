@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -130,13 +131,17 @@ def read_weights_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:
     ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped, a ``module.``
     prefix (DataParallel) dropped. Never downloads, never unpickles objects."""
     p = Path(path)
+    if p.is_dir():
+        raise DollError(f"{option}{path} is a folder; name the weights file in it")
     if not p.is_file():
         raise DollError(f"{option}{path}: no such file (weights are never downloaded; name a local file)")
     if p.suffix == ".safetensors":
         state = read_safetensors(p)
     else:
         try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol warning: the refusal below says it all
+                warnings.simplefilter("ignore")
+                state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - pickles of objects are refused here, and so is junk
             with open(p, "rb") as fh:
                 head = fh.read(2)
