@@ -188,7 +188,7 @@ def mixed(s: FinetuneSettings) -> dict:
     methods, scores = {}, {}
 
     def curve(history):
-        return [{"epoch": r["epoch"], "test_iou": r.get("val_iou")} for r in history]
+        return [{"step": r["step"], "epoch": r["epoch"], "test_iou": r.get("val_iou")} for r in history]
 
     # -- segmentation only, on the mask subset
     torch.manual_seed(s.seed)

@@ -90,7 +90,7 @@ def seg4cls(s: FinetuneSettings) -> dict:
     engine = Engine(model, seg_task, engine_settings(s, min(s.batch_size, len(seg_idx))),
                     out / "segmenter", ck, smp_config(model))
     seg_val = ArrayDataset(val.images, masks=val.masks, valid=val.mask_ok)  # scored every epoch, not selected on
-    seg_curve = [{"epoch": r["epoch"], "val_iou": r.get("val_iou")}
+    seg_curve = [{"step": r["step"], "epoch": r["epoch"], "val_iou": r.get("val_iou")}
                  for r in engine.fit(seg_train, seg_val, resume=s.resume)["history"]]
     bs = s.batch_size
     semi = None
