@@ -123,6 +123,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="encoder of random / imagenet arms (default: the first pretrained folder's, else resnet34)")
     p.add_argument("--decoder", default="",
                    help="decoder of random / imagenet arms (default: the first pretrained folder's, else pspnet)")
+    p.add_argument("--transfer", default="all", choices=("all", "encoder"),
+                   help="what the pretrained arms bring: all (encoder and decoder, the method) or encoder "
+                        "(a new decoder and head, as random init makes them)")
     p.add_argument("--image-size", type=int, default=0,
                    help="0: the first pretrained folder's size for every arm, else finetune's default")
     p.add_argument("--device", default="auto")
@@ -667,6 +670,7 @@ def main(argv=None) -> dict:
         s = FinetuneSettings(task=a.task, dataset=a.dataset, root=root, init=arm.init, mode=mode, fold=a.fold,
                              label_fraction=fraction, encoder=encoder,
                              decoder=DEFAULT_DECODER if init_is_folder(arm.init) else decoder,
+                             transfer=a.transfer if init_is_folder(arm.init) else "all",
                              image_size=size, max_steps=a.max_steps, val_every=a.val_every,
                              batch_size=a.batch_size, lr=a.lr, seeds=1, seed=seed, device=a.device,
                              out=str(folder), overwrite=True, progress=False)
@@ -694,7 +698,7 @@ def main(argv=None) -> dict:
                 "modes": a.modes, "fractions": a.fractions, "seeds": seeds, "max_steps": a.max_steps,
                 "val_every": a.val_every, "val_every_used": effective_val_every(a.val_every, a.max_steps),
                 "batch_size": a.batch_size, "lr": a.lr, "encoder": encoder, "decoder": decoder,
-                "image_size": size, "image_size_used": sizes[arms[0].name], "device": a.device,
+                "transfer": a.transfer, "image_size": size, "image_size_used": sizes[arms[0].name], "device": a.device,
                 "bootstrap": {"resamples": a.bootstrap, "seed": a.bootstrap_seed}, "phantom": a.phantom,
                 "order": "mode, fraction, seed, init (the arms of a pair run one after another)"}
     grid = [(arm, mode, fraction, seed) for mode in a.modes for fraction in a.fractions for seed in seeds
