@@ -380,3 +380,17 @@ def test_init_messages_say_the_fix(phantom, tmp_path, capsys):
     for args in (ft, ["train-classifiers", "--root", phantom, "--out", tmp_path / "c", "--quiet"]):
         line = one_error(capsys, "expected a plain state dict of tensors", *args, "--init", f"imagenet:{junk}")
         assert "not a PyTorch file" in line and "Error)" not in line
+
+
+# -- 11. damaged rows: nothing copied, nothing left ------------------------------------------------
+
+def test_labels_merge_refuses_a_damaged_row(pipeline, tmp_path, capsys):
+    with h5py.File(pipeline["labels"], "r") as f:
+        ids = [p.decode() for p in f["paths"][:]]
+    one = tmp_path / "one.h5"
+    shutil.copy(pipeline["labels"], one)
+    corrupt(one, "saliency", [2])  # merge copies the stored chunks: it used to copy this one silently
+    merged = tmp_path / "m.h5"
+    one_error(capsys, f"{one} row 2 ({ids[2]}) is unreadable", "labels", "merge", one, "--out", merged)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["one.h5"]  # nothing left
+
