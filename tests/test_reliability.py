@@ -394,3 +394,25 @@ def test_labels_merge_refuses_a_damaged_row(pipeline, tmp_path, capsys):
     one_error(capsys, f"{one} row 2 ({ids[2]}) is unreadable", "labels", "merge", one, "--out", merged)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["one.h5"]  # nothing left
 
+
+def test_damaged_rows_leave_no_export_and_no_pretrain_folder(pipeline, tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    shutil.copy(pipeline["labels"], bad)
+    corrupt(bad, "images", [5])
+    fragment = f"{bad} row 5 ("
+    one_error(capsys, fragment, "labels", "export", bad, "--out", tmp_path / "e", "--quiet")
+    assert not (tmp_path / "e").exists()
+    pretrain = ["pretrain", "--labels", bad, "--encoder", "resnet18", "--epochs", 1, "--batch-size", 8, "--quiet"]
+    one_error(capsys, fragment, *pretrain, "--out", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    # an earlier run or export given with --overwrite is kept as it was (refused before it is deleted)
+    pre = tmp_path / "pre"
+    shutil.copytree(pipeline["pretrain"], pre)
+    before = {p.relative_to(pre): p.read_bytes() for p in pre.rglob("*") if p.is_file()}
+    one_error(capsys, fragment, *pretrain, "--out", pre, "--overwrite")
+    assert {p.relative_to(pre): p.read_bytes() for p in pre.rglob("*") if p.is_file()} == before
+    cli("labels", "export", pipeline["labels"], "--out", tmp_path / "e2", "--quiet")
+    exported = sorted(p.relative_to(tmp_path / "e2") for p in (tmp_path / "e2").rglob("*"))
+    one_error(capsys, fragment, "labels", "export", bad, "--out", tmp_path / "e2", "--overwrite", "--quiet")
+    assert sorted(p.relative_to(tmp_path / "e2") for p in (tmp_path / "e2").rglob("*")) == exported
+

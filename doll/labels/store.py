@@ -370,6 +370,19 @@ class LabelFile:
                             bad.append({"row": i, "id": row_id(self.f, i), "dataset": key, "reason": reason})
         return bad
 
+    def require_readable(self) -> None:
+        """Refuse a file with a damaged row before anything is written from it (``labels
+        export``, ``pretrain``): :meth:`verify`'s first unreadable row as :func:`row_error`.
+        One pass over the file's chunks, less than one epoch of pretraining reads."""
+        bad = self.verify()
+        if not bad:
+            return
+        first = bad[0]
+        if first["row"] is None:
+            raise DollError(f"{self.path}: dataset {first['dataset']} is unreadable: {first['reason']}; the file is "
+                            "damaged, re-run doll explain")
+        raise row_error(self.f[first["dataset"]], first["row"], first["reason"])
+
     def paths(self) -> list[str]:
         return [p.decode() if isinstance(p, bytes) else p for p in self.f["paths"][:]]
 

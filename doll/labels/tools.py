@@ -121,6 +121,7 @@ def export(labels: str, out: str, fmt: str = "png", label_rule: str = "", progre
     if out_dir.exists() and not out_dir.is_dir():
         raise DollError(f"--out {out_dir} is a file; name a folder to export into")
     with LabelFile(labels) as lf, os_errors(out_dir):
+        lf.require_readable()  # a damaged row is found before the export is started (or an earlier one deleted)
         lock_output(out_dir)
         if out_dir.is_dir() and any(out_dir.iterdir()):
             if not overwrite:

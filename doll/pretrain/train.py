@@ -159,6 +159,7 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
         raise DollError(f"--val-fraction must be in [0, 1), got {s.val_fraction}")
     t0 = time.time()
     with LabelFile(s.labels) as lf:
+        lf.require_readable()  # a damaged row is refused before --out is touched, not when a batch draws it
         rule = check_rule(s.label_rule or lf.label_rule)
         done = np.flatnonzero(lf.done)
         data = LabelRows(lf, done, rule, s.soft)
