@@ -416,3 +416,18 @@ def test_damaged_rows_leave_no_export_and_no_pretrain_folder(pipeline, tmp_path,
     one_error(capsys, fragment, "labels", "export", bad, "--out", tmp_path / "e2", "--overwrite", "--quiet")
     assert sorted(p.relative_to(tmp_path / "e2") for p in (tmp_path / "e2").rglob("*")) == exported
 
+
+# -- 12. explain warns about a label size that cannot be pretrained on ------------------------------
+
+def test_explain_warns_when_its_size_cannot_be_pretrained_on(pipeline, tmp_path, capsys):
+    explain = ["explain", "--classifiers", pipeline["classifiers"], "--root", pipeline["phantom"], "--split", "valid",
+               "--steps", 2, "--quiet"]
+    code, err = cli_exit(capsys, *explain, "--image-size", 36, "--out", tmp_path / "l36.h5")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "pretrain" in warnings[0] and "multiple of 8" in warnings[0], err
+    assert "--image-size 32 or 40" in warnings[0], warnings[0]
+    assert (tmp_path / "l36.h5").is_file()  # a warning: the labels are written all the same
+    code, err = cli_exit(capsys, *explain, "--image-size", 40, "--out", tmp_path / "l40.h5")
+    assert code == 0 and "warning:" not in err, err
+
