@@ -431,3 +431,19 @@ def test_explain_warns_when_its_size_cannot_be_pretrained_on(pipeline, tmp_path,
     code, err = cli_exit(capsys, *explain, "--image-size", 40, "--out", tmp_path / "l40.h5")
     assert code == 0 and "warning:" not in err, err
 
+
+# -- 13. arguments checked before the output folder is made ----------------------------------------
+
+def test_train_classifiers_refusals_leave_no_out_folder(phantom, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "c"
+    for fragment, args in (("does not exist", ["--root", tmp_path / "nope"]),
+                           ("not a phantom data set", ["--root", tmp_path / "empty"]),
+                           ("unknown dataset 'cxr'", ["--root", phantom, "--dataset", "cxr"]),
+                           ("unknown --uncertain 'bogus'", ["--root", phantom, "--uncertain", "bogus"]),
+                           ("--valid-fraction", ["--root", phantom, "--valid-fraction", 1.5]),
+                           ("unknown --arch", ["--root", phantom, "--arch", "resnet19"])):
+        one_error(capsys, fragment, "train-classifiers", *args, "--out", out, "--members", 1, "--epochs", 1,
+                  "--image-size", SIZE, "--quiet")
+        assert not out.exists(), args
+

@@ -122,9 +122,8 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         lung_model_config(s.lung_model)  # a bad --lung-model fails before any output is written
     device = dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     t0 = time.time()
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
-        else Path(s.out)
-    dist.barrier()
+    # the data, its labels and the label policies are checked (and the images decoded) before --out is made,
+    # as finetune does: a bad --root, --dataset, --uncertain or --valid-fraction leaves no empty folder
     opts = {"views": s.views, "valid_fraction": s.valid_fraction, "seed": s.seed}
     validation = "the data set's valid split" if s.valid_fraction == 0 else f"{s.valid_fraction:.0%} of train patients"
     fmt = open_dataset(s.dataset, s.root, **opts)
@@ -143,6 +142,9 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     y_val, w_val = apply_policy(labels_of(val, len(classes)), "ignore", "ignore")
     if w_train.sum() == 0:
         raise DollError("every training label is uncertain or blank under this policy; try --uncertain zeros")
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
+        else Path(s.out)
+    dist.barrier()
     if dist.is_main():
         write_json(out / "config.json", {"command": "train-classifiers", **asdict(s), "classes": classes,
                                          "member_archs": archs, "member_inits": inits, "n_train": len(train.items), "n_valid": len(val.items),
