@@ -47,6 +47,11 @@ class RunOptions:
     overwrite: bool = False  # replace a previous run's output
     progress: bool = True  # progress bars
 
+    def __post_init__(self):
+        if self.resume and self.overwrite:  # each would silently win over the other somewhere
+            raise DollError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                            "--overwrite deletes it; pass one of them")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):

@@ -447,3 +447,16 @@ def test_train_classifiers_refusals_leave_no_out_folder(phantom, tmp_path, capsy
                   "--image-size", SIZE, "--quiet")
         assert not out.exists(), args
 
+
+# -- 14. --resume with --overwrite -------------------------------------------------------------------
+
+def test_resume_with_overwrite_is_refused(pipeline, tmp_path, capsys):
+    phantom = pipeline["phantom"]
+    for args in (["train-classifiers", "--root", phantom, "--out", tmp_path / "c"],
+                 ["explain", "--classifiers", pipeline["classifiers"], "--root", phantom, "--out", tmp_path / "l.h5"],
+                 ["pretrain", "--labels", pipeline["labels"], "--out", tmp_path / "p"],
+                 ["finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", phantom / "anatomy", "--out",
+                  tmp_path / "f", "--image-size", SIZE]):
+        one_error(capsys, "--resume and --overwrite", *args, "--resume", "--overwrite", "--quiet")
+    assert not any(p for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
+

@@ -60,6 +60,7 @@ class ClassifierSettings(RunOptions):
     num_workers: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if not str(self.root).strip():  # "" would be the current folder
             raise DollError("--root is required: the folder you unpacked the data set into")
 

@@ -89,6 +89,7 @@ class ExplainSettings(RunOptions):
     image_size: int = 0  # 0: the classifiers' own size
 
     def __post_init__(self):
+        super().__post_init__()
         if not str(self.root).strip():  # "" would be the current folder
             raise DollError("--root is required: the folder you unpacked the data set into")
 
