@@ -460,3 +460,19 @@ def test_resume_with_overwrite_is_refused(pipeline, tmp_path, capsys):
         one_error(capsys, "--resume and --overwrite", *args, "--resume", "--overwrite", "--quiet")
     assert not any(p for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
 
+
+# -- 15. an --out holding other files: the fix offered works ------------------------------------------
+
+def test_out_holding_other_files_offers_a_fix_that_works(pipeline, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "letter.txt").write_text("my own file")
+    commands = (["train-classifiers", "--root", pipeline["phantom"], "--out", mine, "--quiet"],
+                ["pretrain", "--labels", pipeline["labels"], "--out", mine, "--quiet"],
+                ["labels", "export", pipeline["labels"], "--out", mine, "--quiet"])
+    for args in commands:
+        for flag in ((), ("--overwrite",)):
+            line = one_error(capsys, f"{mine} ", *args, *flag)
+            assert "choose another --out or empty it" in line and "--overwrite to replace" not in line, line
+    assert [p.name for p in mine.iterdir()] == ["letter.txt"]
+
