@@ -476,3 +476,17 @@ def test_out_holding_other_files_offers_a_fix_that_works(pipeline, tmp_path, cap
             assert "choose another --out or empty it" in line and "--overwrite to replace" not in line, line
     assert [p.name for p in mine.iterdir()] == ["letter.txt"]
 
+
+# -- 16. the kind of a folder is said before whether it finished ---------------------------------------
+
+def test_finetune_init_of_a_classifier_folder_says_what_it_is(pipeline, tmp_path, capsys):
+    ft = ["finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy", "--out",
+          tmp_path / "f", "--quiet"]
+    cls = pipeline["classifiers"]
+    for folder in (cls, cls / "member_0"):
+        line = one_error(capsys, f"{folder} is a classifier folder (from doll train-classifiers), not a segmenter",
+                         *ft, "--init", folder)
+        assert "unfinished" not in line
+    one_error(capsys, f"{cls} is a classifier folder", "labels", "refine", pipeline["labels"], "--model", cls,
+              "--out", tmp_path / "r.h5")
+    assert not (tmp_path / "f").exists() and not (tmp_path / "r.h5").exists()
