@@ -145,6 +145,8 @@ def resolve_paths(settings, *fields: str) -> None:
         if not isinstance(value, str) or not value.strip() or value == "random":
             continue
         prefix = "imagenet:" if value.startswith("imagenet:") else ""
+        if not value[len(prefix):].strip():  # "imagenet:" names no file (not the current folder): the check says so
+            continue
         setattr(settings, name, prefix + str(Path(value[len(prefix):]).expanduser().resolve()))
 
 

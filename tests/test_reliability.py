@@ -490,3 +490,15 @@ def test_finetune_init_of_a_classifier_folder_says_what_it_is(pipeline, tmp_path
     one_error(capsys, f"{cls} is a classifier folder", "labels", "refine", pipeline["labels"], "--model", cls,
               "--out", tmp_path / "r.h5")
     assert not (tmp_path / "f").exists() and not (tmp_path / "r.h5").exists()
+
+
+# -- 17. --init imagenet: with no file ------------------------------------------------------------------
+
+def test_init_imagenet_without_a_file_names_the_form(phantom, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the empty path used to become the current folder: "imagenet:/x is a folder"
+    one_error(capsys, "--init imagenet: names no file; write --init imagenet:/path/to/weights.safetensors", "finetune",
+              "--task", "jsrt", "--dataset", "jsrt", "--root", phantom / "anatomy", "--out", tmp_path / "o",
+              "--image-size", SIZE, "--quiet", "--init", "imagenet:")
+    one_error(capsys, "--init takes random or imagenet:/path/to/weights.safetensors", "train-classifiers", "--root",
+              phantom, "--out", tmp_path / "c", "--quiet", "--init", "imagenet:")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()

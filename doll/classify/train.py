@@ -98,7 +98,7 @@ def member_inits(init: str, archs: list[str]) -> list[str]:
     before anything is trained."""
     values = [v.strip() for v in init.split(",") if v.strip()] or ["random"]
     for i, v in enumerate(values):
-        if v != "random" and not v.startswith("imagenet:"):
+        if v != "random" and not (v.startswith("imagenet:") and v.split(":", 1)[1].strip()):
             raise DollError(f"--init takes random or imagenet:/path/to/weights.safetensors (torchvision's weights for "
                             f"--arch, a local file: doll never downloads them), got {v!r}")
         if v.startswith("imagenet:"):
