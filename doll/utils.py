@@ -47,6 +47,11 @@ class RunOptions:
     overwrite: bool = False  # replace a previous run's output
     progress: bool = True  # progress bars
 
+    def __post_init__(self):
+        if self.resume and self.overwrite:  # each would silently win over the other somewhere
+            raise DollError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                            "--overwrite deletes it; pass one of them")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
@@ -140,6 +145,8 @@ def resolve_paths(settings, *fields: str) -> None:
         if not isinstance(value, str) or not value.strip() or value == "random":
             continue
         prefix = "imagenet:" if value.startswith("imagenet:") else ""
+        if not value[len(prefix):].strip():  # "imagenet:" names no file (not the current folder): the check says so
+            continue
         setattr(settings, name, prefix + str(Path(value[len(prefix):]).expanduser().resolve()))
 
 
@@ -154,7 +161,8 @@ def differing_keys(a: dict, b: dict, keys=None) -> list[str]:
 
 def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = "config.json",
                     settings: dict | None = None) -> Path:
-    """Create ``out``; refuse a folder that already holds a run unless resuming or overwriting.
+    """Create ``out``; refuse a folder that already holds a run unless resuming or overwriting,
+    and a folder of other files (no ``marker``, ``metrics.json`` or ``last.pt``) unless resuming.
     With ``settings`` (the command's settings, as written into ``config.json``), ``--resume``
     of a run made with other settings is refused: its finished models would be reported
     under the new settings.
@@ -169,6 +177,10 @@ def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
     with os_errors(out):
         lock_output(out)
         holds_run = out.is_dir() and any(out.iterdir())
+        ours = any((out / name).exists() for name in (marker, "metrics.json", "last.pt"))  # a run, killed or not
+        if holds_run and not resume and not ours:  # neither --resume nor --overwrite would do: another folder would
+            raise DollError(f"{out} is not empty and does not look like a doll run; choose another --out or empty it "
+                            "(--overwrite replaces only a doll run)")
         if holds_run and not (resume or overwrite):
             raise DollError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
         if holds_run and resume and settings is not None and (out / "config.json").is_file():
@@ -180,8 +192,6 @@ def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
                 raise DollError(f"--resume with different settings ({', '.join(changed)}) from the run in {out}; use "
                                 "its settings, or --overwrite to start again")
         if holds_run and overwrite and not resume:
-            if not (out / marker).exists() and not (out / "metrics.json").exists():
-                raise DollError(f"{out} is not empty and does not look like a doll run; refusing to delete it with --overwrite")
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         remove_leftover_temporaries(out)

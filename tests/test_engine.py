@@ -76,7 +76,7 @@ def test_pickle_checkpoints_are_refused_and_never_run(tmp_path, monkeypatch):
 
 
 def test_checkpoint_of_wrong_kind_is_refused(pipeline):
-    with pytest.raises(DollError, match="'segmenter'"):
+    with pytest.raises(DollError, match=r"is a classifier folder \(from doll train-classifiers\), not a segmenter"):
         read_config(Path(pipeline["classifiers"]) / "member_0", kind="segmenter")
 
 

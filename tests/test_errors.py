@@ -338,7 +338,8 @@ def test_paths_options_and_reruns_caught_before_anything_is_written(capsys, pipe
     expect_error(capsys, "--out is empty", "labels", "export", labels, "--out", "")
     (tmp_path / "afile").write_text("x")
     expect_error(capsys, "is a file; name a folder to export into", "labels", "export", labels, "--out", tmp_path / "afile")
-    expect_error(capsys, "is not empty; pass --overwrite", "labels", "export", labels, "--out", pipeline["classifiers"])
+    expect_error(capsys, "holds something other than an export; choose another --out", "labels", "export", labels,
+                 "--out", pipeline["classifiers"])  # not an export: --overwrite is not the fix
     expect_error(capsys, "holds something other than an export", "labels", "export", labels, "--out",
                  pipeline["classifiers"], "--overwrite")
     (tmp_path / "dir.h5").mkdir()

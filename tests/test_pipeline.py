@@ -153,7 +153,7 @@ def test_labels_refine_relabels_explained_classes_with_the_pretrained_segmenter(
     capsys.readouterr()
     cli("evaluate-labels", "--labels", out, "--json")  # the refined file is a label file like any other
     assert json.loads(capsys.readouterr().out)["pairs"] > 0
-    for model, says in ((pipeline["classifiers"] / "member_0", "needs a 'segmenter'"), (tmp_path / "none", "doll pretrain")):
+    for model, says in ((pipeline["classifiers"] / "member_0", "not a segmenter"), (tmp_path / "none", "doll pretrain")):
         code, err = cli_exit(capsys, "labels", "refine", pipeline["labels"], "--model", model, "--out", tmp_path / "x.h5")
         assert code != 0 and says in err
 

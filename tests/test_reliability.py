@@ -380,3 +380,125 @@ def test_init_messages_say_the_fix(phantom, tmp_path, capsys):
     for args in (ft, ["train-classifiers", "--root", phantom, "--out", tmp_path / "c", "--quiet"]):
         line = one_error(capsys, "expected a plain state dict of tensors", *args, "--init", f"imagenet:{junk}")
         assert "not a PyTorch file" in line and "Error)" not in line
+
+
+# -- 11. damaged rows: nothing copied, nothing left ------------------------------------------------
+
+def test_labels_merge_refuses_a_damaged_row(pipeline, tmp_path, capsys):
+    with h5py.File(pipeline["labels"], "r") as f:
+        ids = [p.decode() for p in f["paths"][:]]
+    one = tmp_path / "one.h5"
+    shutil.copy(pipeline["labels"], one)
+    corrupt(one, "saliency", [2])  # merge copies the stored chunks: it used to copy this one silently
+    merged = tmp_path / "m.h5"
+    one_error(capsys, f"{one} row 2 ({ids[2]}) is unreadable", "labels", "merge", one, "--out", merged)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["one.h5"]  # nothing left
+
+
+def test_damaged_rows_leave_no_export_and_no_pretrain_folder(pipeline, tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    shutil.copy(pipeline["labels"], bad)
+    corrupt(bad, "images", [5])
+    fragment = f"{bad} row 5 ("
+    one_error(capsys, fragment, "labels", "export", bad, "--out", tmp_path / "e", "--quiet")
+    assert not (tmp_path / "e").exists()
+    pretrain = ["pretrain", "--labels", bad, "--encoder", "resnet18", "--epochs", 1, "--batch-size", 8, "--quiet"]
+    one_error(capsys, fragment, *pretrain, "--out", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    # an earlier run or export given with --overwrite is kept as it was (refused before it is deleted)
+    pre = tmp_path / "pre"
+    shutil.copytree(pipeline["pretrain"], pre)
+    before = {p.relative_to(pre): p.read_bytes() for p in pre.rglob("*") if p.is_file()}
+    one_error(capsys, fragment, *pretrain, "--out", pre, "--overwrite")
+    assert {p.relative_to(pre): p.read_bytes() for p in pre.rglob("*") if p.is_file()} == before
+    cli("labels", "export", pipeline["labels"], "--out", tmp_path / "e2", "--quiet")
+    exported = sorted(p.relative_to(tmp_path / "e2") for p in (tmp_path / "e2").rglob("*"))
+    one_error(capsys, fragment, "labels", "export", bad, "--out", tmp_path / "e2", "--overwrite", "--quiet")
+    assert sorted(p.relative_to(tmp_path / "e2") for p in (tmp_path / "e2").rglob("*")) == exported
+
+
+# -- 12. explain warns about a label size that cannot be pretrained on ------------------------------
+
+def test_explain_warns_when_its_size_cannot_be_pretrained_on(pipeline, tmp_path, capsys):
+    explain = ["explain", "--classifiers", pipeline["classifiers"], "--root", pipeline["phantom"], "--split", "valid",
+               "--steps", 2, "--quiet"]
+    code, err = cli_exit(capsys, *explain, "--image-size", 36, "--out", tmp_path / "l36.h5")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "pretrain" in warnings[0] and "multiple of 8" in warnings[0], err
+    assert "--image-size 32 or 40" in warnings[0], warnings[0]
+    assert (tmp_path / "l36.h5").is_file()  # a warning: the labels are written all the same
+    code, err = cli_exit(capsys, *explain, "--image-size", 40, "--out", tmp_path / "l40.h5")
+    assert code == 0 and "warning:" not in err, err
+
+
+# -- 13. arguments checked before the output folder is made ----------------------------------------
+
+def test_train_classifiers_refusals_leave_no_out_folder(phantom, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "c"
+    for fragment, args in (("does not exist", ["--root", tmp_path / "nope"]),
+                           ("not a phantom data set", ["--root", tmp_path / "empty"]),
+                           ("unknown dataset 'cxr'", ["--root", phantom, "--dataset", "cxr"]),
+                           ("unknown --uncertain 'bogus'", ["--root", phantom, "--uncertain", "bogus"]),
+                           ("--valid-fraction", ["--root", phantom, "--valid-fraction", 1.5]),
+                           ("unknown --arch", ["--root", phantom, "--arch", "resnet19"])):
+        one_error(capsys, fragment, "train-classifiers", *args, "--out", out, "--members", 1, "--epochs", 1,
+                  "--image-size", SIZE, "--quiet")
+        assert not out.exists(), args
+
+
+# -- 14. --resume with --overwrite -------------------------------------------------------------------
+
+def test_resume_with_overwrite_is_refused(pipeline, tmp_path, capsys):
+    phantom = pipeline["phantom"]
+    for args in (["train-classifiers", "--root", phantom, "--out", tmp_path / "c"],
+                 ["explain", "--classifiers", pipeline["classifiers"], "--root", phantom, "--out", tmp_path / "l.h5"],
+                 ["pretrain", "--labels", pipeline["labels"], "--out", tmp_path / "p"],
+                 ["finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", phantom / "anatomy", "--out",
+                  tmp_path / "f", "--image-size", SIZE]):
+        one_error(capsys, "--resume and --overwrite", *args, "--resume", "--overwrite", "--quiet")
+    assert not any(p for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
+
+
+# -- 15. an --out holding other files: the fix offered works ------------------------------------------
+
+def test_out_holding_other_files_offers_a_fix_that_works(pipeline, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "letter.txt").write_text("my own file")
+    commands = (["train-classifiers", "--root", pipeline["phantom"], "--out", mine, "--quiet"],
+                ["pretrain", "--labels", pipeline["labels"], "--out", mine, "--quiet"],
+                ["labels", "export", pipeline["labels"], "--out", mine, "--quiet"])
+    for args in commands:
+        for flag in ((), ("--overwrite",)):
+            line = one_error(capsys, f"{mine} ", *args, *flag)
+            assert "choose another --out or empty it" in line and "--overwrite to replace" not in line, line
+    assert [p.name for p in mine.iterdir()] == ["letter.txt"]
+
+
+# -- 16. the kind of a folder is said before whether it finished ---------------------------------------
+
+def test_finetune_init_of_a_classifier_folder_says_what_it_is(pipeline, tmp_path, capsys):
+    ft = ["finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy", "--out",
+          tmp_path / "f", "--quiet"]
+    cls = pipeline["classifiers"]
+    for folder in (cls, cls / "member_0"):
+        line = one_error(capsys, f"{folder} is a classifier folder (from doll train-classifiers), not a segmenter",
+                         *ft, "--init", folder)
+        assert "unfinished" not in line
+    one_error(capsys, f"{cls} is a classifier folder", "labels", "refine", pipeline["labels"], "--model", cls,
+              "--out", tmp_path / "r.h5")
+    assert not (tmp_path / "f").exists() and not (tmp_path / "r.h5").exists()
+
+
+# -- 17. --init imagenet: with no file ------------------------------------------------------------------
+
+def test_init_imagenet_without_a_file_names_the_form(phantom, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the empty path used to become the current folder: "imagenet:/x is a folder"
+    one_error(capsys, "--init imagenet: names no file; write --init imagenet:/path/to/weights.safetensors", "finetune",
+              "--task", "jsrt", "--dataset", "jsrt", "--root", phantom / "anatomy", "--out", tmp_path / "o",
+              "--image-size", SIZE, "--quiet", "--init", "imagenet:")
+    one_error(capsys, "--init takes random or imagenet:/path/to/weights.safetensors", "train-classifiers", "--root",
+              phantom, "--out", tmp_path / "c", "--quiet", "--init", "imagenet:")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()

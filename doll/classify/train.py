@@ -60,6 +60,7 @@ class ClassifierSettings(RunOptions):
     num_workers: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if not str(self.root).strip():  # "" would be the current folder
             raise DollError("--root is required: the folder you unpacked the data set into")
 
@@ -97,7 +98,7 @@ def member_inits(init: str, archs: list[str]) -> list[str]:
     before anything is trained."""
     values = [v.strip() for v in init.split(",") if v.strip()] or ["random"]
     for i, v in enumerate(values):
-        if v != "random" and not v.startswith("imagenet:"):
+        if v != "random" and not (v.startswith("imagenet:") and v.split(":", 1)[1].strip()):
             raise DollError(f"--init takes random or imagenet:/path/to/weights.safetensors (torchvision's weights for "
                             f"--arch, a local file: doll never downloads them), got {v!r}")
         if v.startswith("imagenet:"):
@@ -122,9 +123,8 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         lung_model_config(s.lung_model)  # a bad --lung-model fails before any output is written
     device = dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     t0 = time.time()
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
-        else Path(s.out)
-    dist.barrier()
+    # the data, its labels and the label policies are checked (and the images decoded) before --out is made,
+    # as finetune does: a bad --root, --dataset, --uncertain or --valid-fraction leaves no empty folder
     opts = {"views": s.views, "valid_fraction": s.valid_fraction, "seed": s.seed}
     validation = "the data set's valid split" if s.valid_fraction == 0 else f"{s.valid_fraction:.0%} of train patients"
     fmt = open_dataset(s.dataset, s.root, **opts)
@@ -143,6 +143,9 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     y_val, w_val = apply_policy(labels_of(val, len(classes)), "ignore", "ignore")
     if w_train.sum() == 0:
         raise DollError("every training label is uncertain or blank under this policy; try --uncertain zeros")
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
+        else Path(s.out)
+    dist.barrier()
     if dist.is_main():
         write_json(out / "config.json", {"command": "train-classifiers", **asdict(s), "classes": classes,
                                          "member_archs": archs, "member_inits": inits, "n_train": len(train.items), "n_valid": len(val.items),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -36,6 +37,12 @@ from doll.models.lung_field import (
     lung_model_config,
     mask_images,
     predict_lung_masks,
+)
+from doll.models.segmenter import (
+    DECODERS,
+    DEFAULT_DECODER,
+    DEFAULT_ENCODER,
+    nearest_sizes,
 )
 from doll.outputs import releases_outputs
 from doll.train import distributed as dist
@@ -82,6 +89,7 @@ class ExplainSettings(RunOptions):
     image_size: int = 0  # 0: the classifiers' own size
 
     def __post_init__(self):
+        super().__post_init__()
         if not str(self.root).strip():  # "" would be the current folder
             raise DollError("--root is required: the folder you unpacked the data set into")
 
@@ -210,6 +218,11 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     with watch("load_classifiers"):
         members, classes = load_ensemble(s.classifiers, device)
     size = s.image_size or members[0][1]["image_size"]
+    multiple, near = nearest_sizes(DEFAULT_DECODER, DEFAULT_ENCODER, size)
+    if near and dist.is_main():  # labels are made all the same (another decoder may take them), but say so now
+        print(f"warning: labels of {size} px cannot be pretrained on: doll pretrain's {DECODERS[DEFAULT_DECODER]} "
+              f"needs a multiple of {multiple}; explain with --image-size {' or '.join(map(str, near))} to pretrain "
+              "on them", file=sys.stderr)
     explainer = make_explainer(s.method, steps=s.steps, baseline=s.baseline, batch_size=s.batch_size,
                                precision=s.precision, seed=s.seed)
     with watch("decode"):

@@ -14,6 +14,7 @@ from doll.models.adapters import MODES
 from doll.models.checkpoint import read_config, read_weights_file
 from doll.models.segmenter import (
     DEFAULT_DECODER,
+    DEFAULT_ENCODER,
     build_segmenter,
     check_decoder,
     check_encoder,
@@ -25,9 +26,6 @@ from doll.models.segmenter import (
 )
 from doll.train.engine import EngineSettings
 from doll.utils import RunOptions, check_fraction, check_positive
-
-
-DEFAULT_ENCODER = "resnet34"
 
 
 @dataclass
@@ -59,6 +57,7 @@ class FinetuneSettings(RunOptions):
     num_workers: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if not str(self.root).strip():  # "" would be the current folder
             raise DollError("--root is required: the folder you unpacked the data set into")
 

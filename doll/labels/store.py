@@ -67,7 +67,7 @@ class Blocks:
     """A row dataset given piece by piece, so that no process holds it whole: its full
     ``shape`` and an iterable of ``(first row, piece)``. A piece is a uint8 array of rows,
     or ``bytes``: one row as :func:`stored_rows` reads it from another label file, written
-    as is (no inflating and deflating again)."""
+    as is (inflated once to check it, never deflated again)."""
 
     def __init__(self, shape: tuple[int, ...], pieces):
         self.shape, self.pieces = tuple(shape), pieces
@@ -86,7 +86,8 @@ class Blocks:
 def stored_rows(ds: h5py.Dataset, rows):
     """The given rows of a label file's big dataset, one at a time: the compressed bytes of
     the row when the dataset has the layout :func:`write_label_file` gives it (one gzip
-    chunk per row), else the decoded row (an array of one row)."""
+    chunk per row), else the decoded row (an array of one row). A row whose chunk cannot be
+    read or does not inflate to a row raises :func:`row_error`: a damaged row is never copied."""
     ds = ds.ds if isinstance(ds, Rows) else ds
     as_stored = ds.chunks == (1, *ds.shape[1:]) and ds.compression == "gzip" and ds.dtype == np.uint8
     tail = (0,) * (ds.ndim - 1)
@@ -97,6 +98,9 @@ def stored_rows(ds: h5py.Dataset, rows):
             except OSError as exc:
                 raise unreadable_row(ds, int(i), exc) from None
             if filters == 0:  # every filter applied, as write_label_file stores it
+                reason = _check_row(ds, int(i), chunk)  # inflated once: a damaged chunk is never copied as is
+                if reason:
+                    raise row_error(ds, int(i), reason)
                 yield chunk
                 continue
         yield read_rows(ds, slice(int(i), int(i) + 1))
@@ -130,7 +134,13 @@ def unreadable_row(ds: h5py.Dataset, index, exc: Exception) -> DollError:
     if bad is None:
         return DollError(f"{path}: dataset {ds.name.lstrip('/')} is unreadable: {reason}; the file is damaged, "
                          "re-run doll explain")
-    return DollError(f"{path} row {bad} ({row_id(ds.file, bad)}) is unreadable: {reason}; re-run doll explain for it")
+    return row_error(ds, bad, reason)
+
+
+def row_error(ds: h5py.Dataset, row: int, reason: str) -> DollError:
+    """``<file> row N (<image id>) is unreadable: <reason>; re-run doll explain for it``."""
+    return DollError(f"{ds.file.filename} row {row} ({row_id(ds.file, row)}) is unreadable: {reason}; re-run doll "
+                     "explain for it")
 
 
 def _row_readable(ds: h5py.Dataset, row: int) -> bool:
@@ -359,6 +369,19 @@ class LabelFile:
                         if reason:
                             bad.append({"row": i, "id": row_id(self.f, i), "dataset": key, "reason": reason})
         return bad
+
+    def require_readable(self) -> None:
+        """Refuse a file with a damaged row before anything is written from it (``labels
+        export``, ``pretrain``): :meth:`verify`'s first unreadable row as :func:`row_error`.
+        One pass over the file's chunks, less than one epoch of pretraining reads."""
+        bad = self.verify()
+        if not bad:
+            return
+        first = bad[0]
+        if first["row"] is None:
+            raise DollError(f"{self.path}: dataset {first['dataset']} is unreadable: {first['reason']}; the file is "
+                            "damaged, re-run doll explain")
+        raise row_error(self.f[first["dataset"]], first["row"], first["reason"])
 
     def paths(self) -> list[str]:
         return [p.decode() if isinstance(p, bytes) else p for p in self.f["paths"][:]]

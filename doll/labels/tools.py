@@ -121,12 +121,14 @@ def export(labels: str, out: str, fmt: str = "png", label_rule: str = "", progre
     if out_dir.exists() and not out_dir.is_dir():
         raise DollError(f"--out {out_dir} is a file; name a folder to export into")
     with LabelFile(labels) as lf, os_errors(out_dir):
+        lf.require_readable()  # a damaged row is found before the export is started (or an earlier one deleted)
         lock_output(out_dir)
         if out_dir.is_dir() and any(out_dir.iterdir()):
+            if not (out_dir / "export.json").is_file():  # --overwrite would not do: the fix is another folder
+                raise DollError(f"--out {out_dir} holds something other than an export; choose another --out or "
+                                "empty it (--overwrite replaces only an earlier export)")
             if not overwrite:
                 raise DollError(f"--out {out_dir} is not empty; pass --overwrite to replace an earlier export there")
-            if not (out_dir / "export.json").is_file():
-                raise DollError(f"--out {out_dir} holds something other than an export; refusing to delete it")
             shutil.rmtree(out_dir)
         count = 0
         classes, rule, paths = lf.classes, check_rule(label_rule or lf.label_rule), lf.paths()

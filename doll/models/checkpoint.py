@@ -72,6 +72,34 @@ def require_finished(folder: str | Path, what: str = "run") -> None:
                         f"{METRICS_FILE}); finish it with --resume")
 
 
+# what a folder is, for messages: a checkpoint's doll.kind, or the command of a run folder whose config.json is the
+# run's own (an ensemble's top folder, a finetune run's top folder)
+KIND_NAMES = {"classifier": "a classifier folder (from doll train-classifiers)",
+              "segmenter": "a segmenter (a doll pretrain folder, or the model/ folder of a doll finetune run)",
+              "finetune": "a doll finetune run (its segmenter is in its model/ folder)"}
+RUN_KINDS = {"train-classifiers": "classifier", "finetune": "finetune"}
+
+
+def require_kind(folder: str | Path, kind: str) -> None:
+    """Refuse a folder of another kind than ``kind``, saying what it is: checked before
+    :func:`require_finished`, since a run folder of another stage (whose metrics.json has no
+    finished marker) is not an unfinished run of this one. A folder whose kind is unknown passes."""
+    folder = Path(folder)
+    config = {}
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    if not isinstance(config, dict):
+        return
+    doll = config.get("doll") if isinstance(config.get("doll"), dict) else {}
+    found = doll.get("kind") or RUN_KINDS.get(config.get("command"))
+    if found is not None and found != kind:
+        raise DollError(f"{folder} is {_kind_name(found)}, not {_kind_name(kind)}")
+
+
+def _kind_name(kind: str) -> str:
+    return KIND_NAMES.get(kind, f"a {kind!r} checkpoint")
+
+
 def save_weights(path: str | Path, model: torch.nn.Module) -> None:
     """The model's weights as a safetensors file, written atomically."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
@@ -98,6 +126,8 @@ def read_config(folder: str | Path, kind: str | None = None) -> dict:
                             "(torchvision's weights for the encoder, a local file; doll never downloads them)")
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise DollError(f"checkpoint folder {folder} {what}; point --init/--classifiers at a doll output folder")
+    if kind is not None:
+        require_kind(folder, kind)  # before the finished check: another stage's folder is not an unfinished run
     require_finished(folder)  # before the files' checks: a run killed early has last.pt but no model yet
     if not (folder / MODEL_FILE).exists():
         pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]

@@ -22,6 +22,7 @@ from torch import nn
 from doll.errors import DollError
 
 DEFAULT_DECODER = "pspnet"
+DEFAULT_ENCODER = "resnet34"
 DECODERS = {"pspnet": "PSPNet", "unet": "Unet", "unetplusplus": "UnetPlusPlus", "deeplabv3plus": "DeepLabV3Plus",
             "fpn": "FPN"}
 ENCODERS = ("resnet18", "resnet34", "resnet50", "densenet121")
@@ -63,14 +64,21 @@ def size_multiple(model: nn.Module) -> int:
     return int(getattr(model.encoder, "output_stride", 32))
 
 
+def nearest_sizes(decoder: str, encoder: str, size: int) -> tuple[int, list[int]]:
+    """The multiple the network needs and, when ``size`` is not one, the nearest sizes it can
+    take (below and above; empty when it can take ``size``)."""
+    m = size_multiple(_create(decoder, encoder, 1, False))
+    if size >= m and not size % m:
+        return m, []
+    return m, [v for v in ((size // m) * m, (size // m + 1) * m) if v >= m]
+
+
 def check_image_size(decoder: str, encoder: str, size: int, option: str = "--image-size") -> None:
     """Refuse, before any work, an image size the network cannot take, naming the nearest valid ones."""
-    m = size_multiple(_create(decoder, encoder, 1, False))
-    if size < m or size % m:
-        lower, upper = (size // m) * m, (size // m + 1) * m
-        near = " or ".join(str(v) for v in (lower, upper) if v >= m)
+    m, near = nearest_sizes(decoder, encoder, size)
+    if near:
         raise DollError(f"{option} {size}: a {DECODERS[decoder]} with a {encoder} encoder needs a multiple of {m} "
-                        f"(at least {m}); use {near}")
+                        f"(at least {m}); use {' or '.join(map(str, near))}")
 
 
 def freeze_unused(model: nn.Module, size: int = 64) -> int:

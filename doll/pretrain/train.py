@@ -26,6 +26,7 @@ from doll.labels.rule import apply_rule, check_rule
 from doll.labels.store import LabelFile, read_rows
 from doll.models.segmenter import (
     DEFAULT_DECODER,
+    DEFAULT_ENCODER,
     build_segmenter,
     check_decoder,
     check_encoder,
@@ -53,7 +54,7 @@ class PretrainSettings(RunOptions):
     out: str = "artifacts/pretrain"
     dataset: str = ""  # the data set the labels came from, for the patient-level split (default: the file's)
     decoder: str = DEFAULT_DECODER
-    encoder: str = "resnet34"
+    encoder: str = DEFAULT_ENCODER
     epochs: int = 10
     max_steps: int = 0  # the budget in optimiser steps; wins over --epochs (0: --epochs' worth)
     val_every: int = 0  # optimiser steps between evaluations (0: about ten per run)
@@ -159,6 +160,7 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
         raise DollError(f"--val-fraction must be in [0, 1), got {s.val_fraction}")
     t0 = time.time()
     with LabelFile(s.labels) as lf:
+        lf.require_readable()  # a damaged row is refused before --out is touched, not when a batch draws it
         rule = check_rule(s.label_rule or lf.label_rule)
         done = np.flatnonzero(lf.done)
         data = LabelRows(lf, done, rule, s.soft)
