@@ -162,7 +162,7 @@ def differing_keys(a: dict, b: dict, keys=None) -> list[str]:
 def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = "config.json",
                     settings: dict | None = None) -> Path:
     """Create ``out``; refuse a folder that already holds a run unless resuming or overwriting,
-    and a folder of other files (no ``marker``, ``metrics.json`` or ``last.pt``) unless resuming.
+    and always a folder of other files (no ``marker``, ``metrics.json`` or ``last.pt``).
     With ``settings`` (the command's settings, as written into ``config.json``), ``--resume``
     of a run made with other settings is refused: its finished models would be reported
     under the new settings.
@@ -178,7 +178,7 @@ def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
         lock_output(out)
         holds_run = out.is_dir() and any(out.iterdir())
         ours = any((out / name).exists() for name in (marker, "metrics.json", "last.pt"))  # a run, killed or not
-        if holds_run and not resume and not ours:  # neither --resume nor --overwrite would do: another folder would
+        if holds_run and not ours:  # neither --resume nor --overwrite would do: another folder would
             raise DollError(f"{out} is not empty and does not look like a doll run; choose another --out or empty it "
                             "(--overwrite replaces only a doll run)")
         if holds_run and not (resume or overwrite):

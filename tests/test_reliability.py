@@ -471,7 +471,7 @@ def test_out_holding_other_files_offers_a_fix_that_works(pipeline, tmp_path, cap
                 ["pretrain", "--labels", pipeline["labels"], "--out", mine, "--quiet"],
                 ["labels", "export", pipeline["labels"], "--out", mine, "--quiet"])
     for args in commands:
-        for flag in ((), ("--overwrite",)):
+        for flag in ((), ("--overwrite",), ("--resume",))[:2 if args[0] == "labels" else 3]:
             line = one_error(capsys, f"{mine} ", *args, *flag)
             assert "choose another --out or empty it" in line and "--overwrite to replace" not in line, line
     assert [p.name for p in mine.iterdir()] == ["letter.txt"]
