@@ -231,3 +231,23 @@ def test_label_efficiency_paired(tmp_path, pipeline, capsys):
 
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_arms_pairs_cells_across_outputs_by_mode_fraction_and_seed(tmp_path, capsys):
+    """benchmarks/compare_arms.py: only cells with the same mode, fraction and seed form pairs."""
+    import compare_arms
+
+    def write(out, decoder, values):
+        cells = [{"init": "random", "mode": m, "fraction": f, "seed": s, "mean_iou": v} for (m, f, s), v in values.items()]
+        (tmp_path / out).mkdir()
+        (tmp_path / out / "label_efficiency.json").write_text(json.dumps({"settings": {"decoder": decoder}, "cells": cells}))
+
+    write("a", "pspnet", {("full", 0.05, 0): 0.60, ("full", 0.05, 1): 0.64, ("full", 0.05, 2): 0.62,
+                          ("adapter", 0.05, 0): 0.5})
+    write("b", "unet", {("full", 0.05, 0): 0.70, ("full", 0.05, 1): 0.76, ("full", 0.05, 3): 0.99})
+    rows = compare_arms.main([f"{tmp_path / 'a'}:random", f"{tmp_path / 'b'}:random"])
+    assert len(rows) == 1 and rows[0]["seeds"] == [0, 1]  # seed 2, seed 3 and the adapter cell have no partner
+    assert rows[0]["diff"]["mean"] == pytest.approx(0.11) and rows[0]["diff"]["interval"] is not None
+    assert "| full | 0.05 | 2 | 0.620 ± 0.028 | 0.730 ± 0.042 | +0.110 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no finished cell of arm 'doll'"):
+        compare_arms.main([f"{tmp_path / 'a'}:doll", f"{tmp_path / 'b'}:random"])
