@@ -399,9 +399,10 @@ def judge_one_proceeds(ctx: Ctx, case: Case, r: dict) -> str:
 
 
 def mid_run_overwrite(ctx: Ctx, case: Case) -> dict:
-    """pretrain --epochs 3 into pm/; once pm/last.pt exists, the same command with --overwrite."""
-    args = ["pretrain", "--labels", "l.h5", "--encoder", "resnet18", "--epochs", "3", "--batch-size", "2", "--quiet",
-            "--out", "pm"]
+    """pretrain (400 steps) into pm/; once pm/last.pt exists, the same command with --overwrite. The first
+    run must outlast the second's start-up (imports, checks: seconds on a loaded CPU), hence 400 steps."""
+    args = ["pretrain", "--labels", "l.h5", "--encoder", "resnet18", "--max-steps", "400", "--batch-size", "2",
+            "--quiet", "--out", "pm"]
     t0 = time.monotonic()
     first = ctx.popen(args)
     while not ctx.p("pm/last.pt").exists() and first.poll() is None and time.monotonic() - t0 < ctx.timeout:
