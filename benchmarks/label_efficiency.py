@@ -651,6 +651,7 @@ def main(argv=None) -> dict:
     from doll.finetune.settings import FinetuneSettings, check_settings, image_size, init_is_folder
     from doll.models.checkpoint import read_config
     from doll.models.segmenter import DEFAULT_DECODER, saved_decoder
+    from doll.outputs import OutputInUse
     from doll.utils import resolve_paths
 
     out = Path(a.out)
@@ -741,8 +742,14 @@ def main(argv=None) -> dict:
         else:
             t = time.time()
             log(f"== {name}: training {a.max_steps} steps ...")
-            with contextlib.redirect_stdout(sys.stderr):  # the stages' lines; stdout is the table
-                doll.finetune(settings_for(arm, mode, fraction, seed, folder))
+            try:
+                with contextlib.redirect_stdout(sys.stderr):  # the stages' lines; stdout is the table
+                    doll.finetune(settings_for(arm, mode, fraction, seed, folder))
+            except OutputInUse as exc:  # another instance took this cell since state() looked
+                log(f"== {name}: {exc}: skipped")
+                doc["skipped"].append(str(name))
+                write(out, doc)
+                continue
             log(f"== {name}: done in {time.time() - t:.0f} s")
             metrics = finished_run(folder, a.max_steps)
             if metrics is None:

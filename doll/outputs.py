@@ -73,6 +73,11 @@ _HELD: dict[tuple[str, int], object] = {}
 _HELD_GUARD = threading.Lock()
 
 
+class OutputInUse(DollError):
+    """Another process (or thread) writes this output now: a benchmark running cells in
+    parallel treats the cell as running elsewhere."""
+
+
 def lock_file_of(out: str | Path) -> Path:
     """The lock file of an output: ``.<name>.lock`` next to it (outside it, so that
     ``--overwrite`` deleting a folder does not delete the lock a waiting writer checks)."""
@@ -108,7 +113,7 @@ def lock_output(out: str | Path) -> None:
         except Timeout:
             owner = _owner(path) or before
             who = f"process {owner[0]} on {owner[1]}" if owner else "another process"
-            raise DollError(f"{out} is in use by {who}; wait for it to finish, or stop it, or choose another "
+            raise OutputInUse(f"{out} is in use by {who}; wait for it to finish, or stop it, or choose another "
                             "--out") from None
         with contextlib.suppress(OSError):  # who holds it, for the message of a refused writer (best effort)
             path.write_text(f"{os.getpid()} {socket.gethostname()}\n")

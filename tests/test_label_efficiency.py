@@ -251,3 +251,36 @@ def test_compare_arms_pairs_cells_across_outputs_by_mode_fraction_and_seed(tmp_p
     assert "| full | 0.05 | 2 | 0.620 ± 0.028 | 0.730 ± 0.042 | +0.110 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no finished cell of arm 'doll'"):
         compare_arms.main([f"{tmp_path / 'a'}:doll", f"{tmp_path / 'b'}:random"])
+
+
+def test_a_cell_another_process_is_writing_is_skipped_not_a_crash(tmp_path, capsys):
+    """Two instances of the benchmark on one --out share its cells: a cell whose output lock
+    another writer holds is skipped (it crashed with 'in use' before)."""
+    import threading
+
+    from doll.outputs import lock_output, release_outputs
+
+    le = load_bench()
+    doll.make_phantoms(tmp_path / "ph", n=40, size=32, progress=False)
+    out = tmp_path / "le"
+    taken, done = threading.Event(), threading.Event()
+
+    def other_writer():  # another thread counts as another writer
+        lock_output(out / "random_full_1" / "seed_0")
+        taken.set()
+        done.wait(120)
+        release_outputs()
+
+    t = threading.Thread(target=other_writer)
+    t.start()
+    taken.wait(30)
+    try:
+        _, err = run(le, capsys, "--root", tmp_path / "ph" / "anatomy", "--inits", "random", "--modes", "full",
+                     "--fractions", "1.0", "--seeds", 2, "--max-steps", 1, "--image-size", 32, "--encoder",
+                     "resnet18", "--device", "cpu", "--bootstrap", 100, "--out", out)
+    finally:
+        done.set()
+        t.join()
+    doc = json.loads((out / "label_efficiency.json").read_text())
+    assert doc["skipped"] == ["random_full_1/seed_0"] and [c["seed"] for c in doc["cells"]] == [1]
+    assert "is in use by" in err
