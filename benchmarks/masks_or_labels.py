@@ -46,6 +46,7 @@ from label_efficiency import (
     floats,
     fmt,
     fmt_interval,
+    log,
     settings_differences,
 )
 
@@ -53,10 +54,6 @@ NAME = "masks_or_labels.json"
 REFERENCE_C = "classifier"  # claim (c): classifier − method
 REFERENCE_D = "segmentation_only"  # claim (d): method − segmentation only
 NETWORKS = {"seg4cls": ("segmenter", "classifier", "multitask"), "mixed": ("segmentation_only",)}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

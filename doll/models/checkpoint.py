@@ -140,8 +140,8 @@ def read_config(folder: str | Path, kind: str | None = None) -> dict:
         doll = config["doll"]
     except (OSError, ValueError, KeyError):
         raise DollError(f"{folder / CONFIG_FILE} is missing or not a doll checkpoint config") from None
-    if kind is not None and doll.get("kind") != kind:
-        raise DollError(f"{folder} holds a {doll.get('kind')!r} checkpoint, this command needs a {kind!r} one")
+    if kind is not None and doll.get("kind") != kind:  # another kind was refused by require_kind: here it names none
+        raise DollError(f"{folder / CONFIG_FILE} names no doll kind; this command needs {_kind_name(kind)}")
     return config
 
 
