@@ -27,7 +27,7 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +126,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--transfer", default="all", choices=("all", "encoder"),
                    help="what the pretrained arms bring: all (encoder and decoder, the method) or encoder "
                         "(a new decoder and head, as random init makes them)")
+    p.add_argument("--pretrained-lr", type=float, default=1.0,
+                   help="the pretrained arms' pretrained layers train at this multiple of --lr (full mode; "
+                        "the new head keeps --lr; default 1)")
     p.add_argument("--image-size", type=int, default=0,
                    help="0: the first pretrained folder's size for every arm, else finetune's default")
     p.add_argument("--device", default="auto")
@@ -235,6 +238,9 @@ def settings_differences(folder: Path, want, max_steps: int) -> list[str]:
     if not config.is_file():
         return ["config.json missing"]
     stored, given = read_json(config), json.loads(json.dumps(asdict(want)))
+    # a setting newer than the stored run: it ran with that setting's default
+    stored = {**{f.name: f.default for f in fields(want) if f.name not in stored and f.default is not MISSING},
+              **stored}
     skip = {*RUN_ONLY_SETTINGS, "epochs", "max_steps", "val_every", "image_size"}
     if init_is_folder(want.init):
         skip |= {"encoder", "decoder"}  # a pretrained folder fixes its network; these are ignored
@@ -672,6 +678,7 @@ def main(argv=None) -> dict:
                              label_fraction=fraction, encoder=encoder,
                              decoder=DEFAULT_DECODER if init_is_folder(arm.init) else decoder,
                              transfer=a.transfer if init_is_folder(arm.init) else "all",
+                             pretrained_lr=a.pretrained_lr if arm.init != "random" and mode == "full" else 1.0,
                              image_size=size, max_steps=a.max_steps, val_every=a.val_every,
                              batch_size=a.batch_size, lr=a.lr, seeds=1, seed=seed, device=a.device,
                              out=str(folder), overwrite=True, progress=False)
@@ -699,7 +706,7 @@ def main(argv=None) -> dict:
                 "modes": a.modes, "fractions": a.fractions, "seeds": seeds, "max_steps": a.max_steps,
                 "val_every": a.val_every, "val_every_used": effective_val_every(a.val_every, a.max_steps),
                 "batch_size": a.batch_size, "lr": a.lr, "encoder": encoder, "decoder": decoder,
-                "transfer": a.transfer, "image_size": size, "image_size_used": sizes[arms[0].name], "device": a.device,
+                "transfer": a.transfer, "pretrained_lr": a.pretrained_lr, "image_size": size, "image_size_used": sizes[arms[0].name], "device": a.device,
                 "bootstrap": {"resamples": a.bootstrap, "seed": a.bootstrap_seed}, "phantom": a.phantom,
                 "order": "mode, fraction, seed, init (the arms of a pair run one after another)"}
     grid = [(arm, mode, fraction, seed) for mode in a.modes for fraction in a.fractions for seed in seeds

@@ -15,6 +15,7 @@ def finetune(
     init: str = typer.Option("random", "--init", help="A `doll pretrain` output folder, random, or imagenet:/path/to/local/weights."),
     out: Path = typer.Option(Path("artifacts/finetune"), "--out", help="Output folder."),
     transfer: str = typer.Option("all", "--transfer", help="With a pretrained --init: all (encoder and decoder, the method) or encoder (a new decoder and head)."),
+    pretrained_lr: float = typer.Option(1.0, "--pretrained-lr", help="With a pretrained --init and --mode full: the pretrained layers' learning rate as a multiple of --lr (e.g. 0.1); the new head keeps --lr."),
     mode: str = typer.Option("full", "--mode", help="full (all weights), adapter (frozen network + small adapters + new head) or head (new head only)."),
     label_fraction: float = typer.Option(1.0, "--label-fraction", help="Fraction of the training masks to use, in (0, 1] (at least one image)."),
     decoder: str = typer.Option("pspnet", "--decoder", help="Segmenter for random/imagenet init (a pretrain folder brings its own): pspnet, unet, unetplusplus, deeplabv3plus or fpn."),
@@ -43,7 +44,7 @@ def finetune(
 
     if pseudo and boosted:
         raise DollError("--pseudo and --boosted are two ways to train the student; choose one")
-    result = run(task=task, dataset=dataset, root=str(root), init=init, out=str(out), mode=mode, transfer=transfer,
+    result = run(task=task, dataset=dataset, root=str(root), init=init, out=str(out), mode=mode, transfer=transfer, pretrained_lr=pretrained_lr,
                  label_fraction=label_fraction, decoder=decoder, encoder=encoder, image_size=image_size, fold=fold, epochs=epochs, max_steps=max_steps, val_every=val_every,
                  batch_size=batch_size, lr=lr, seeds=seeds, accumulate=accumulate, strict=strict, summarizer=summarizer,
                  pseudo="boosted" if boosted else "pseudo" if pseudo else "none", pooling=pooling, baselines=baselines, num_workers=num_workers, device=device, seed=seed,

@@ -284,3 +284,20 @@ def test_a_cell_another_process_is_writing_is_skipped_not_a_crash(tmp_path, caps
     doc = json.loads((out / "label_efficiency.json").read_text())
     assert doc["skipped"] == ["random_full_1/seed_0"] and [c["seed"] for c in doc["cells"]] == [1]
     assert "is in use by" in err
+
+
+def test_a_cell_run_before_a_setting_existed_counts_as_run_with_its_default(tmp_path):
+    """A finished cell whose config.json predates a finetune setting (e.g. --pretrained-lr)
+    ran with that setting's default: it is reused, not refused as 'other settings'; a stored
+    value that differs is still a difference."""
+    from doll.finetune.settings import FinetuneSettings
+
+    le = load_bench()
+    want = FinetuneSettings(task="lung", dataset="covidqu", root=str(tmp_path), image_size=32, max_steps=10,
+                            encoder="resnet18")
+    stored = {**json.loads(json.dumps(__import__("dataclasses").asdict(want))), "image_size_used": 32}
+    del stored["pretrained_lr"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert le.settings_differences(tmp_path, want, 10) == []
+    (tmp_path / "config.json").write_text(json.dumps({**stored, "pretrained_lr": 0.1}))
+    assert le.settings_differences(tmp_path, want, 10) == ["pretrained_lr"]

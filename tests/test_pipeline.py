@@ -411,3 +411,28 @@ def test_validation_iou_is_reduced_per_image_on_the_device():
                 for i in range(6) if truth[i, k].any() and valid[i, k] > 0]
         per.append(np.mean(ious))
     assert SegmentationTask(["a", "b", "c"]).metrics(out)["iou"] == pytest.approx(np.mean(per), abs=1e-12)
+
+
+def test_pretrained_lr_slows_the_pretrained_layers_only(pipeline, tmp_path, capsys):
+    """--pretrained-lr 0.1: every weight the pretrained folder filled trains at a tenth of
+    --lr, the new head at --lr (issue 28's lower learning rate for pretrained layers)."""
+    from doll.models.checkpoint import load_train_state
+    from tests.test_errors import expect_error
+
+    run = ("finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy")
+    out = tmp_path / "slow"
+    cli(*run, "--init", pipeline["pretrain"], "--pretrained-lr", 0.1, "--max-steps", 2, "--out", out)
+    groups = load_train_state(out / "model" / "last.pt")["optimizer"]["param_groups"]
+    assert sorted(g["initial_lr"] for g in groups) == pytest.approx([1e-4, 1e-3])
+    weights = read(out / "metrics.json")["trainable_params"]
+    from safetensors.torch import load_file
+
+    head = sum(v.numel() for k, v in load_file(str(out / "model" / "model.safetensors")).items()
+               if k.startswith("segmentation_head."))
+    fast = next(g for g in groups if g["initial_lr"] == pytest.approx(1e-3))
+    assert len(fast["params"]) == 2 and head < weights  # the head's weight and bias
+    expect_error(capsys, "pretrained --init", *run, "--pretrained-lr", 0.1, "--out", tmp_path / "r")
+    expect_error(capsys, "--mode full only", *run, "--init", pipeline["pretrain"], "--mode", "adapter",
+                 "--pretrained-lr", 0.1, "--out", tmp_path / "a")
+    expect_error(capsys, "--pretrained-lr", *run, "--init", pipeline["pretrain"], "--pretrained-lr", 0,
+                 "--out", tmp_path / "z")

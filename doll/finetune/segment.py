@@ -34,6 +34,7 @@ from doll.finetune.settings import (
     engine_settings,
     image_size,
     label_subset,
+    pretrained_parameters,
 )
 from doll.models.adapters import set_mode
 from doll.models.segmenter import checkpoint_config, smp_config
@@ -128,13 +129,14 @@ def one_seed(s: FinetuneSettings, names, train, test, size: int, out: Path) -> d
     subset = label_subset(len(images), s.label_fraction, s.seed)
     k = len(subset)
     model, init_info = build_model(s, len(names))
+    lr_scales = dict.fromkeys(pretrained_parameters(model, s), s.pretrained_lr) if s.pretrained_lr != 1.0 else None
     params = set_mode(model, s.mode, size)
     task = WholeMaskTask(names, background_weight=1.0, dice_weight=0.5)
     train_set = ArrayDataset(images, masks=masks, augment=True, seed=s.seed, indices=subset)
     test_set = ArrayDataset(test[0], masks=test[1])
     ck = {**checkpoint_config(model, init_info["encoder"], names, size, "finetune", NORMALISATION, task=s.task,
                               mode=s.mode), **init_info, "run": {"command": "finetune", **asdict(s)}}
-    engine = Engine(model, task, engine_settings(s, min(s.batch_size, k)), out, ck, smp_config(model))
+    engine = Engine(model, task, engine_settings(s, min(s.batch_size, k)), out, ck, smp_config(model), lr_scales=lr_scales)
     hist = engine.fit(train_set, test_set, resume=s.resume)
     pred = predict_all(engine.model, task, test_set, s.batch_size, engine.device)
     scores = segmentation_scores(pred["pred"], pred["truth"], names)

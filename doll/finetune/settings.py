@@ -37,6 +37,7 @@ class FinetuneSettings(RunOptions):
     out: str = "artifacts/finetune"
     mode: str = "full"  # full | adapter | head
     transfer: str = "all"  # with a pretrained --init: all (encoder and decoder) or encoder (a new decoder)
+    pretrained_lr: float = 1.0  # the pretrained layers' learning rate, as a multiple of --lr (full mode)
     label_fraction: float = 1.0
     decoder: str = DEFAULT_DECODER  # for random / imagenet init (a pretrain folder fixes its own)
     encoder: str = DEFAULT_ENCODER  # for random / imagenet init (a pretrain folder fixes its own)
@@ -75,7 +76,8 @@ class TaskRunner:
 TASK_ONLY_OPTIONS = {"summarizer": ("all", ("seg4cls",), "--summarizer"),
                      "pseudo": ("none", ("seg4cls",), "--pseudo / --boosted"),
                      "baselines": (True, ("seg4cls",), "--no-baselines"),
-                     "pooling": ("max,amp-mlp", ("mixed",), "--pooling")}
+                     "pooling": ("max,amp-mlp", ("mixed",), "--pooling"),
+                     "pretrained_lr": (1.0, ("jsrt", "lung", "covid"), "--pretrained-lr")}
 
 
 TRANSFERS = ("all", "encoder")
@@ -107,6 +109,13 @@ def check_settings(s: FinetuneSettings) -> None:
     if s.transfer != "all" and not init_is_folder(s.init):
         raise DollError("--transfer applies to a pretrained --init folder only")
     check_init(s.init)
+    if s.pretrained_lr != 1.0:
+        if s.init == "random":
+            raise DollError("--pretrained-lr applies to a pretrained --init (a folder or imagenet:FILE) only")
+        if s.mode != "full":
+            raise DollError(f"--pretrained-lr applies to --mode full only (--mode {s.mode} freezes the pretrained "
+                            "layers)")
+        check_positive(pretrained_lr=s.pretrained_lr)
     check_fraction(s.label_fraction)
     check_positive(batch_size=s.batch_size, seeds=s.seeds, lr=s.lr, accumulate=s.accumulate)
     if s.max_steps < 0 or s.val_every < 0 or s.epochs < 0:
@@ -224,6 +233,17 @@ def build_model(s: FinetuneSettings, n_out: int):
     drop_aux_head(model)
     replace_head(model, n_out)
     return model, info
+
+
+def pretrained_parameters(model, s: FinetuneSettings) -> list[str]:
+    """The names of ``model``'s parameters that ``--init`` filled: every one but the new
+    head's with a pretrained folder transferred whole, else the encoder's (``--transfer
+    encoder``, imagenet:FILE); none with random init. Call before adapters are attached."""
+    if s.init == "random":
+        return []
+    whole = init_is_folder(s.init) and s.transfer == "all"
+    return [n for n, _ in model.named_parameters()
+            if (not n.startswith("segmentation_head.") if whole else n.startswith("encoder."))]
 
 
 def choices(value: str, allowed: tuple[str, ...], option: str) -> list[str]:

@@ -142,12 +142,17 @@ def predict_all(model, task, dataset, batch_size: int, device: torch.device, num
 
 class Engine:
     def __init__(self, model: torch.nn.Module, task, settings: EngineSettings, out: str | Path,
-                 checkpoint_config: dict, extra_config: dict | None = None):
+                 checkpoint_config: dict, extra_config: dict | None = None, lr_scales: dict[str, float] | None = None):
+        """``lr_scales``: parameter name -> multiplier of the learning rate (e.g. a lower rate for
+        pretrained layers); parameters not named train at ``settings.lr``."""
         check_positive(epochs=settings.epochs, batch_size=settings.batch_size, accumulate=settings.accumulate, lr=settings.lr)
         if settings.max_steps < 0 or settings.val_every < 0:
             raise DollError("--max-steps and --val-every must be positive (0: derive them)")
         self.s = settings
         self.task = task
+        self.lr_scales = dict(lr_scales or {})
+        if any(not v > 0 for v in self.lr_scales.values()):
+            raise DollError("learning-rate multipliers must be positive")
         self.out = Path(out)
         self.checkpoint_config = checkpoint_config
         self.extra_config = extra_config
@@ -166,6 +171,17 @@ class Engine:
         # every trainable weight must get a gradient each step, or DDP stalls (build_segmenter freezes the
         # encoder stages smp's PSPNet keeps but never runs)
         return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _param_groups(self) -> list[dict]:
+        """The trainable parameters, one optimiser group per learning-rate multiplier (in a
+        fixed order, so that a resumed run's optimiser state matches its groups)."""
+        groups: dict[float, list] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault(self.lr_scales.get(name, 1.0), []).append(p)
+        if not groups:
+            raise DollError("nothing to train: every weight is frozen")
+        return [{"params": ps, "lr": self.s.lr * scale} for scale, ps in sorted(groups.items(), reverse=True)]
 
     def budget(self, n_train: int) -> tuple[int, int, int]:
         """(optimiser steps per epoch, total steps, steps between evaluations) for ``n_train`` images."""
@@ -192,10 +208,7 @@ class Engine:
         if n_batches == 0:
             raise DollError(f"no training batches: {len(train_set)} images with --batch-size {s.batch_size}")
         steps_per_epoch, total, val_every = self.budget(len(train_set))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise DollError("nothing to train: every weight is frozen")
-        opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        opt = torch.optim.AdamW(self._param_groups(), lr=s.lr, weight_decay=s.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(s.warmup * total))))
         state = {"step": 0, "epoch": 0, "batch": 0, "images_seen": 0, "history": [], "best": None, "best_step": -1,
                  "bad_evals": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "max_steps": total}
