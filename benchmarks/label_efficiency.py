@@ -686,12 +686,13 @@ def main(argv=None) -> dict:
         return s
 
     sizes = {}
-    for arm in arms:  # refuse bad arms before anything runs
-        s = settings_for(arm, a.modes[0], a.fractions[0], seeds[0], out)
-        try:
-            check_settings(s)
-        except DollError as exc:
-            raise SystemExit(f"label_efficiency: --inits {arm.name}: {exc}") from None
+    for arm in arms:  # refuse bad arms before anything runs (in every mode: --pretrained-lr applies to full only)
+        for mode in a.modes:
+            s = settings_for(arm, mode, a.fractions[0], seeds[0], out)
+            try:
+                check_settings(s)
+            except DollError as exc:
+                raise SystemExit(f"label_efficiency: --inits {arm.name}: {exc}") from None
         sizes[arm.name] = image_size(s)
         if init_is_folder(arm.init):
             cfg = read_config(s.init, kind="segmenter")

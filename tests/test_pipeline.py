@@ -417,7 +417,7 @@ def test_pretrained_lr_slows_the_pretrained_layers_only(pipeline, tmp_path, caps
     """--pretrained-lr 0.1: every weight the pretrained folder filled trains at a tenth of
     --lr, the new head at --lr (issue 28's lower learning rate for pretrained layers)."""
     from doll.models.checkpoint import load_train_state
-    from tests.test_errors import expect_error
+    from test_errors import expect_error
 
     run = ("finetune", "--task", "jsrt", "--dataset", "jsrt", "--root", pipeline["phantom"] / "anatomy")
     out = tmp_path / "slow"
