@@ -13,11 +13,36 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # each other's cores (OpenMP's busy wait) and run several times slower than one worker.
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
-    import torch
+import torch  # after the thread settings above
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 SIZE = 32
+
+
+class Points(torch.utils.data.Dataset):
+    """``n`` random 1x4x4 images (a fixed seed), the data of the engine's own tests."""
+
+    def __init__(self, n: int = 16):
+        self.x = torch.randn(n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "index": i}
+
+
+class ShrinkTask:
+    """An engine task that shrinks a network's outputs on flattened images; subclasses
+    say what a validation scores."""
+
+    def loss(self, model, batch):
+        return model(batch["image"].flatten(1)).pow(2).mean()
+
+    def predict(self, model, batch):
+        return {"y": model(batch["image"].flatten(1)).cpu().numpy()}
 
 
 def cli(*args: str) -> None:

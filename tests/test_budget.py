@@ -7,30 +7,13 @@ import json
 
 import pytest
 import torch
-from conftest import SIZE, cli
+from conftest import SIZE, Points, ShrinkTask, cli
 
 from doll.models.checkpoint import load_state
 
 
-class _Points(torch.utils.data.Dataset):
-    def __init__(self, n=16):
-        self.x = torch.randn(n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"image": self.x[i], "index": i}
-
-
-class _Task:
+class _Task(ShrinkTask):
     """A dropout network shrinking its outputs: training draws from the random stream every step."""
-
-    def loss(self, model, batch):
-        return model(batch["image"].flatten(1)).pow(2).mean()
-
-    def predict(self, model, batch):
-        return {"y": model(batch["image"].flatten(1)).cpu().numpy()}
 
     def metrics(self, outputs):
         return {"size": float(abs(outputs["y"]).mean())}
@@ -47,7 +30,7 @@ def _fit(out, resume=False, **settings):
     es = EngineSettings(**{"batch_size": 4, "device": "cpu", "progress": False, "monitor": "step",
                            "monitor_mode": "max", **settings})
     engine = Engine(_net(), _Task(), es, out, {"kind": "classifier"})
-    return engine.fit(_Points(), _Points(8), resume=resume), engine
+    return engine.fit(Points(), Points(8), resume=resume), engine
 
 
 def _weights(engine):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Points, ShrinkTask
 
 from doll.errors import DollError
 from doll.models.checkpoint import load_train_state, read_config
@@ -121,25 +122,8 @@ def test_hide_values_are_cycled_over_the_members_like_archs():
             member_hides(bad, 2)
 
 
-class _Points(torch.utils.data.Dataset):
-    def __init__(self, n=6):
-        self.x = torch.randn(n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"image": self.x[i], "index": i}
-
-
-class _Task:
+class _Task(ShrinkTask):
     """Shrink a linear map's outputs; its validation score is undefined (like AUROC without positives)."""
-
-    def loss(self, model, batch):
-        return model(batch["image"].flatten(1)).pow(2).mean()
-
-    def predict(self, model, batch):
-        return {"y": model(batch["image"].flatten(1)).cpu().numpy()}
 
     def metrics(self, outputs):
         return {"auroc": float("nan")}
@@ -151,7 +135,7 @@ def _fit(out, resume=False, **settings):
     torch.manual_seed(0)
     es = EngineSettings(**{"epochs": 4, "batch_size": 2, "device": "cpu", "progress": False, **settings})
     engine = Engine(torch.nn.Linear(16, 2), _Task(), es, out, {"kind": "classifier"})
-    return engine.fit(_Points(), _Points(), resume=resume)
+    return engine.fit(Points(6), Points(6), resume=resume)
 
 
 def test_schedule_counts_the_last_partial_accumulation_group(tmp_path):
