@@ -301,3 +301,31 @@ def test_a_cell_run_before_a_setting_existed_counts_as_run_with_its_default(tmp_
     assert le.settings_differences(tmp_path, want, 10) == []
     (tmp_path / "config.json").write_text(json.dumps({**stored, "pretrained_lr": 0.1}))
     assert le.settings_differences(tmp_path, want, 10) == ["pretrained_lr"]
+
+
+def test_an_imagenet_weight_file_is_an_arm(tmp_path, capsys):
+    """Issue 28: a user's local ImageNet weights (`--inits random,imagenet:FILE`) form an arm
+    paired with random init; the file is loaded into the encoder, never downloaded."""
+    import torchvision
+
+    le = load_bench()
+    doll.make_phantoms(tmp_path / "ph", n=24, size=32, progress=False)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(3)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    out = tmp_path / "le"
+    run(le, capsys, "--root", tmp_path / "ph" / "anatomy", "--inits", f"random,imagenet:{tmp_path / 'r18.pth'}",
+        "--modes", "full", "--fractions", "1.0", "--seeds", 1, "--max-steps", 2, "--val-every", 2,
+        "--image-size", 32, "--encoder", "resnet18", "--device", "cpu", "--bootstrap", 100, "--out", out)
+    cells = {c["init"]: c for c in json.loads((out / "label_efficiency.json").read_text())["cells"]}
+    assert set(cells) == {"random", "imagenet"} and cells["imagenet"]["steps"] == 2
+    assert cells["imagenet"]["init_spec"] == f"imagenet:{tmp_path / 'r18.pth'}"
+    assert cells["imagenet"]["n_train"] == cells["random"]["n_train"]
+    config = json.loads((out / "imagenet_full_1" / "seed_0" / "config.json").read_text())
+    assert config["init"] == f"imagenet:{tmp_path / 'r18.pth'}"
+    from safetensors.torch import load_file
+
+    given = torch.load(tmp_path / "r18.pth", weights_only=True)["conv1.weight"].sum(dim=1, keepdim=True)
+    trained = {arm: load_file(out / f"{arm}_full_1" / "seed_0" / "model" / "model.safetensors")["encoder.conv1.weight"]
+               for arm in ("imagenet", "random")}
+    assert (trained["imagenet"] - given).abs().max() < 0.02 < (trained["random"] - given).abs().max()
