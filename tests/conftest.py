@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("DOLL_CACHE", str(Path(__file__).resolve().parent.parent / "artifacts" / "cache-tests"))
-if os.environ.get("PYTEST_XDIST_WORKER"):
+XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if XDIST_WORKER:
     # pytest-xdist runs one worker per core (`-n auto` in pyproject.toml): one thread each, for the
     # worker and the subprocesses it starts. Two workers with a thread per core each would spin on
     # each other's cores (OpenMP's busy wait) and run several times slower than one worker.
@@ -15,7 +16,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["MKL_NUM_THREADS"] = "1"
 import torch  # after the thread settings above
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if XDIST_WORKER:
     torch.set_num_threads(1)
 
 SIZE = 32

@@ -306,11 +306,13 @@ def test_a_cell_run_before_a_setting_existed_counts_as_run_with_its_default(tmp_
 def test_an_imagenet_weight_file_is_an_arm(tmp_path, capsys):
     """Issue 28: a user's local ImageNet weights (`--inits random,imagenet:FILE`) form an arm
     paired with random init; the file is loaded into the encoder, never downloaded."""
+    import torch
     import torchvision
+
+    from doll.models.checkpoint import load_state
 
     le = load_bench()
     doll.make_phantoms(tmp_path / "ph", n=24, size=32, progress=False)
-    torch = pytest.importorskip("torch")
     torch.manual_seed(3)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
     out = tmp_path / "le"
@@ -323,9 +325,7 @@ def test_an_imagenet_weight_file_is_an_arm(tmp_path, capsys):
     assert cells["imagenet"]["n_train"] == cells["random"]["n_train"]
     config = json.loads((out / "imagenet_full_1" / "seed_0" / "config.json").read_text())
     assert config["init"] == f"imagenet:{tmp_path / 'r18.pth'}"
-    from safetensors.torch import load_file
-
     given = torch.load(tmp_path / "r18.pth", weights_only=True)["conv1.weight"].sum(dim=1, keepdim=True)
-    trained = {arm: load_file(out / f"{arm}_full_1" / "seed_0" / "model" / "model.safetensors")["encoder.conv1.weight"]
+    trained = {arm: load_state(out / f"{arm}_full_1" / "seed_0" / "model")["encoder.conv1.weight"]
                for arm in ("imagenet", "random")}
     assert (trained["imagenet"] - given).abs().max() < 0.02 < (trained["random"] - given).abs().max()
