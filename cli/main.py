@@ -107,7 +107,7 @@ def _register() -> None:
     if app.registered_groups:
         return
     modules = {name: importlib.import_module(f"doll_cli.{name}")
-               for name in ("demo", "classify", "explain", "pretrain", "finetune", "data")}
+               for name in ("demo", "classify", "explain", "pretrain", "finetune", "predict", "data")}
     app.add_typer(modules["data"].data_app, name="data")
     app.add_typer(modules["explain"].labels_app, name="labels")
 
@@ -127,7 +127,7 @@ def _interrupted(argv: list[str]) -> str:
     return "interrupted"
 
 
-PATH_FLAGS = ("--out", "--root", "--labels", "--classifiers", "--model", "--init", "--lung-model")
+PATH_FLAGS = ("--out", "--root", "--labels", "--classifiers", "--model", "--init", "--lung-model", "--input")
 
 
 def _empty_path_flag(argv: list[str]) -> str | None:

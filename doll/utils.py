@@ -31,10 +31,11 @@ MEAN, STD = 0.5, 0.25
 NORMALISATION = {"scale": 1 / 255, "mean": MEAN, "std": STD}  # as written into each model's config.json
 
 
-def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W) -> normalised float32 (..., 1, H, W)."""
-    x = torch.tensor(np.asarray(images_u8), dtype=torch.float32).div_(255.0)
-    return x.sub_(MEAN).div_(STD).unsqueeze(-3)
+def to_tensor(images_u8: np.ndarray, scale: float = 1 / 255, mean: float = MEAN, std: float = STD) -> torch.Tensor:
+    """uint8 (..., H, W) -> normalised float32 (..., 1, H, W): ``(x * scale - mean) / std``
+    (the defaults are doll's; a model's config.json records the values it was trained with)."""
+    x = torch.tensor(np.asarray(images_u8), dtype=torch.float32).div_(1.0 / scale)  # 1 / (1 / 255) == 255.0
+    return x.sub_(mean).div_(std).unsqueeze(-3)
 
 
 @dataclasses.dataclass(kw_only=True)

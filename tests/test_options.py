@@ -33,6 +33,7 @@ SETTINGS = {
     "pretrain": "doll.pretrain.train:PretrainSettings",
     # stage 4 moves to doll/finetune/ (issue 26, part 2): then "doll.finetune.settings:FinetuneSettings"
     "finetune": "doll.finetune.settings:FinetuneSettings",
+    "predict": "doll.predict.run:PredictSettings",
     "data phantom": "doll.data.phantom:make_phantoms",
     "data check": "doll.data.check:check_dataset",
     "labels info": "doll.labels.tools:info",
@@ -46,6 +47,8 @@ NO_SETTINGS: dict[str, str] = {}  # command -> why it has no Python counterpart
 CLI_ONLY = {
     ("evaluate-labels", "as_json"): "prints the metrics as JSON instead of a table; the file written is the same",
     ("data check", "as_json"): "prints the report as JSON instead of text; the Python call returns the dict",
+    ("predict", "more_inputs"): "paths after --input's first (a shell glob: --input scans/*.dcm) join --input; "
+                                "the Python call takes them all in inputs=[...]",
 }
 # Settings with no flag, on purpose: (command, field) -> reason.
 API_ONLY = {

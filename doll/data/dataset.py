@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from doll.utils import MEAN, NORMALISATION, STD, to_tensor  # noqa: F401 - re-exported: the networks' input
+from doll.data.images import NORMALISATION  # noqa: F401 - re-exported: what every model's config.json records
+from doll.utils import MEAN, STD, to_tensor  # noqa: F401 - re-exported: the networks' input
 
 HIDE_GRID = 8  # Hide-and-Seek cells per side
 
