@@ -90,11 +90,13 @@ def show(
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
     classes: str = typer.Option("", "--classes", help="Comma-separated classes (default: those explained for the image)."),
     label_rule: str = typer.Option("", "--label-rule", help="Override the file's label rule."),
+    overwrite: bool = OVERWRITE,
 ):
     """Overlay of one image's pseudo labels (contours) and saliency, class by class."""
     from doll.report.overlay import show_labels
 
-    result = show_labels(str(labels), index, out=str(out), classes=classes, label_rule=label_rule)
+    result = show_labels(str(labels), index, out=str(out), classes=classes, label_rule=label_rule,
+                         overwrite=overwrite)
     typer.echo(f"wrote {out} ({result['path']}: {', '.join(result['classes']) or 'no explained class'})")
 
 

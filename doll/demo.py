@@ -55,11 +55,8 @@ def demo(out: str = "artifacts/demo", quick: bool = False, seed: int = 0, device
          overwrite: bool = True, progress: bool = True) -> dict:
     plan = QUICK if quick else FULL
     t0 = time.time()
-    config = Path(out) / "config.json"  # an earlier demo, finished (report.json) or stopped part-way
-    earlier_demo = (config.is_file() and read_json(config).get("command") == "demo") or (Path(out) / "report.json").is_file()
-    if Path(out).is_dir() and any(Path(out).iterdir()) and not earlier_demo:
-        raise DollError(f"--out {out} holds something other than an earlier demo; choose another folder")
-    out_dir = prepare_out_dir(out, overwrite=overwrite, marker="config.json")
+    # an earlier demo is replaced (only what doll wrote there; anything else stops it)
+    out_dir = prepare_out_dir(out, overwrite=overwrite, command="demo", holds="an earlier demo")
     write_json(out_dir / "config.json", {"command": "demo", "quick": quick, "seed": seed, "device": device,
                                           "plan": plan.__dict__})
     timings = {}

@@ -16,12 +16,24 @@ import numpy as np
 import torch
 
 from doll.errors import DollError
-from doll.outputs import (  # noqa: F401 - one writer per output, file system errors, leftover temporaries
+from doll.outputs import (  # noqa: F401 - one writer per output, what doll owns, file system errors
+    _apply_umask,
+    check_inputs_apart,
+    claim_folder,
+    fingerprint,
+    inside,
+    is_doll_output,
     lock_output,
     os_error_message,
     os_errors,
+    read_manifest,
+    record_written,
+    MANIFEST as MANIFEST_NAME,
     release_outputs,
+    remove_doll_output,
     remove_leftover_temporaries,
+    resolved,
+    safe_name,
 )
 
 
@@ -38,6 +50,54 @@ def to_tensor(images_u8: np.ndarray, scale: float = 1 / 255, mean: float = MEAN,
     return x.sub_(mean).div_(std).unsqueeze(-3)
 
 
+MAX_IMAGE_SIZE = 4096  # pixels a side: CheXpert's originals are ~2320 x 2828; above, a typo (or a memory bomb)
+MAX_SEED = 2**32  # what numpy's and torch's generators take
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_setting_values(settings) -> None:
+    """Validate a settings dataclass once, in the settings layer, so that the CLI and the
+    Python API give the same DollError for the same value: each field's type (as annotated;
+    a Path is taken for a str, an int for a float), finite numbers, no negative counts, seeds
+    in [0, 2**32), learning rates positive, loss weights non-negative, image sizes capped."""
+    for field in dataclasses.fields(settings):
+        name, value = field.name, getattr(settings, field.name)
+        kinds = {t.strip() for t in str(field.type).split("|")}
+        if isinstance(value, Path) and "str" in kinds:
+            value = str(value)
+            setattr(settings, name, value)
+        if isinstance(value, bool):
+            ok = "bool" in kinds
+        elif isinstance(value, int):
+            ok = bool(kinds & {"int", "float"})
+        elif isinstance(value, float):
+            ok = "float" in kinds
+        elif isinstance(value, str):
+            ok = "str" in kinds
+        else:
+            ok = value is None and "None" in kinds
+        if not ok:
+            wanted = " or ".join(sorted({"int": "an integer", "float": "a number", "str": "a string", "bool": "True or "
+                                         "False", "None": "None"}.get(k, k) for k in kinds))
+            raise DollError(f"{_option(name)} must be {wanted}, got {value!r} ({type(value).__name__})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DollError(f"{_option(name)} must be a finite number, got {value}")
+        if name == "seed" and not 0 <= value < MAX_SEED:
+            raise DollError(f"--seed must be in [0, 2**32), got {value}")
+        if (name == "lr" or name.endswith("_lr")) and value <= 0:
+            raise DollError(f"{_option(name)} must be positive, got {value}")
+        if value < 0 and (name.endswith("weight") or name == "image_size"):  # others have their own range
+            raise DollError(f"{_option(name)} must not be negative, got {value}")
+        if name == "image_size" and value > MAX_IMAGE_SIZE:
+            raise DollError(f"--image-size {value} is above doll's cap of {MAX_IMAGE_SIZE} pixels a side; choose a "
+                            "smaller size (224-512 is usual for chest X-rays)")
+
+
 @dataclasses.dataclass(kw_only=True)
 class RunOptions:
     """The options every command's settings share (the CLI's --seed, --device, --resume,
@@ -49,6 +109,7 @@ class RunOptions:
     progress: bool = True  # progress bars
 
     def __post_init__(self):
+        check_setting_values(self)
         if self.resume and self.overwrite:  # each would silently win over the other somewhere
             raise DollError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
                             "--overwrite deletes it; pass one of them")
@@ -68,12 +129,14 @@ def atomic_path(path: str | Path):
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise DollError(f"cannot write {path}: a part of {path.parent} is a file, not a folder") from None
+    record_written(path)  # listed in its output's manifest first; a file doll did not write is never replaced
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        _apply_umask(tmp)  # the mode the umask gives, not mkstemp's 0600
         os.replace(tmp, path)
         with contextlib.suppress(OSError):  # make the rename itself durable
             dfd = os.open(path.parent, os.O_RDONLY)
@@ -82,13 +145,55 @@ def atomic_path(path: str | Path):
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if exc.errno == 28:  # ENOSPC
-            raise DollError(f"disk full while writing {path}; free space or choose another --out") from None
+        message = os_error_message(exc, path)  # disk full, permission, read-only, ...: one line, nothing kept
+        if message is not None:
+            raise DollError(message) from None
         raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_png_file(path: str | Path, image: np.ndarray) -> None:
+    """A PNG written as every doll file is: listed in its output's manifest, under a temporary
+    name until complete, with the umask's mode. Not fsynced (exports write thousands)."""
+    import cv2
+
+    path = Path(path)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise DollError(f"cannot encode {path.name} as PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record_written(path)
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
+    try:
+        tmp.write_bytes(buf.tobytes())
+        _apply_umask(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        message = os_error_message(exc, path)
+        if message is not None:
+            raise DollError(message) from None
+        raise
+
+
+def unique_names(names, fallback: str = "item") -> list[str]:
+    """Strings read from a file (class names, image ids), each made one safe path component
+    (:func:`doll.outputs.safe_name`; ``fallback_<i>`` when nothing is left); names that then
+    collide, ignoring case as some file systems do, get ``-2``, ``-3``, ..."""
+    out, seen = [], set()
+    for i, name in enumerate(names):
+        base = candidate = safe_name(name, f"{fallback}_{i}")
+        k = 1
+        while candidate.lower() in seen:
+            k += 1
+            candidate = f"{base}-{k}"
+        seen.add(candidate.lower())
+        out.append(candidate)
+    return out
 
 
 def jsonable(obj):
@@ -160,55 +265,89 @@ def differing_keys(a: dict, b: dict, keys=None) -> list[str]:
     return sorted(k for k in (set(a) | set(b) if keys is None else keys) if a.get(k) != b.get(k))
 
 
-def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = "config.json",
-                    settings: dict | None = None) -> Path:
-    """Create ``out``; refuse a folder that already holds a run unless resuming or overwriting,
-    and always a folder of other files (no ``marker``, ``metrics.json`` or ``last.pt``).
-    With ``settings`` (the command's settings, as written into ``config.json``), ``--resume``
-    of a run made with other settings is refused: its finished models would be reported
-    under the new settings.
+def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, settings: dict | None = None,
+                    inputs: dict | None = None, command: str = "", holds: str = "a run") -> Path:
+    """Create ``out`` as a doll output, or take over the doll output already there.
 
-    ``out`` is locked for the rest of the command (:func:`lock_output`: a second writer is
-    refused, not run beside this one), and the temporaries a killed write left in it are
-    removed (:func:`remove_leftover_temporaries`). File system errors (permission,
-    read-only, a file where a folder should be) become a DollError naming the path."""
+    What doll owns is what it marked (:data:`doll.outputs.MANIFEST`, a list of the files it
+    wrote): a non-empty folder without a manifest is refused whatever the flags;
+    ``--overwrite`` deletes only the files the manifest lists and refuses (deleting
+    nothing) when anything else is there; ``--resume`` continues only with the settings
+    (``settings``, as written into ``config.json``) and the inputs (``inputs``,
+    ``{"--root": path, ...}``, fingerprinted) the run started with. ``out`` may not be,
+    lie inside or hold one of ``inputs``: checked before anything is created or removed.
+
+    ``out`` is locked for the rest of the command (:func:`lock_output`: a second writer, also
+    one inside or above ``out``, is refused), and the temporaries a killed write left in it
+    are removed. File system errors become a DollError naming the path."""
     out = Path(out)
+    if out.is_symlink():
+        raise DollError(f"--out {out} is a symbolic link; name the real folder ({resolved(out, '--out')})")
     if out.exists() and not out.is_dir():
         raise DollError(f"--out {out} is a file; choose a folder")
+    inputs = {k: v for k, v in (inputs or {}).items() if v is not None}
+    check_inputs_apart(out, inputs)
+    prints = {option: fingerprint(str(value).removeprefix("imagenet:")) for option, value in inputs.items()
+              if str(value) not in ("", "random")}
     with os_errors(out):
         lock_output(out)
         holds_run = out.is_dir() and any(out.iterdir())
-        ours = any((out / name).exists() for name in (marker, "metrics.json", "last.pt"))  # a run, killed or not
-        if holds_run and not ours:  # neither --resume nor --overwrite would do: another folder would
-            raise DollError(f"{out} is not empty and does not look like a doll run; choose another --out or empty it "
-                            "(--overwrite replaces only a doll run)")
+        if holds_run and not is_doll_output(out):  # neither --resume nor --overwrite would do
+            raise DollError(f"{out} is not empty and was not written by doll (it has no {MANIFEST_NAME}); choose "
+                            "another --out or empty it (--overwrite replaces only what doll wrote)")
+        earlier = read_manifest(out)[0].get("command") if holds_run else None
+        if holds_run and command and earlier and earlier != command:  # never replace another stage's output
+            noun = holds if holds != "a run" else f"a doll {command} run"
+            raise DollError(f"--out {out} holds something other than {noun}; choose another --out (it is the "
+                            f"output of doll {earlier})")
         if holds_run and not (resume or overwrite):
-            raise DollError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        if holds_run and resume and settings is not None and (out / "config.json").is_file():
-            stored = read_json(out / "config.json")
-            stored = stored.get("doll", {}).get("run", stored)  # a checkpoint folder's config: the run's settings
-            given = json.loads(json.dumps(settings))
-            changed = differing_keys(stored, given, [k for k in given if k not in RUN_ONLY_SETTINGS and k in stored])
+            how = "pass --resume to continue it or --overwrite to replace it" if holds == "a run" else \
+                "pass --overwrite to replace it"
+            raise DollError(f"{out} already holds {holds}; {how}")
+        if holds_run and resume:
+            if settings is not None and (out / "config.json").is_file():
+                try:
+                    stored = read_json(out / "config.json")
+                except ValueError:
+                    raise DollError(f"{out / 'config.json'} is damaged; --overwrite to start the run again") from None
+                stored = stored if isinstance(stored, dict) else {}
+                stored = stored.get("doll", {}).get("run", stored) if isinstance(stored.get("doll"), dict) else stored
+                given = json.loads(json.dumps(jsonable(settings)))
+                changed = differing_keys(stored, given, [k for k in given if k not in RUN_ONLY_SETTINGS and k in stored])
+                if changed:
+                    raise DollError(f"--resume with different settings ({', '.join(changed)}) from the run in {out}; "
+                                    "use its settings, or --overwrite to start again")
+            started = read_manifest(out)[0].get("inputs", {})
+            changed = [option for option, value in prints.items()
+                       if isinstance(started, dict) and option in started and started[option] != value]
             if changed:
-                raise DollError(f"--resume with different settings ({', '.join(changed)}) from the run in {out}; use "
-                                "its settings, or --overwrite to start again")
+                raise DollError(f"--resume: {', '.join(f'{o} {inputs[o]}' for o in changed)} changed since the run in "
+                                f"{out} started; resume with the inputs it started with, or --overwrite to start again")
         if holds_run and overwrite and not resume:
-            shutil.rmtree(out)
+            remove_doll_output(out)
         out.mkdir(parents=True, exist_ok=True)
+        claim_folder(out, {"doll": tool_version(), "command": command, "inputs": prints})
         remove_leftover_temporaries(out)
     return out
 
 
-def prepare_out_file(out: str | Path, *, overwrite: bool = False, is_ours=None, what: str = "file") -> Path:
-    """The file counterpart of :func:`prepare_out_dir` (``doll explain``'s label file and the
-    label files ``labels merge | refine`` write): lock ``out``, refuse to replace an existing
-    file without ``overwrite``, or, with it, one that ``is_ours(path)`` says doll did not
-    write, and remove the temporaries a killed write of ``out`` left next to it."""
+def prepare_out_file(out: str | Path, *, overwrite: bool = False, is_ours=None, what: str = "file",
+                     inputs: dict | None = None) -> Path:
+    """The file counterpart of :func:`prepare_out_dir` (the label file of ``doll explain``
+    and ``labels merge | refine``, ``doll show``'s picture, ...): lock ``out``, refuse to
+    replace an existing file without ``overwrite``, or, with it, one that ``is_ours(path)``
+    says doll did not write, refuse an ``out`` that is one of ``inputs`` or lies inside one,
+    and remove the temporaries a killed write of ``out`` left next to it."""
     out = Path(out)
+    if not str(out).strip():
+        raise DollError(f"--out is empty; name the {what} to write")
+    if out.is_symlink():
+        raise DollError(f"--out {out} is a symbolic link; name the real file ({resolved(out, '--out')})")
     if out.is_dir():
         raise DollError(f"--out {out} is a folder; name the {what} to write")
     if out.parent.exists() and not out.parent.is_dir():
         raise DollError(f"--out {out}: {out.parent} is a file, not a folder")
+    check_inputs_apart(out, {k: v for k, v in (inputs or {}).items() if v is not None})
     with os_errors(out):
         lock_output(out)
         if out.exists():

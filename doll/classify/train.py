@@ -143,7 +143,9 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
     y_val, w_val = apply_policy(labels_of(val, len(classes)), "ignore", "ignore")
     if w_train.sum() == 0:
         raise DollError("every training label is uncertain or blank under this policy; try --uncertain zeros")
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s), command="train-classifiers",
+                          inputs={"--root": s.root, "--lung-model": s.lung_model or None,
+                                  **{f"--init {i}": v for i, v in enumerate(s.init.split(",")) if v.startswith("imagenet:")}}) if dist.is_main() \
         else Path(s.out)
     dist.barrier()
     if dist.is_main():

@@ -22,7 +22,6 @@ import io
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import cv2
@@ -30,7 +29,8 @@ import numpy as np
 
 from doll.data.base import CHEXPERT_CLASSES, FINDINGS, JSRT_STRUCTURES
 from doll.errors import DollError
-from doll.outputs import lock_output, os_errors, releases_outputs
+from doll.outputs import record_written, releases_outputs
+from doll.utils import prepare_out_dir
 
 PHANTOM_VERSION = 1
 CHEXPERT_DIRNAME = "CheXpert-v1.0-phantom"
@@ -570,6 +570,7 @@ def _fmt(v: float) -> str:
 
 def _write_bytes(path: Path, data: bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
+    record_written(path)  # in the output's manifest: doll replaces or deletes only files it lists
     with open(path, "wb") as fh:
         fh.write(data)
 
@@ -594,6 +595,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]):
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     w.writerows(rows)
+    record_written(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     os.replace(tmp, path)
@@ -630,21 +632,10 @@ def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, unce
     if n_anatomy < 0:
         raise DollError(f"n_anatomy must be >= 0, got {n_anatomy}")
 
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise DollError(f"--out {out} exists and is not a folder")
-    with os_errors(out):
-        lock_output(out)  # one writer per folder, until the command ends
-        out.mkdir(parents=True, exist_ok=True)
+    # only what an earlier `doll data phantom` wrote there is replaced (its manifest lists it)
+    out = prepare_out_dir(Path(out).expanduser(), overwrite=overwrite, command="data phantom",
+                          holds="a phantom data set")
     meta_path = out / "phantom.json"
-    earlier = [sub for sub in ("phantom.json", CHEXPERT_DIRNAME, "findings", "anatomy") if (out / sub).exists()]
-    if earlier and not overwrite:
-        raise DollError(f"{out} already holds a phantom data set ({', '.join(earlier)}); pass --overwrite to replace it")
-    if meta_path.exists():
-        meta_path.unlink()
-    for sub in (CHEXPERT_DIRNAME, "findings", "anatomy"):
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
 
     ss = np.random.SeedSequence([seed, PHANTOM_VERSION])
     plan_ss, img_ss, anat_ss = ss.spawn(3)
@@ -766,6 +757,7 @@ def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, unce
            "valid_fraction": valid_fraction, "n_anatomy": n_anatomy,
            "classes": CHEXPERT_CLASSES, "structures": JSRT_STRUCTURES, "findings": FINDINGS,
            "chexpert_dir": CHEXPERT_DIRNAME, "summary": summary}
+    record_written(meta_path)
     tmp = meta_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, meta_path)

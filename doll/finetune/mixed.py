@@ -45,6 +45,7 @@ from doll.finetune.seg4cls.data import load_parts
 from doll.finetune.seg4cls.evaluate import masked_aurocs
 from doll.finetune.seg4cls.models import ProbSegTask
 from doll.finetune.settings import (
+    finetune_inputs,
     FinetuneSettings,
     TaskRunner,
     build_model,
@@ -172,7 +173,8 @@ def mixed(s: FinetuneSettings) -> dict:
     size = image_size(s)
     names, sources, train, _val, test, test_split, _ = load_parts(s, size, need_val=False, test_needs_masks=True)
     C, n, bs = len(names), len(train), s.batch_size
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s), command="finetune",
+                          inputs=finetune_inputs(s)) if dist.is_main() \
         else Path(s.out)
     if dist.is_main():
         write_json(out / "config.json", {"command": "finetune", **asdict(s), "poolings": poolings, "image_size_used": size,

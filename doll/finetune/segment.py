@@ -28,6 +28,7 @@ from doll.data.common import hold_out
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
 from doll.finetune.settings import (
+    finetune_inputs,
     FinetuneSettings,
     TaskRunner,
     build_model,
@@ -166,7 +167,8 @@ class Segment(TaskRunner):
         names, train, test, test_split = load_task_data(s, size)
         out = Path(s.out)
         if dist.is_main():
-            prepare_out_dir(out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s))
+            prepare_out_dir(out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s), command="finetune",
+                            inputs=finetune_inputs(s))
             write_json(out / "config.json", {"command": "finetune", **asdict(s), "image_size_used": size})
         dist.barrier()
         result = seeds(s, names, train, test, test_split, size, out)

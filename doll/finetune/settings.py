@@ -88,6 +88,12 @@ def init_is_folder(init: str) -> bool:
     return init != "random" and not init.startswith("imagenet:")
 
 
+def finetune_inputs(s: FinetuneSettings) -> dict:
+    """The inputs a fine-tuning run reads, which its --out may not be, hold or lie inside,
+    and which --resume fingerprints: the data set and the --init folder or weights file."""
+    return {"--root": s.root, "--init": None if s.init == "random" else s.init}
+
+
 def check_init(init: str) -> None:
     if init == "imagenet":
         raise DollError("--init imagenet needs the weights file: --init imagenet:/path/to/weights.safetensors "

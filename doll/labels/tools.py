@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 import time
 from pathlib import Path
 
@@ -14,7 +13,16 @@ from doll.errors import DollError
 from doll.labels.rule import apply_rule, check_rule
 from doll.labels.store import Blocks, LabelFile, is_label_file, stored_rows, write_label_file
 from doll.outputs import releases_outputs
-from doll.utils import atomic_path, differing_keys, lock_output, os_errors, prepare_out_file, write_json
+from doll.utils import (
+    atomic_path,
+    differing_keys,
+    inside,
+    prepare_out_dir,
+    prepare_out_file,
+    unique_names,
+    write_json,
+    write_png_file,
+)
 
 
 def info(labels: str, verify: bool = False) -> dict:
@@ -49,7 +57,8 @@ def merge(inputs: list[str], out: str, overwrite: bool = False) -> dict:
     t0 = time.time()
     if not inputs:
         raise DollError("name the label files to merge")
-    prepare_out_file(out, overwrite=overwrite, is_ours=is_label_file, what="label file")
+    prepare_out_file(out, overwrite=overwrite, is_ours=is_label_file, what="label file",
+                     inputs={f"input {p}": p for p in inputs})
     small: dict[str, list] = {}
     keeps: list[np.ndarray] = []
     attrs = None
@@ -120,30 +129,23 @@ def export(labels: str, out: str, fmt: str = "png", label_rule: str = "", progre
         raise DollError("--out is empty; name the folder to export into")
     if out_dir.exists() and not out_dir.is_dir():
         raise DollError(f"--out {out_dir} is a file; name a folder to export into")
-    with LabelFile(labels) as lf, os_errors(out_dir):
+    with LabelFile(labels) as lf:
         lf.require_readable()  # a damaged row is found before the export is started (or an earlier one deleted)
-        lock_output(out_dir)
-        if out_dir.is_dir() and any(out_dir.iterdir()):
-            if not (out_dir / "export.json").is_file():  # --overwrite would not do: the fix is another folder
-                raise DollError(f"--out {out_dir} holds something other than an export; choose another --out or "
-                                "empty it (--overwrite replaces only an earlier export)")
-            if not overwrite:
-                raise DollError(f"--out {out_dir} is not empty; pass --overwrite to replace an earlier export there")
-            shutil.rmtree(out_dir)
+        prepare_out_dir(out_dir, overwrite=overwrite, command="labels export", inputs={"--labels": labels},
+                        holds="an export")
         count = 0
         classes, rule, paths = lf.classes, check_rule(label_rule or lf.label_rule), lf.paths()
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        folders = unique_names(classes, "class")  # class names come from a file: data, never paths
         targets, image_labels, probs = lf["targets"][:], lf["labels"][:], lf["probs"][:]
         for i in tqdm(range(len(lf)), desc="exporting", disable=not progress, leave=False):
             if not lf.done[i]:
                 continue
             name = f"{i:07d}.png"
-            cv2.imwrite(str(out_dir / "images" / name), lf["images"][i])
+            write_png_file(out_dir / "images" / name, lf["images"][i])
             sal = lf["saliency"][i]
             for c in np.flatnonzero(targets[i]):
-                d = out_dir / "masks" / classes[c]
-                d.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(d / name), apply_rule(sal[c], rule).astype(np.uint8) * 255)
+                path = inside(out_dir, out_dir / "masks" / folders[c] / name)
+                write_png_file(path, apply_rule(sal[c], rule).astype(np.uint8) * 255)
                 count += 1
         with atomic_path(out_dir / "labels.csv") as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
@@ -151,7 +153,8 @@ def export(labels: str, out: str, fmt: str = "png", label_rule: str = "", progre
             for i in np.flatnonzero(lf.done):
                 w.writerow([f"{i:07d}", paths[i], *["" if np.isnan(v) else v for v in image_labels[i]],
                             *[f"{p:.4f}" for p in probs[i]]])
-    result = {"command": "labels export", "out": str(out_dir), "masks": count, "label_rule": rule}
+    result = {"command": "labels export", "out": str(out_dir), "masks": count, "label_rule": rule,
+              "folders": {c: f for c, f in zip(classes, folders) if c != f}}
     write_json(out_dir / "export.json", result)
     return result
 
@@ -191,7 +194,8 @@ def refine(labels: str, model: str, out: str, batch_size: int = 32, device: str 
     cfg = read_config(model, kind="segmenter")["doll"]  # refuses an unfinished pretrain run
     dev = resolve_device(device)
     with LabelFile(labels) as lf:
-        prepare_out_file(out, overwrite=overwrite, is_ours=is_label_file, what="label file")
+        prepare_out_file(out, overwrite=overwrite, is_ours=is_label_file, what="label file",
+                         inputs={"--labels": labels, "--model": model, "--lung-model": lung_model or None})
         classes, targets = lf.classes, lf["targets"][:]
         own = cfg.get("classes") or []
         if cfg.get("stage") != "pretrain" or not own or not set(own) <= set(classes):

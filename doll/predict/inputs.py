@@ -10,39 +10,14 @@ collide get ``-2``, ``-3``, ... in input order.
 """
 from __future__ import annotations
 
-import re
-import unicodedata
 from pathlib import Path
 
 from doll.data.common import IMAGE_EXTS
 from doll.data.images import DICOM_EXTS, is_dicom
 from doll.errors import DollError
+from doll.utils import unique_names
 
 EXTS = IMAGE_EXTS | DICOM_EXTS | {".img"}
-_SEPARATORS = re.compile(r"[/\\:*?\"<>|]")
-
-
-def safe_name(name: str, fallback: str) -> str:
-    """A string read from a file (a structure name in a config) or a file name, made ONE
-    path component: separators (``/``, ``\\``, ``:``, ...) and control characters become
-    ``_``, leading dots and surrounding spaces are dropped (no ``.``, ``..``, hidden files),
-    at most 100 characters; ``fallback`` when nothing is left."""
-    cleaned = "".join("_" if unicodedata.category(ch)[0] == "C" else ch for ch in str(name))
-    cleaned = _SEPARATORS.sub("_", cleaned).strip().lstrip(".").strip()[:100].rstrip(" .")
-    return cleaned or fallback
-
-
-def unique(names: list[str]) -> list[str]:
-    """``names`` with collisions (ignoring case: some file systems do) suffixed ``-2``, ``-3``, ..."""
-    out, seen = [], set()
-    for name in names:
-        candidate, k = name, 1
-        while candidate.lower() in seen:
-            k += 1
-            candidate = f"{name}-{k}"
-        seen.add(candidate.lower())
-        out.append(candidate)
-    return out
 
 
 def stem(path: Path) -> str:
@@ -81,4 +56,4 @@ def gather(inputs: list[str | Path]) -> list[Path]:
 
 
 def output_names(files: list[Path]) -> list[str]:
-    return unique([safe_name(stem(f), f"image_{i}") for i, f in enumerate(files)])
+    return unique_names([stem(f) for f in files], "image")

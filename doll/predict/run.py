@@ -14,7 +14,7 @@ thresholded at ``--threshold`` on the probability, and written to ``--out``:
   ``metrics.json`` (counts, mean areas, time; ``"finished": true``, written last).
 
 Structure names come from the model's config.json and image names from file names: both
-are made safe file names (``doll.predict.inputs.safe_name``) before they become paths.
+are made safe file names (``doll.outputs.safe_name``) before they become paths.
 """
 from __future__ import annotations
 
@@ -33,10 +33,20 @@ from tqdm import tqdm
 from doll.data.images import normalise, preprocess, read_raw
 from doll.errors import DollError
 from doll.outputs import releases_outputs
-from doll.predict.inputs import gather, output_names, safe_name, unique
+from doll.predict.inputs import gather, output_names
 from doll.predict.model import load_segmenter
 from doll.train.engine import amp_dtype
-from doll.utils import atomic_path, check_positive, prepare_out_dir, resolve_device, to_tensor, write_json
+from doll.utils import (
+    atomic_path,
+    check_inputs_apart,
+    check_positive,
+    prepare_out_dir,
+    resolve_device,
+    to_tensor,
+    unique_names,
+    write_json,
+    write_png_file,
+)
 
 # contour colours (BGR), one per structure in the model's order
 PALETTE = [(75, 25, 230), (75, 180, 60), (25, 225, 255), (200, 130, 0), (48, 130, 245), (180, 30, 145),
@@ -70,28 +80,6 @@ class PredictSettings:
         check_positive(batch_size=self.batch_size)
         if not 0 < self.threshold < 1:
             raise DollError(f"--threshold must be a probability in (0, 1), got {self.threshold}")
-
-
-def check_apart(out: str | Path, inputs: list[tuple[str, str | Path]]) -> None:
-    """Refuse an ``--out`` that is, lies inside or holds one of ``inputs`` (``(flag, path)``):
-    doll never writes inside its inputs (and ``--overwrite`` would delete them)."""
-    o = Path(out).expanduser().resolve()
-    for flag, path in inputs:
-        p = Path(path).expanduser().resolve()
-        if o == p or p in o.parents:
-            raise DollError(f"--out {out} is inside {flag} {path}; doll never writes inside its inputs: choose an "
-                            "--out elsewhere")
-        if o in p.parents:
-            raise DollError(f"--out {out} holds {flag} {path}; doll never writes around its inputs (--overwrite "
-                            "would delete it): choose an --out elsewhere")
-
-
-def _png(path: Path, image: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise DollError(f"cannot encode {path.name} as PNG")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
 
 
 def _to_size(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -135,9 +123,10 @@ def predict(settings: PredictSettings | None = None, **kwargs) -> dict:
     device = resolve_device(s.device)
     model, cfg = load_segmenter(s.model)
     size, norm, structures = cfg["image_size"], cfg["normalisation"], list(cfg["classes"])
-    folders = unique([safe_name(name, f"structure_{i}") for i, name in enumerate(structures)])
+    folders = unique_names(structures, "structure")
     names = output_names(files)
-    check_apart(s.out, [("--model", s.model), ("--model", cfg["folder"]), *(("--input", p) for p in s.inputs)])
+    inputs = {"--model": s.model, "--model ": cfg["folder"], **{f"--input {p}": p for p in s.inputs}}
+    check_inputs_apart(s.out, inputs)
 
     # every image read before anything is written: a bad input is an error with no output
     images = np.empty((len(files), size, size), np.uint8)
@@ -149,7 +138,8 @@ def predict(settings: PredictSettings | None = None, **kwargs) -> dict:
         images[i] = preprocess(raw, size, norm)
         shapes.append(tuple(int(v) for v in raw.shape))
 
-    out = prepare_out_dir(s.out, overwrite=s.overwrite, settings=asdict(s))
+    out = prepare_out_dir(s.out, overwrite=s.overwrite, settings=asdict(s), command="predict", inputs=inputs,
+                          holds="an earlier prediction")
     write_json(out / "config.json", {"command": "predict", **asdict(s), "model_folder": cfg["folder"],
                                      "structures": structures, "structure_folders": dict(zip(structures, folders)),
                                      "image_size": size, "normalisation": norm, "files": [str(f) for f in files]})
@@ -170,7 +160,7 @@ def predict(settings: PredictSettings | None = None, **kwargs) -> dict:
                 masks = lg > cut
                 for c, (structure, folder) in enumerate(zip(structures, folders)):
                     mask_file = Path("masks") / folder / f"{names[i]}.png"
-                    _png(out / mask_file, masks[c].astype(np.uint8) * 255)
+                    write_png_file(out / mask_file, masks[c].astype(np.uint8) * 255)
                     area = int(masks[c].sum())
                     areas[i, c] = area / masks[c].size
                     mean_p = float((1 / (1 + np.exp(-lg[c][masks[c]].astype(np.float64)))).mean()) if area else None
@@ -179,7 +169,7 @@ def predict(settings: PredictSettings | None = None, **kwargs) -> dict:
                                  "area_fraction": round(float(areas[i, c]), 6),
                                  "mean_probability": "" if mean_p is None else round(mean_p, 6)})
                 shown = normalise(read_raw(files[i]), norm["percentiles"])
-                _png(out / "overlays" / f"{names[i]}.png", _overlay(shown, masks))
+                write_png_file(out / "overlays" / f"{names[i]}.png", _overlay(shown, masks))
 
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")

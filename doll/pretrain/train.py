@@ -172,7 +172,8 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     torch.manual_seed(s.seed)  # the initial weights: the same --seed gives the same run
     model = build_segmenter(s.decoder, s.encoder, len(names), aux=s.aux)
     y, w = apply_policy(image_labels, "ignore", "ignore")
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() else None
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s), command="pretrain",
+                          inputs={"--labels": s.labels}) if dist.is_main() else None
     dist.barrier()
     held = hold_out(patients, s.val_fraction, s.seed)  # patient-level: no patient on both sides
     is_val = np.array([p in held for p in patients], bool)

@@ -44,11 +44,20 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
         tmp.write_bytes(buf.tobytes())
 
 
-def show_labels(labels: str, index: int = 0, *, out: str, classes: str = "", label_rule: str = "") -> dict:
-    """``doll show``: overlay of one row of a label file (explained classes, or those named)."""
+def show_labels(labels: str, index: int = 0, *, out: str, classes: str = "", label_rule: str = "",
+                overwrite: bool = False) -> dict:
+    """``doll show``: overlay of one row of a label file (explained classes, or those named).
+    An existing ``out`` is replaced only with ``overwrite``."""
+    from doll.utils import prepare_out_file
+
     from doll.labels.rule import apply_rule
     from doll.labels.store import LabelFile
 
+    if Path(out).is_dir():
+        raise DollError(f"--out {out} is a folder; name a file to write")
+    if Path(out).suffix.lower() != ".png":
+        raise DollError(f"--out {out} should end in .png")
+    prepare_out_file(out, overwrite=overwrite, what="picture", inputs={"--labels": labels})
     with LabelFile(labels) as lf:
         if not 0 <= index < len(lf):
             raise DollError(f"--index {index} is outside the file's {len(lf)} rows")

@@ -26,6 +26,7 @@ from doll.finetune.seg4cls.summarizers import (
     train_summarizer,
 )
 from doll.finetune.settings import (
+    finetune_inputs,
     FinetuneSettings,
     TaskRunner,
     build_model,
@@ -66,7 +67,8 @@ def seg4cls(s: FinetuneSettings) -> dict:
     size = image_size(s)
     names, sources, train, val, test, test_split, val_desc = load_parts(s, size)
     C = len(names)
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s)) if dist.is_main() \
+    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s), command="finetune",
+                          inputs=finetune_inputs(s)) if dist.is_main() \
         else Path(s.out)
     config = {"command": "finetune", **asdict(s), "summarizers": chosen, "image_size_used": size, "classes": names,
               "mask_structures": sources, "test_split": test_split, "validation": val_desc}
