@@ -694,9 +694,10 @@ def cases() -> list[Case]:
                                                                              "--overwrite"],
             "error", must=f"mydocs{k}", needs=("files",), after=unchanged(f"mydocs{k}/letter.txt", "my own file\n"))
     add("overwrite: data phantom --overwrite onto a folder of one's own", "9",
-        ["data", "phantom", "--n", "40", "--size", "32", "--quiet", "--out", "mydocs5", "--overwrite"], "ok",
-        needs=("files",), after=unchanged("mydocs5/letter.txt", "my own file\n"),
-        why="data phantom writes into any folder (with or without --overwrite) and deletes nothing of the user's")
+        ["data", "phantom", "--n", "40", "--size", "32", "--quiet", "--out", "mydocs5", "--overwrite"], "error",
+        must="not written by doll", needs=("files",), after=unchanged("mydocs5/letter.txt", "my own file\n"),
+        why="issue 33: a folder doll did not write (no .doll-files manifest) is refused by every command, "
+            "data phantom included")
     add("out: train-classifiers into a folder of one's own (no --overwrite)", "9",
         [*TC, "--out", "mydocs6"], "error", must=r"^(?!.*--overwrite to replace it)", needs=("files",),
         after=unchanged("mydocs6/letter.txt", "my own file\n"),

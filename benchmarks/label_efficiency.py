@@ -545,8 +545,9 @@ def plot(doc: dict, path: Path) -> bool:
         by_step: dict[int, list[float]] = {}
         for c in runs:
             for r in c["curve"]:
-                if r.get("val_iou") is not None:
-                    by_step.setdefault(r["step"], []).append(r["val_iou"])
+                iou = r.get("test_iou", r.get("val_iou"))  # finetune's curves before 2026-12-06: val_iou
+                if iou is not None:
+                    by_step.setdefault(r["step"], []).append(iou)
         steps = sorted(st for st, v in by_step.items() if len(v) == len(runs))
         right.plot(steps, [float(np.mean(by_step[st])) for st in steps], color=colours[init],
                    linestyle=styles.get(mode, "-"), marker=".", label=f"{init}, {mode} ({len(runs)} seeds)")

@@ -86,16 +86,23 @@ def bootstrap_paired(diffs: Sequence[np.ndarray], resamples: int = 2000, seed: i
             "resamples": resamples, "seed": seed}
 
 
-def curve_at(curve: Sequence[dict], step: float, key: str = "val_iou") -> dict | None:
+def _iou(row: dict, key: str):
+    """A curve row's IoU: finetune's curves say ``test_iou`` (before 2026-12-06: ``val_iou``)."""
+    return row.get(key, row.get("val_iou")) if key == "test_iou" else row.get(key)
+
+
+def curve_at(curve: Sequence[dict], step: float, key: str = "test_iou") -> dict | None:
     """The curve point at the first evaluation step >= ``step`` ({"step", "value"}), None if none."""
+    curve = [{**row, key: _iou(row, key)} for row in curve]
     for row in curve:
         if row.get("step") is not None and row["step"] >= step - 1e-9 and row.get(key) is not None:
             return {"step": int(row["step"]), "value": float(row[key])}
     return None
 
 
-def steps_to_reach(curve: Sequence[dict], target: float, key: str = "val_iou", tol: float = 1e-9) -> int | None:
+def steps_to_reach(curve: Sequence[dict], target: float, key: str = "test_iou", tol: float = 1e-9) -> int | None:
     """The first evaluation step at which the curve reaches ``target`` (None if it never does)."""
+    curve = [{**row, key: _iou(row, key)} for row in curve]
     for row in curve:
         if row.get(key) is not None and row[key] >= target - tol:
             return int(row["step"])

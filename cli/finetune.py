@@ -1,6 +1,8 @@
 """`doll finetune`."""
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import typer
@@ -49,6 +51,14 @@ def finetune(
                  batch_size=batch_size, lr=lr, seeds=seeds, accumulate=accumulate, strict=strict, summarizer=summarizer,
                  pseudo="boosted" if boosted else "pseudo" if pseudo else "none", pooling=pooling, baselines=baselines, num_workers=num_workers, device=device, seed=seed,
                  resume=resume, overwrite=overwrite, progress=not quiet)
-    emit(result, keys=("mean_auroc", "mean_iou", "mean_iou_std", "mean_dice", "mean_f1", "positives_mean_iou", "negatives_false_positive_area",
+    headline = result.get("headline")
+    if headline and os.environ.get("RANK", "0") == "0":
+        ci = headline.get("ci95")
+        ci = f" [{ci[0]:.3f}, {ci[1]:.3f}] (95 % bootstrap over test images)" if ci else ""
+        typer.echo(f"headline: {headline['metric']} = {headline['value']:.3f}{ci}: {headline['what']}")
+        if headline.get("false_positive_area") is not None:
+            typer.echo(f"          false-positive area = {headline['false_positive_area']:.4f}: "
+                       f"{headline['false_positive_area_what']}")
+    emit(result, keys=("test_split", "mean_auroc", "mean_iou", "mean_iou_std", "mean_dice", "mean_f1", "positives_mean_iou", "negatives_false_positive_area",
                        "n_train", "n_test", "trainable_params",
                        "total_params", "seconds"), footer=f"metrics: {out / 'metrics.json'}")

@@ -40,4 +40,4 @@ def pretrain(
                  aux=aux, aux_weight=aux_weight, val_fraction=val_fraction, accumulate=accumulate, patience=patience,
                  num_workers=num_workers, device=device, seed=seed, resume=resume, overwrite=overwrite,
                  progress=not quiet)
-    emit(result, keys=("val_iou", "best_epoch", "n_train", "n_val", "seconds"), footer=f"metrics: {out / 'metrics.json'}")
+    emit(result, keys=("val_iou", "best_step", "n_train", "n_val", "seconds"), footer=f"metrics: {out / 'metrics.json'}")

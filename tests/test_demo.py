@@ -24,7 +24,8 @@ def test_demo_writes_report_json_and_html(tmp_path, monkeypatch):
     assert 0 <= ft["doll_init"]["mean_iou"] <= 1 and 0 <= ft["random_init"]["mean_iou"] <= 1
     assert "init" in ft["verdict"] and report["seconds"] > 0
     d, r = ft["doll_init"]["mean_iou"], ft["random_init"]["mean_iou"]
-    assert ft["verdict"].startswith("DoLL init beat") == (d > r)
+    # one seed: a verdict is a tie unless the paired interval over test images excludes 0 (issue 34)
+    assert ft["verdict"].startswith(("a tie", "DoLL init scored")) and "interval over test images" in ft["verdict"]
     # the comparison is what it says: the DoLL arm starts from the demo's own pretrained network
     assert json.loads((out / "finetune_doll_init" / "config.json").read_text())["init"] == str((out / "pretrain").resolve())
     assert json.loads((out / "finetune_random_init" / "config.json").read_text())["init"] == "random"
@@ -37,10 +38,11 @@ def test_demo_writes_report_json_and_html(tmp_path, monkeypatch):
         metrics = json.loads((out / f"finetune_adapter_{key}" / "metrics.json").read_text())
         assert ad[key]["mean_iou"] == metrics["mean_iou"]
         assert 0 < ad[key]["trainable_params"] < ft[key]["trainable_params"]
-    assert ad["verdict"].startswith("DoLL init beat") == (ad["doll_init"]["mean_iou"] > ad["random_init"]["mean_iou"])
+    assert "full fine-tuning from random init" in ad["verdict_vs_full_random"]
     html = (out / "report.html").read_text()
-    assert ad["verdict"] in html
-    assert "DoLL demo report" in html and "<svg" in html
+    assert ad["verdict"] in html and "not a result" in html
+    assert "DoLL demo report" in html and 'src="figures/curves.png"' in html
+    assert (out / "figures" / "curves.png").read_bytes()[:4] == b"\x89PNG"  # drawn by matplotlib
     figures = list((out / "figures").glob("*.png"))
     assert any(f.name.startswith("labels_") for f in figures) and (out / "figures" / "pred_doll_init.png").exists()
     assert (out / "figures" / "pred_adapter_doll_init.png").exists()

@@ -175,7 +175,7 @@ def test_label_efficiency_paired(tmp_path, pipeline, capsys):
     for c in cells:
         assert c["steps"] == 3 and c["max_steps"] == 3 and c["mode"] == "full"
         assert [p["step"] for p in c["curve"]] == [1, 2, 3]
-        assert c["curve"][-1]["val_iou"] == pytest.approx(c["mean_iou"], abs=1e-9)
+        assert c["curve"][-1]["test_iou"] == pytest.approx(c["mean_iou"], abs=1e-9)
         assert (out / f"{c['init']}_full_{c['fraction']:g}" / f"seed_{c['seed']}" / "metrics.json").is_file()
         assert "per_image_iou" not in c
     by = {(c["init"], c["fraction"], c["seed"]): c for c in cells}

@@ -70,6 +70,14 @@ class Explainer:
     def __init__(self, **settings):
         self.settings = settings
         self.stats: dict[str, list[float]] = {}
+        # set by doll explain before each attribute(): call it with the number of images
+        # finished so far in this call, as they finish (the progress bar moves per batch);
+        # an explainer that never calls it moves the bar once per block
+        self.progress = None
+
+    def report_images(self, count: float) -> None:
+        if self.progress is not None:
+            self.progress(count)
 
     def attribute(self, model, images, targets):  # pragma: no cover - interface
         raise NotImplementedError

@@ -147,6 +147,7 @@ class IntegratedGradients(Explainer):
             attr = attr.cpu().numpy()  # one transfer per chunk
             for j, i in enumerate(idx):
                 results[i] = attr[:len(targets[i]), j]
+            self.report_images(len(idx) / getattr(self, "samples", 1))  # ig-smooth passes each image `samples` times
         return results
 
 

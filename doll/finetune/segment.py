@@ -16,6 +16,7 @@ curve); the reported model is the last step's (no selection on the test split).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from doll.data.common import hold_out
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
 from doll.finetune.settings import (
+    init_is_folder,
     finetune_inputs,
     FinetuneSettings,
     TaskRunner,
@@ -38,6 +40,7 @@ from doll.finetune.settings import (
     pretrained_parameters,
 )
 from doll.models.adapters import set_mode
+from doll.models.checkpoint import SEEN_IDS_FILE
 from doll.models.segmenter import checkpoint_config, smp_config
 from doll.train import distributed as dist
 from doll.train.engine import Engine, predict_all
@@ -153,7 +156,9 @@ def one_seed(s: FinetuneSettings, names, train, test, size: int, out: Path) -> d
     return {"seed": s.seed, "n_train": int(k), "train_ids": [items[i].id for i in subset][:50], **params,
             **scores, **budget,
             "per_image_iou": np.round(per_image_iou(pred["pred"], pred["truth"]), 5).tolist(),
-            "curve": [{key: r.get(key) for key in ("step", "epoch", "images_seen", "val_iou", "val_dice", "seconds")}
+            # the engine's evaluations run on the test split: the curve says so
+            "curve": [{"step": r.get("step"), "epoch": r.get("epoch"), "images_seen": r.get("images_seen"),
+                       "test_iou": r.get("val_iou"), "test_dice": r.get("val_dice"), "seconds": r.get("seconds")}
                       for r in hist["history"]]}
 
 
@@ -165,6 +170,7 @@ class Segment(TaskRunner):
         size = image_size(s)
         t0 = time.time()
         names, train, test, test_split = load_task_data(s, size)
+        leaked = seen_in_pretraining(s, test[2], test_split)
         out = Path(s.out)
         if dist.is_main():
             prepare_out_dir(out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s), command="finetune",
@@ -173,9 +179,27 @@ class Segment(TaskRunner):
         dist.barrier()
         result = seeds(s, names, train, test, test_split, size, out)
         result["seconds"] = round(time.time() - t0, 2)
+        if leaked is not None:
+            result["test_images_seen_in_pretraining"] = leaked
         if dist.is_main():
             write_json(out / "metrics.json", result)
         return result
+
+
+def seen_in_pretraining(s: FinetuneSettings, test_items, test_split: str) -> int | None:
+    """How many test images the --init network was pretrained on (its pretrained_ids.txt),
+    with a warning when any were: their pseudo labels came from image-level labels, but the
+    test images are then not unseen. None when --init records no ids."""
+    ids_file = Path(s.init) / SEEN_IDS_FILE if init_is_folder(s.init) else None
+    if ids_file is None or not ids_file.is_file():
+        return None
+    seen = {line for line in ids_file.read_text(encoding="utf-8", errors="replace").split("\n") if line}
+    leaked = sum(it.id in seen for it in test_items)
+    if leaked and dist.is_main():
+        print(f"warning: {leaked} of the {len(test_items)} test images ({test_split}) are among the {len(seen)} "
+              f"images --init {s.init} was pretrained on; its test scores are not on unseen images. Explain and "
+              f"pretrain without the {test_split} split to test on images the network never saw", file=sys.stderr)
+    return leaked
 
 
 def seeds(s: FinetuneSettings, names, train, test, test_split: str, size: int, out: Path) -> dict:
@@ -188,18 +212,60 @@ def seeds(s: FinetuneSettings, names, train, test, test_split: str, size: int, o
     result = {"command": "finetune", "task": s.task, "dataset": s.dataset, "init": s.init, "mode": s.mode,
               "label_fraction": s.label_fraction, "image_size": size, "test_split": test_split,
               "n_train_total": len(train[0]), "n_train": runs[0]["n_train"], "n_test": len(test[0]),
-              "structures": names, "mean_iou": float(np.mean(ious)), "mean_iou_std": float(np.std(ious)),
+              "structures": names, "mean_iou": float(np.mean(ious)),
               "mean_dice": float(np.mean([r["mean_dice"] for r in runs])),
               "per_structure": runs[0]["per_structure"] if s.seeds == 1 else {
                   n: {"iou": float(np.mean([r["per_structure"][n]["iou"] for r in runs])),
                       "dice": float(np.mean([r["per_structure"][n]["dice"] for r in runs]))} for n in names},
               "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"],
               "runs": runs}
+    if s.seeds > 1:  # a spread over one seed is no spread
+        result["mean_iou_std"] = float(np.std(ious))
     for key in ("steps", "images_seen"):
         if key in runs[0]:
             result[key] = runs[0][key]
+    per_image = np.mean([np.asarray(r["per_image_iou"]).mean(axis=1) for r in runs], axis=0)  # (test images,)
+    result["mean_iou_ci95"] = bootstrap_interval(per_image)
+    result["empty_mask_rule"] = EMPTY_MASK_RULE
+    truth_empty = np.array([not m.any() for m in test[1]])
     if "positives" in runs[0]:
         result["positives_mean_iou"] = float(np.mean([r["positives"]["mean_iou"] for r in runs]))
+        result["positives_mean_iou_ci95"] = bootstrap_interval(per_image[~truth_empty])
     if "negatives" in runs[0]:
         result["negatives_false_positive_area"] = float(np.mean([r["negatives"]["false_positive_area"] for r in runs]))
-    return result
+    result["headline"] = headline(result, int(truth_empty.sum()))
+    return {"headline": result.pop("headline"), **result}
+
+
+# how mean_iou scores a test image whose mask is empty (a covid negative): an empty prediction
+# scores 1, any other 0; so on a task with empty masks an untrained net that predicts nothing
+# scores the fraction of negatives, and the headline is IoU on positive images instead
+EMPTY_MASK_RULE = "an image and structure whose mask and prediction are both empty scores 1, a non-empty prediction 0"
+
+
+def headline(result: dict, n_empty: int) -> dict:
+    """The number to quote, named with its split: mean IoU over the test images; on a task
+    whose test masks may be empty (covid), IoU on the images with a mask plus the area
+    predicted on the others, which an empty prediction cannot beat."""
+    split = result["test_split"]
+    if "positives_mean_iou" in result:
+        return {"metric": "positives_mean_iou", "value": result["positives_mean_iou"],
+                "ci95": result.get("positives_mean_iou_ci95"), "split": split,
+                "what": f"IoU on the {result['n_test'] - n_empty} test images with a mask ({split}); an empty "
+                        "prediction scores 0",
+                "false_positive_area": result.get("negatives_false_positive_area"),
+                "false_positive_area_what": f"fraction of pixels predicted on the {n_empty} test images without one"}
+    note = f"; {n_empty} test images have an empty mask ({EMPTY_MASK_RULE})" if n_empty else ""
+    return {"metric": "mean_iou", "value": result["mean_iou"], "ci95": result.get("mean_iou_ci95"), "split": split,
+            "what": f"mean IoU over structures and the {result['n_test']} test images ({split}){note}"}
+
+
+def bootstrap_interval(values, resamples: int = 2000, seed: int = 0) -> list[float] | None:
+    """95 % percentile interval of the mean of ``values`` (per-image scores) by bootstrap over
+    images; None for fewer than 2 images."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]

@@ -24,6 +24,7 @@ from doll.data.labels import apply_policy
 from doll.errors import DollError
 from doll.labels.rule import apply_rule, check_rule
 from doll.labels.store import LabelFile, read_rows
+from doll.models.checkpoint import SEEN_IDS_FILE
 from doll.models.segmenter import (
     DEFAULT_DECODER,
     DEFAULT_ENCODER,
@@ -40,6 +41,7 @@ from doll.train.engine import Engine, EngineSettings
 from doll.train.tasks import SegmentationTask
 from doll.utils import (
     RunOptions,
+    atomic_path,
     check_positive,
     prepare_out_dir,
     resolve_device,
@@ -168,6 +170,7 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
         info = lf.info()
         patients, val_unit = row_patients(lf, s.dataset)
         patients = [patients[i] for i in done]
+        seen_ids = [lf.paths()[i] for i in done]
     check_image_size(s.decoder, s.encoder, int(size), option=f"{s.labels} holds images of")
     torch.manual_seed(s.seed)  # the initial weights: the same --seed gives the same run
     model = build_segmenter(s.decoder, s.encoder, len(names), aux=s.aux)
@@ -195,9 +198,12 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     metrics = engine.fit(train_set, val_set, resume=s.resume)
     result = {"command": "pretrain", "finished": True, "classes": names, "label_rule": rule,
               "n_train": len(train_set), "n_val": n_val, "validation_split_by": val_unit,
-              "best_epoch": metrics["best_epoch"],
+              "best_step": metrics["best_step"],
               "val_iou": metrics["best"].get("val_iou"), "history": metrics["history"],
               "seconds": round(time.time() - t0, 2)}
     if dist.is_main():
+        # the images this network saw: `doll finetune --init` warns when its test images are among them
+        with atomic_path(engine.out / SEEN_IDS_FILE) as tmp:
+            tmp.write_text("".join(f"{i}\n" for i in seen_ids), encoding="utf-8")
         write_json(engine.out / "metrics.json", result)
     return result

@@ -14,26 +14,8 @@ from doll.labels.rule import apply_rule
 from doll.labels.store import LabelFile
 from doll.models.segmenter import load_segmenter
 from doll.report.overlay import overlay, write_png
+from doll.report.plots import line_chart
 from doll.utils import atomic_path
-
-
-def svg_curves(curves: dict[str, list[float]], width: int = 480, height: int = 220) -> str:
-    """A minimal line chart (validation IoU per epoch) without a plotting dependency."""
-    colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e"]
-    n = max(len(c) for c in curves.values())
-    pad = 30
-    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" style="background:#fff">',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - 5}" y2="{height - pad}" stroke="#444"/>',
-             f'<line x1="{pad}" y1="5" x2="{pad}" y2="{height - pad}" stroke="#444"/>',
-             f'<text x="{width / 2}" y="{height - 5}" font-size="11" text-anchor="middle">epoch</text>',
-             f'<text x="2" y="12" font-size="11">IoU 1</text><text x="2" y="{height - pad}" font-size="11">0</text>']
-    for k, (name, ys) in enumerate(curves.items()):
-        pts = " ".join(f"{pad + (width - pad - 10) * i / max(1, n - 1):.1f},"
-                       f"{(height - pad) - (height - pad - 10) * (y or 0):.1f}" for i, y in enumerate(ys))
-        parts.append(f'<polyline fill="none" stroke="{colours[k % 4]}" stroke-width="2" points="{pts}"/>')
-        parts.append(f'<text x="{width - 200}" y="{20 + 14 * k}" font-size="12" fill="{colours[k % 4]}">'
-                     f'{html.escape(name)}</text>')
-    return "".join(parts) + "</svg>"
 
 
 def _label_panels(out_dir: Path, labels: str, count: int = 4) -> list[str]:
@@ -81,8 +63,12 @@ def write_report(out_dir: Path, report: dict, labels: str, data: Path, models: d
     pred_figs = _prediction_panels(out_dir, data, models)
     ft = report["finetune"]
     arms = {"full": ft, "adapter": ft["adapter"]}
-    curves = {f"{init} init, {mode} ({a[key]['mean_iou']:.3f})": [c["val_iou"] for c in a[key]["curve"]]
+    curves = {f"{init} init, {mode} (final {a[key]['mean_iou']:.3f})": ([c["step"] for c in a[key]["curve"]],
+                                                                       [c["test_iou"] for c in a[key]["curve"]])
               for mode, a in arms.items() for key, init in (("doll_init", "DoLL"), ("random_init", "random"))}
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    line_chart(out_dir / "figures" / "curves.png", curves, xlabel="optimiser step", ylabel="mean IoU on the test split",
+               title=f"Fine-tuning on {ft['n_train']} masks: test IoU along the way")
     lab = report["labels"]
     rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{v['iou']:.3f}</td><td>{v['topk_iou']:.3f}</td>"
                    f"<td>{v['pointing']:.2f}</td><td>{v['n']}</td></tr>"
@@ -109,8 +95,11 @@ Plan: {html.escape(str(report['plan']))}</p>
 <h2>4. Fine-tuning on the phantom anatomy with {ft['n_train']} masks ({ft['label_fraction']:.0%})</h2>
 <p>Full fine-tuning (every weight): <b>{html.escape(ft['verdict'])}</b>.<br>
 Adapters ({ft['adapter']['doll_init']['trainable_params']} trainable weights on a frozen network):
-<b>{html.escape(ft['adapter']['verdict'])}</b>.<br>Test images: {ft['n_test']}; test IoU per epoch:</p>
-{svg_curves(curves)}
+<b>{html.escape(ft['adapter']['verdict'])}</b>.<br>
+Adapters against what you would do instead, fine-tuning every weight from random init:
+<b>{html.escape(ft['adapter']['verdict_vs_full_random'])}</b>.<br>
+<i>{html.escape(ft['note'])}.</i><br>Test images: {ft['n_test']}; test IoU along the way:</p>
+<p><img src="figures/curves.png" alt="test IoU against optimiser steps, four arms"></p>
 <table><tr><th>structure (IoU)</th><th>DoLL init, full</th><th>random init, full</th><th>DoLL init, adapters</th>
 <th>random init, adapters</th></tr>{structs}</table>
 {''.join(f'<p>{f[5:-4]} (left: ground truth, right: prediction)<br><img src="figures/{f}"></p>' for f in pred_figs)}
