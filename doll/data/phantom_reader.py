@@ -6,12 +6,13 @@ without a mask file is absent from that image (its ground truth is empty).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from doll.data.base import CHEXPERT_CLASSES, FINDINGS, DatasetFormat, Item
 from doll.data.chexpert import CheXpert
+from doll.data.phantom import PHANTOM_VERSION
 from doll.errors import DollError
+from doll.schema import read_phantom_meta
 
 
 class Phantom(DatasetFormat):
@@ -24,8 +25,8 @@ class Phantom(DatasetFormat):
         meta_file = self.root / "phantom.json"
         if not meta_file.exists():
             raise DollError(f"{self.root} is not a phantom data set (no phantom.json); make one with `doll data phantom --out DIR`")
-        self.meta = json.loads(meta_file.read_text())
-        self.chexpert = CheXpert(self.root / self.meta.get("chexpert_dir", "CheXpert-v1.0-phantom"), **options)
+        self.meta = read_phantom_meta(meta_file, PHANTOM_VERSION)  # checked: a name, not a path, for chexpert_dir
+        self.chexpert = CheXpert(self.root / self.meta["chexpert_dir"], **options)
 
     def _load(self) -> list[Item]:
         items = self.chexpert.items()

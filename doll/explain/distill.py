@@ -39,6 +39,16 @@ def normalise_map(a: np.ndarray, sign: str = "positive", smooth: float = 0.03) -
     return np.clip(a / scale, 0, 1)
 
 
+def require_finite(member_maps: list[np.ndarray], image: str, members: list[str]) -> None:
+    """Refuse the maps of an image (one (T, H, W) array per member) when one holds NaN or
+    infinite values: distilled, they would become labels of garbage (NaN quantises to 0)."""
+    for name, maps in zip(members, member_maps):
+        if not np.isfinite(maps).all():
+            raise DollError(f"the explanation of {image} by classifier member {name} has NaN or infinite values; "
+                            "its weights or inputs are broken: check the classifiers (retrain them) and rerun doll "
+                            "explain with --resume")
+
+
 def distill(member_maps: list[np.ndarray], sign: str = "positive", smooth: float = 0.03,
             field: np.ndarray | None = None) -> np.ndarray:
     """``member_maps``: one (T, H, W) float array per member -> uint8 (T, H, W).

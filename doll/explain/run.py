@@ -23,7 +23,7 @@ from doll.explain.base import (
     make_explainer,
     normal_class,
 )
-from doll.explain.distill import distill
+from doll.explain.distill import distill, require_finite
 from doll.explain.ig import check_precision, default_batch_size
 from doll.labels.rule import DEFAULT_RULE, check_rule
 from doll.labels.store import Blocks, PartsWriter, is_label_file, is_parts_folder, write_label_file
@@ -274,6 +274,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         shutil.rmtree(parts_folder, ignore_errors=True)
     dist.barrier()  # no rank writes a block before rank 0 has cleared the old ones
     parts = PartsWriter(str(out) + ".parts", resume_key, resume=s.resume, owner=dist.is_main())
+    parts.expect(n=n, block=s.block, classes=len(classes), size=size, members=len(members))  # blocks read back fit
+    names = [info["folder"] for _, _, info in members]
     dist.barrier()
     blocks = list(range((n + s.block - 1) // s.block))
     world, rank = (dist.world_size(), dist.rank()) if dist.active() else (1, 0)
@@ -289,7 +291,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         maps = []  # the explained classes' saliency, in the row-major order of tmask
         with watch("distill"):
             for j, t in enumerate(tg):
-                if t:
+                if t:  # no map with NaN becomes a label
+                    require_finite([m[j] for m in per_member], f"image {lo + j} ({arrays.items[lo + j].id})", names)
                     sal = distill([m[j] for m in per_member], s.sign, s.smooth, None if fields is None else fields[lo + j])
                     maps.extend(sal[np.argsort(t)])
                     tmask[j, t] = True

@@ -3,7 +3,6 @@ initialisation, the image size, the label subset and the training budget. Every 
 module (``segment``, ``seg4cls``, ``mixed``) builds on these; none imports another."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,11 +152,11 @@ def image_size(s: FinetuneSettings) -> int:
             return int(size)
     if s.dataset == "phantom":
         meta = Path(s.root) / "phantom.json"
-        if meta.is_file():
-            try:
-                return int(json.loads(meta.read_text()).get("size") or 256)
-            except (OSError, ValueError):
-                pass
+        if meta.is_file():  # checked (doll.schema): a size in [16, 4096] when it names one
+            from doll.data.phantom import PHANTOM_VERSION
+            from doll.schema import read_phantom_meta
+
+            return int(read_phantom_meta(meta, PHANTOM_VERSION).get("size") or 256)
     return 256
 
 

@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,6 +54,8 @@ import h5py
 import numpy as np
 
 from doll.errors import DollError
+from doll.labels.rule import DEFAULT_RULE
+from doll.schema import check_label_file, check_parts_block, read_parts_settings, show
 from doll.utils import atomic_path, differing_keys, jsonable, tool_version
 
 FORMAT, FORMAT_VERSION = "doll-labels", 1
@@ -273,30 +277,23 @@ class LabelFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
+            parts = Path(str(self.path) + ".parts")
+            if parts.is_dir():  # a doll explain that did not finish: its blocks are there
+                raise DollError(unfinished_parts(self.path, parts))
             raise DollError(f"label file {self.path} does not exist; make one with `doll explain`")
         try:
             self.f = h5py.File(self.path, "r")
         except OSError:
             raise DollError(f"{self.path} is not an HDF5 file (corrupt, or not made by doll)") from None
-        fmt = self.f.attrs.get("format")
-        if fmt != FORMAT:
-            self.f.close()
-            raise DollError(f"{self.path} is not a DoLL label file (format {fmt!r}, expected {FORMAT!r})")
-        version = int(self.f.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            self.f.close()
-            raise DollError(f"{self.path} has label format version {version}; this doll reads version {FORMAT_VERSION}")
-        missing = [k for k in ROW_DATASETS if k not in self.f]
-        if missing:
-            self.f.close()
-            raise DollError(f"{self.path} lacks the dataset(s) {', '.join(missing)}; the file is damaged")
         try:
+            # format, version, the attributes readers use and the datasets' dtypes and shapes (doll.schema)
+            self._attrs = check_label_file(self.f, self.path, FORMAT, FORMAT_VERSION)
             self.done = self["done"][:]
         except DollError:
             self.f.close()
             raise
-        finished = self.f.attrs.get("finished")  # absent in files made before it: complete (see the module's notes)
-        if finished is not None and int(finished) != 1:
+        finished = self._attrs["finished"]  # absent in files made before it: complete (see the module's notes)
+        if finished is not None and finished != 1:
             self.f.close()
             raise DollError(f"{self.path} is an unfinished label file ({int(self.done.sum())} of {len(self.done)} rows "
                             "done); finish it with `doll explain --resume`")
@@ -305,9 +302,19 @@ class LabelFile:
             raise DollError(f"{self.path} has no finished rows; finish it with `doll explain --resume`")
 
     def attr(self, key: str, default=None):
+        """An attribute: those readers use as checked on open (:func:`doll.schema.check_label_file`),
+        others as stored (lists and dicts are stored as JSON)."""
+        if key in self._attrs:
+            v = self._attrs[key]
+            return default if v is None else v
         v = self.f.attrs.get(key, default)
-        if isinstance(v, str) and v.startswith(("[", "{")):  # lists and dicts are stored as JSON
-            return json.loads(v)
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, str) and v.startswith(("[", "{")):
+            try:
+                return json.loads(v)
+            except ValueError:
+                return v
         return v
 
     @property
@@ -316,7 +323,8 @@ class LabelFile:
 
     @property
     def label_rule(self) -> str:
-        return self.attr("label_rule")
+        """The rule the file was made with (the default rule for a file that names none)."""
+        return self.attr("label_rule") or DEFAULT_RULE
 
     def saliency_field(self) -> tuple[str, float]:
         """The lung model whose predicted field multiplied the saliency ('' when none) and
@@ -325,7 +333,8 @@ class LabelFile:
 
         settings = self.attr("settings") or {}
         model = settings.get("field_model") or settings.get("lung_model") or ""
-        return model, float(settings.get("field_margin", INPUT_MARGIN))
+        margin = settings.get("field_margin")  # checked on open: a number in [0, 0.5) when present
+        return model, float(INPUT_MARGIN if margin is None else margin)
 
     def __len__(self):
         return len(self.done)
@@ -397,13 +406,35 @@ class LabelFile:
 
     def info(self) -> dict:
         n, c, h, w = self.f["saliency"].shape
-        return {"path": str(self.path), "format_version": int(self.f.attrs["format_version"]),
+        return {"path": str(self.path), "format_version": self._attrs["format_version"],
                 "tool_version": self.attr("tool_version"), "rows": n, "done": int(self.done.sum()),
                 "classes": self.classes, "image_size": [h, w], "method": self.attr("method"),
                 "settings": self.attr("settings"), "label_rule": self.label_rule,
                 "targets_per_class": dict(zip(self.classes, self.f["targets"][:].sum(axis=0).tolist())),
                 "classifiers": self.attr("classifiers"), "dataset": self.attr("dataset"),
-                "finished": bool(int(self.f.attrs.get("finished", 1)))}
+                "finished": self._attrs["finished"] in (None, 1)}
+
+
+def unfinished_parts(path: Path, parts: Path) -> str:
+    """What to say of a label file that does not exist while its parts folder does: a doll
+    explain that did not finish, how far it got and the command that finishes it."""
+    try:
+        settings = read_parts_settings(parts / "settings.json")
+    except DollError:
+        settings = {}
+    blocks = sorted(int(m.group(1)) for p in parts.glob("block_*.npz") if (m := re.fullmatch(r"block_(\d+)\.npz", p.name)))
+    n, size = (settings.get("data") or {}).get("images"), settings.get("block")
+    if n is not None and size:
+        done = sum(max(0, min(size, n - b * size)) for b in blocks)
+        progress = f"{done} of {n} rows done in {parts}"
+    else:
+        progress = f"{len(blocks)} block(s) done in {parts}"
+    flags = [f"--{k} {settings[k]}" for k in ("classifiers", "dataset", "root") if settings.get(k)]
+    if settings.get("split") not in (None, "", "train"):
+        flags.append(f"--split {settings['split']}")
+    command = " ".join(["doll explain", *flags, f"--out {path}", "--resume"])
+    return (f"label file {path} is unfinished ({progress}, by a doll explain that did not finish); finish it with "
+            f"`{command}` (and the first run's other options)")
 
 
 def is_parts_folder(folder: str | Path) -> bool:
@@ -421,11 +452,12 @@ class PartsWriter:
         """``owner`` (rank 0) checks a previous run's settings and records these; other
         ranks only write blocks."""
         self.folder = Path(folder)
+        self.layout: dict = {}  # what every block must hold (:meth:`expect`)
         if not owner:
             return
         settings_file = self.folder / "settings.json"
         if self.folder.exists() and settings_file.exists():
-            previous = json.loads(settings_file.read_text())
+            previous = read_parts_settings(settings_file)
             if not resume:
                 raise DollError(f"{self.folder} holds an unfinished run; pass --resume to continue it or --overwrite")
             if previous != json.loads(json.dumps(settings)):
@@ -437,6 +469,11 @@ class PartsWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(settings_file) as tmp:
             tmp.write_text(json.dumps(settings, sort_keys=True))
+
+    def expect(self, n: int, block: int, classes: int, size: int, members: int) -> None:
+        """The run's layout, which every block read back must fit: ``n`` images in blocks of
+        ``block``, ``classes`` classes, maps of ``size`` pixels, ``members`` classifiers."""
+        self.layout = {"n": n, "block": block, "classes": classes, "size": size, "members": members}
 
     def block_file(self, block: int) -> Path:
         return self.folder / f"block_{block:07d}.npz"
@@ -450,9 +487,27 @@ class PartsWriter:
                 np.savez_compressed(fh, **arrays)
 
     def read(self, block: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        with np.load(self.block_file(block), allow_pickle=False) as z:
-            missing = [k for k in (keys or ()) if k not in z.files]
-            if missing:
-                raise DollError(f"{self.block_file(block)} lacks {', '.join(missing)}: the unfinished run was made by "
-                                "another doll version; start it again with --overwrite")
-            return {k: z[k] for k in (keys or z.files)}
+        """The arrays of a block, checked (:func:`doll.schema.check_parts_block`) against the
+        layout given to :meth:`expect`; a damaged block names itself and how to redo it."""
+        path = self.block_file(block)
+        redo = f"delete {path} and finish the run with the same doll explain command and --resume"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [k for k in (keys or ()) if k not in z.files]
+                if missing:
+                    raise DollError(f"{path} lacks {', '.join(missing)}: the unfinished run was made by "
+                                    "another doll version; start it again with --overwrite")
+                arrays = {}
+                for k in keys or z.files:
+                    try:
+                        arrays[k] = z[k]
+                    except ValueError as exc:  # np.load refuses object arrays (pickles) without allow_pickle
+                        what = "an object array (pickled Python objects)" if "allow_pickle" in str(exc) else \
+                            f"unreadable ({exc})"
+                        raise DollError(f"{path}: {k} is {what}; expected an array of numbers, {redo}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DollError(f"{path}: the content is not a block of arrays ({show(str(exc))}); {redo}") from None
+        lay = self.layout
+        rows = min(lay["block"], lay["n"] - block * lay["block"]) if lay else None
+        return check_parts_block(path, arrays, rows=rows, classes=lay.get("classes"), size=lay.get("size"),
+                                 members=lay.get("members"))

@@ -23,11 +23,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from doll.errors import DollError
+from doll.schema import check_train_state, check_weights, read_checkpoint_config
 from doll.utils import atomic_path, tool_version, write_json
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 METRICS_FILE, LAST_FILE = "metrics.json", "last.pt"
+SEEN_IDS_FILE = "pretrained_ids.txt"  # a pretrain folder: the image ids it trained on, one a line
 
 
 def run_progress(metrics: dict, config: dict | None = None) -> str:
@@ -35,8 +37,9 @@ def run_progress(metrics: dict, config: dict | None = None) -> str:
     (``steps_run`` / ``max_steps`` in its metrics or settings), else ``epoch E of N``
     (``epochs_run`` of the ``epochs`` in its settings); ``of N`` is left out when unknown."""
     settings = {}
-    for section in ((config or {}).get("doll", {}).get("settings"), (config or {}).get("doll", {}).get("run"),
-                    config):
+    config = config if isinstance(config, dict) else {}  # a damaged config.json says nothing of the progress
+    doll = config.get("doll") if isinstance(config.get("doll"), dict) else {}
+    for section in (doll.get("settings"), doll.get("run"), config):
         if isinstance(section, dict):
             settings = {**section, **settings}  # the engine's settings first, then the run's
     if "steps_run" in metrics or "max_steps" in metrics or settings.get("max_steps"):
@@ -56,7 +59,7 @@ def require_finished(folder: str | Path, what: str = "run") -> None:
     folder = Path(folder)
     metrics_file = folder / METRICS_FILE
     config = None
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, RecursionError):
         config = json.loads((folder / CONFIG_FILE).read_text())
     if metrics_file.is_file():
         try:
@@ -86,13 +89,14 @@ def require_kind(folder: str | Path, kind: str) -> None:
     finished marker) is not an unfinished run of this one. A folder whose kind is unknown passes."""
     folder = Path(folder)
     config = {}
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, RecursionError):
         config = json.loads((folder / CONFIG_FILE).read_text())
     if not isinstance(config, dict):
         return
     doll = config.get("doll") if isinstance(config.get("doll"), dict) else {}
-    found = doll.get("kind") or RUN_KINDS.get(config.get("command"))
-    if found is not None and found != kind:
+    command = config.get("command")
+    found = doll.get("kind") or (RUN_KINDS.get(command) if isinstance(command, str) else None)
+    if isinstance(found, str) and found != kind:  # a kind that is not text: read_config's schema names it
         raise DollError(f"{folder} is {_kind_name(found)}, not {_kind_name(kind)}")
 
 
@@ -135,14 +139,8 @@ def read_config(folder: str | Path, kind: str | None = None) -> dict:
             raise DollError(f"{folder} holds {', '.join(pickles)} (pickle) but no {MODEL_FILE}; doll never unpickles "
                             "checkpoints, convert it to safetensors")
         raise DollError(f"no {MODEL_FILE} in {folder}; is it a doll checkpoint folder?")
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-        doll = config["doll"]
-    except (OSError, ValueError, KeyError):
-        raise DollError(f"{folder / CONFIG_FILE} is missing or not a doll checkpoint config") from None
-    if kind is not None and doll.get("kind") != kind:  # another kind was refused by require_kind: here it names none
-        raise DollError(f"{folder / CONFIG_FILE} names no doll kind; this command needs {_kind_name(kind)}")
-    return config
+    # every field a reader uses, checked (doll.schema); another kind was refused by require_kind
+    return read_checkpoint_config(folder / CONFIG_FILE, kind)
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -184,11 +182,13 @@ def read_weights_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:
             state = state[wrapper]
     if not isinstance(state, dict):
         raise DollError(f"{p} holds a {type(state).__name__}, not a state dict (name -> tensor)")
-    return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+    return check_weights(p, {str(k).removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)})
 
 
 def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
-    return read_safetensors(Path(folder) / MODEL_FILE)
+    """The weights of a checkpoint folder; NaN or infinite values are refused (naming the first such tensor)."""
+    path = Path(folder) / MODEL_FILE
+    return check_weights(path, read_safetensors(path))
 
 
 def load_into(model: torch.nn.Module, folder: str | Path, strict: bool = True) -> None:
@@ -205,10 +205,48 @@ def save_train_state(path: str | Path, state: dict) -> None:
 
 
 def load_train_state(path: str | Path) -> dict:
+    """A run's ``last.pt``, its keys and progress checked (:func:`doll.schema.check_train_state`)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle payloads are refused here
         raise DollError(f"refusing to load {path}: not a plain-tensor training state ({type(exc).__name__})") from None
+    return check_train_state(path, state)
+
+
+def restore_model(model: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """Load the weights of a training state (``state["model"]``) into ``model``; weights of
+    another network are a DollError naming ``path``."""
+    try:
+        unwrap(model).load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0].rstrip(":")
+        raise DollError(f"{path}: model is the weights of another network ({first}); expected the network this "
+                        "command builds, resume with the first run's settings or start again with --overwrite") from None
+
+
+def restore_train_state(state: dict, path: str | Path, model: torch.nn.Module, optimizer, scheduler,
+                        scaler=None) -> None:
+    """Put a checked training state (:func:`load_train_state`) back: weights, optimiser (its
+    tensors must fit the parameters), scheduler, gradient scaler (when given and saved) and
+    torch's random-number state. What does not fit is a DollError naming ``path``."""
+    restore_model(model, state, path)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                for key, value in optimizer.state.get(p, {}).items():
+                    if torch.is_tensor(value) and value.ndim and value.shape != p.shape:
+                        raise ValueError(f"its {key} of shape {tuple(value.shape)} does not fit a parameter of shape "
+                                         f"{tuple(p.shape)}")
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"]:  # empty when saved by a run without fp16
+            scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DollError(f"{path}: optimizer is the state of another optimiser or network ({first}); expected the "
+                        "state this command saved, resume with the first run's settings or start again with "
+                        "--overwrite") from None
+    torch.set_rng_state(state["rng_torch"])
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

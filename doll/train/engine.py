@@ -45,6 +45,8 @@ from doll.errors import DollError
 from doll.models.checkpoint import (
     MODEL_FILE,
     load_train_state,
+    restore_model,
+    restore_train_state,
     save_model,
     save_train_state,
     save_weights,
@@ -76,6 +78,7 @@ class EngineSettings:
     num_workers: int = 0
     amp: bool = True
     progress: bool = True
+    eval_split: str = "val"  # what the evaluation set is, for the log lines: "test" where it is the test split
 
 
 def amp_dtype(device: torch.device):
@@ -197,8 +200,9 @@ class Engine:
         if resume and metrics_file.exists() and read_json(metrics_file).get("finished"):
             if (out / LAST).exists():  # leave the model as a finished fit leaves it: the last step's weights
                 ck = load_train_state(out / LAST)
-                unwrap(self.model).load_state_dict(ck["model"])
-                return self._metrics(ck["state"], True)  # metrics.json may since hold the calling stage's result
+                restore_model(self.model, ck, out / LAST)
+                if "step" in ck["state"]:  # a state saved by a doll that counted epochs: its metrics.json
+                    return self._metrics(ck["state"], True)  # metrics.json may since hold the calling stage's result
             return read_json(metrics_file)
         ws = dist.world_size() if dist.active() else 1
         sampler = DistributedSampler(train_set, num_replicas=ws, rank=dist.rank() if ws > 1 else 0,
@@ -215,13 +219,8 @@ class Engine:
         torch.manual_seed(s.seed)
         random.seed(s.seed)
         if resume and (out / LAST).exists():
-            ck = load_train_state(out / LAST)
-            unwrap(self.model).load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            if ck["scaler"] and self.scaler.is_enabled():  # empty when saved by a run without fp16
-                self.scaler.load_state_dict(ck["scaler"])
-            torch.set_rng_state(ck["rng_torch"])
+            ck = load_train_state(out / LAST)  # checked: keys, types, progress (doll.schema)
+            restore_train_state(ck, out / LAST, self.model, opt, sched, self.scaler if self.scaler.is_enabled() else None)
             if torch.is_tensor(ck.get("rng_cuda")) and ck["rng_cuda"].numel() and self.device.type == "cuda":
                 torch.cuda.set_rng_state(ck["rng_cuda"], self.device)  # dropout on this rank's GPU draws from it
             random.setstate(ck["rng_python"])
@@ -229,6 +228,10 @@ class Engine:
             if state["max_steps"] != total:
                 raise DollError(f"{out} was started with a budget of {state['max_steps']} steps, this command asks "
                                 f"for {total}; resume with the same --epochs / --max-steps / --batch-size")
+            if state["batch"] >= n_batches:  # a position no epoch of this run has: resuming there would never end
+                raise DollError(f"{out / LAST}: state.batch is {state['batch']}; expected fewer than the {n_batches} "
+                                "batches of an epoch, resume with the first run's --batch-size or start again with "
+                                "--overwrite")
         model = self._ddp()
         start = time.time()
         main = dist.is_main()
@@ -338,7 +341,7 @@ class Engine:
                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
                 else torch.zeros(0, dtype=torch.uint8)})
             write_json(out / "metrics.json", self._metrics(state, False))
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items()
+            shown = "  ".join(f"{k.replace('val_', s.eval_split + '_', 1)} {v:.4f}" for k, v in row.items()
                               if isinstance(v, float) and k not in ("lr", "epoch", "seconds"))
             tqdm.write(f"[{out.name}] step {state['step']}/{state['max_steps']}  {shown}")
             if stop:
