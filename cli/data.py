@@ -13,7 +13,7 @@ data_app = Typer(help="Make and check data sets.", no_args_is_help=True)
 def phantom(
     out: Path = typer.Option(..., "--out", help="Folder to write the phantom data set into."),
     n: int = typer.Option(200, "--n", help="Number of chest images (CheXpert layout)."),
-    size: int = typer.Option(128, "--size", help="Image side in pixels (32 or more)."),
+    size: int = typer.Option(64, "--size", help="Image side in pixels (32 or more; 64 is what the README's examples and --image-size defaults use)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
     n_anatomy: int = typer.Option(None, "--n-anatomy", min=0, show_default=False, help="Images in the JSRT-layout anatomy set (default: max(20, n/2))."),
     noise: float = typer.Option(0.05, "--noise", min=0.0, max=1.0, help="Fraction of training labels flipped."),

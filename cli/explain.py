@@ -101,7 +101,7 @@ def show(
 
 
 @labels_app.command("info")
-def info(labels: Path = typer.Argument(..., help="A DoLL label file."),
+def info(labels: Path = typer.Argument(..., metavar="LABELS.h5", help="A DoLL label file."),
          verify: bool = typer.Option(False, "--verify", help="Also read every row (every chunk) and list those that cannot be read; exits 2 if any.")):
     """Format version, rows, classes, method and settings of a label file."""
     from doll.errors import DollError
@@ -119,7 +119,7 @@ def info(labels: Path = typer.Argument(..., help="A DoLL label file."),
 
 @labels_app.command("merge")
 def merge(
-    inputs: list[Path] = typer.Argument(..., help="Label files (shards of one run) to join."),
+    inputs: list[Path] = typer.Argument(..., metavar="LABELS.h5", help="Label files (shards of one run) to join."),
     out: Path = typer.Option(..., "--out", help="The merged file."),
     overwrite: bool = OVERWRITE,
 ):
@@ -131,7 +131,7 @@ def merge(
 
 @labels_app.command("refine")
 def refine(
-    labels: Path = typer.Argument(..., help="A DoLL label file."),
+    labels: Path = typer.Argument(..., metavar="LABELS.h5", help="A DoLL label file."),
     model: Path = typer.Option(..., "--model", help="The --out folder of `doll pretrain` run on these labels."),
     out: Path = typer.Option(..., "--out", help="The refined label file to write (.h5)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
@@ -150,7 +150,7 @@ def refine(
 
 @labels_app.command("export")
 def export(
-    labels: Path = typer.Argument(..., help="A DoLL label file."),
+    labels: Path = typer.Argument(..., metavar="LABELS.h5", help="A DoLL label file."),
     out: Path = typer.Option(..., "--out", help="Folder for images/, masks/<class>/ and labels.csv."),
     fmt: str = typer.Option("png", "--format", help="Export format: png."),
     label_rule: str = typer.Option("", "--label-rule", help="Override the file's label rule."),

@@ -25,6 +25,14 @@ class _FlagsReadAsFlags:
         for param in params:
             if getattr(param, "is_flag", False) and param.metavar is None:
                 param.metavar = ""
+            if getattr(param, "nargs", 1) != 1 and hasattr(param, "display_type_rich"):  # <list[Path]> -> <path>...
+                shown = param.display_type_rich
+
+                def display(ctx=None, shown=shown):
+                    text = shown(ctx=ctx)
+                    return text.replace("<list[Path]>", "<path>...") if isinstance(text, str) else text
+
+                param.display_type_rich = display
         return params
 
 

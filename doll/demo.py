@@ -115,12 +115,12 @@ def demo(out: str = "artifacts/demo", quick: bool = False, seed: int = 0, device
 
     report = {
         "classifiers": {"mean_auroc": cls["mean_auroc"], "per_class_auroc": cls["per_class_auroc"],
-                        "members": plan.members},
+                        "members": plan.members, "history": {m["name"]: m["history"] for m in cls["members"]}},
         "labels": {"mean_iou": ev["mean_iou"], "random_iou": ev["random_iou"], "mean": ev["mean"],
                    "random": ev["random"], "label_rule": ev["label_rule"], "pairs": ev["pairs"],
                    "explain_seconds_per_image": exp.get("seconds_per_image"),
                    "completeness_rel_error": exp.get("completeness_rel_error")},
-        "pretrain": {"val_iou": pre["val_iou"], "classes": pre["classes"]},
+        "pretrain": {"val_iou": pre["val_iou"], "classes": pre["classes"], "history": pre["history"]},
         # full fine-tuning at the top level; the adapter arms under "adapter", the same keys
         "finetune": {"task": "jsrt", "label_fraction": plan.label_fraction, "mode": "full",
                      "n_train": ft["full", "doll_init"]["n_train"], "n_test": ft["full", "doll_init"]["n_test"],

@@ -43,6 +43,6 @@ def test_demo_writes_report_json_and_html(tmp_path, monkeypatch):
     assert ad["verdict"] in html and "not a result" in html
     assert "DoLL demo report" in html and 'src="figures/curves.png"' in html
     assert (out / "figures" / "curves.png").read_bytes()[:4] == b"\x89PNG"  # drawn by matplotlib
-    figures = list((out / "figures").glob("*.png"))
-    assert any(f.name.startswith("labels_") for f in figures) and (out / "figures" / "pred_doll_init.png").exists()
+    assert (out / "figures" / "labels.png").exists() and (out / "figures" / "pred_doll_init.png").exists()
+    assert (out / "figures" / "classifiers.png").exists() and (out / "figures" / "pretrain.png").exists()
     assert (out / "figures" / "pred_adapter_doll_init.png").exists()

@@ -64,3 +64,11 @@ def test_explainers_report_progress_per_batch_of_images():
         explainer.progress = calls.append
         explainer.attribute(model, images, targets)
         assert len(calls) >= 3 and abs(sum(calls) - 5 * per_image) < 1e-9  # 5 images have targets, 2 per batch
+
+
+def test_a_large_completeness_error_is_warned_with_the_steps_that_fix_it():
+    from doll.explain.run import completeness_warning
+
+    assert completeness_warning({"median": 0.05, "p90": 0.1, "max": 0.3}, 16) == ""
+    warning = completeness_warning({"median": 0.36, "p90": 1.33, "max": 300.0}, 8)  # issue 34's figures at --steps 8
+    assert "--steps 8" in warning and "try --steps 43" in warning

@@ -182,7 +182,7 @@ def train_classifiers(settings: ClassifierSettings | None = None, **kwargs) -> d
         pred = predict_all(engine.model, task, val_set, s.batch_size, engine.device)
         probs.append(pred["prob"])
         members.append({"name": folder.name, "arch": arch, "init": inits[m], "seed": seed, "hide": hides[m],
-                        "best_epoch": metrics["best_epoch"],
+                        "best_step": metrics["best_step"],
                         "val_auroc": auroc_per_class(pred["prob"], y_val, w_val, classes)["mean"],
                         "history": metrics["history"]})
     ens = auroc_per_class(np.mean(probs, axis=0), y_val, w_val, classes)

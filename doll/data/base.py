@@ -39,6 +39,10 @@ FINDINGS = CHEXPERT_CLASSES[1:]
 JSRT_STRUCTURES = ["left lung", "right lung", "heart", "left clavicle", "right clavicle"]
 
 
+# other spellings of doll's split names (a data set's folders are often Train / Val / Test)
+SPLIT_ALIASES = {"val": "valid", "validation": "valid", "dev": "valid", "training": "train", "testing": "test"}
+
+
 @dataclass
 class Item:
     """One image of a data set.
@@ -80,11 +84,21 @@ class DatasetFormat:
 
     def items(self, split: str | None = None) -> list[Item]:
         """All items, or those of one split (read once, then cached). Raises DollError on bad layouts."""
-        if split is not None and split not in self.splits:
-            raise DollError(f"unknown split {split!r} for {self.name}; choose one of: {', '.join(self.splits)}")
+        split = self.split_name(split)
         if getattr(self, "_items", None) is None:
             self._items = self._load()
         return select_split(self._items, split)
+
+    def split_name(self, split: str | None) -> str | None:
+        """doll's name of a split, from the data set's own spelling too (``Val``, ``val``,
+        ``validation`` -> ``valid``; ``Train``, ``Test``): a DollError for another name."""
+        if split is None or split in self.splits:
+            return split
+        given = str(split).strip().lower()
+        wanted = SPLIT_ALIASES.get(given, given)
+        if wanted in self.splits:
+            return wanted
+        raise DollError(f"unknown split {split!r} for {self.name}; choose one of: {', '.join(self.splits)}")
 
     def _load(self) -> list[Item]:
         """Read every item of the data set (all splits)."""

@@ -602,7 +602,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]):
 
 
 @releases_outputs
-def make_phantoms(out, n=200, size=128, seed=0, n_anatomy=None, noise=0.05, uncertain=0.05, blank=0.1,
+def make_phantoms(out, n=200, size=64, seed=0, n_anatomy=None, noise=0.05, uncertain=0.05, blank=0.1,
                   confound=0.0, valid_fraction=0.2, progress=True, overwrite=True) -> dict:
     """Write a phantom data set under ``out`` and return its summary.
 

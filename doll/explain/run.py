@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import sys
 import time
@@ -162,6 +163,23 @@ def completeness_summary(errors: np.ndarray) -> dict[str, float]:
     return {"median": float(np.median(errors)), "p90": float(np.quantile(errors, 0.9)), "max": float(errors.max())}
 
 
+COMPLETENESS_P90_LIMIT = 0.25  # IG's attributions should sum to f(x) - f(baseline): beyond 25 % off, maps are rough
+
+
+def completeness_warning(summary: dict[str, float], steps: int) -> str:
+    """A warning when IG's completeness error (90th percentile) says the integral was taken
+    with too few steps, with the --steps that would fix it ('' when it is fine). The error
+    of the quadrature falls about as 1/steps (Riemann) or faster, so the suggestion scales
+    --steps by the error's ratio to the limit, at least doubling it, capped at 256."""
+    p90 = summary.get("p90", 0.0)
+    if not p90 > COMPLETENESS_P90_LIMIT:
+        return ""
+    suggested = int(min(256, max(2 * steps, math.ceil(steps * p90 / COMPLETENESS_P90_LIMIT))))
+    return (f"IG completeness error is large (p90 {p90:.2f}, median {summary['median']:.2f}, max {summary['max']:.1f}: "
+            f"the maps do not add up to the prediction they explain) at --steps {steps}; try --steps {suggested} "
+            "(docs/how-labels-are-made.md)")
+
+
 def select_targets(raw: np.ndarray, probs: np.ndarray, mode: str, threshold: float, allowed: np.ndarray) -> list[list[int]]:
     if mode == "positive":
         chosen = raw == 1
@@ -204,7 +222,8 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
     parts_folder = Path(str(out) + ".parts")
     if dist.is_main():  # one writer per label file; the temporaries of a killed run go
-        prepare_out_file(out, overwrite=s.overwrite, is_ours=is_label_file, what="label file")
+        prepare_out_file(out, overwrite=s.overwrite, is_ours=is_label_file, what="label file",
+                         inputs={"--classifiers": s.classifiers, "--root": s.root, "--lung-model": s.lung_model or None})
         if parts_folder.is_dir() and s.overwrite and not s.resume and not is_parts_folder(parts_folder):
             raise DollError(f"{parts_folder} holds files that are not an unfinished doll explain run; refusing to "
                             "delete it with --overwrite")
@@ -281,8 +300,10 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
     world, rank = (dist.world_size(), dist.rank()) if dist.active() else (1, 0)
     mine = blocks[rank::world]  # blocks are dealt round-robin to the torchrun processes
     todo = [b for b in mine if not parts.has(b)]
+    # the bar counts images, each member's share as it is explained (per batch of images, not per block)
     bar = tqdm(total=sum(min(s.block, n - b * s.block) for b in todo), desc=f"explaining ({s.method})",
-               unit="img", disable=not (s.progress and dist.is_main()))
+               unit="img", disable=not (s.progress and dist.is_main()),
+               bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
     fallbacks = 0  # chunks whose float16 gradients overflowed and were redone in float32 (this process)
 
     def finish_block(b: int, lo: int, tg: list[list[int]], per_member: list, completeness: list[list[float]]) -> None:
@@ -308,7 +329,6 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         if pending is not None:
             with watch("wait_for_writer"):
                 pending[0].result()  # re-raises the writer's errors here
-            bar.update(pending[1])
 
     with ThreadPoolExecutor(1, thread_name_prefix="doll-writer") as writer:
         for b in todo:
@@ -319,11 +339,21 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
             # --evidence abnormal gives every class of an image the same map: explain it once
             once = [t[:1] for t in tg] if s.evidence == "abnormal" else tg
             per_member = []
+            explained = max(1, sum(1 for t in once if t))  # images the explainer works on (those with targets)
             for k, (model, _, _) in enumerate(members):
                 explainer.stats.clear()
                 explainer.reseed(b, k)
+                share = (hi - lo) / explained / len(members)  # bar images per image explained by this member
+                moved = [0.0]
+
+                def advance(count: float, share=share, moved=moved) -> None:
+                    moved[0] += count * share
+                    bar.update(count * share)
+
+                explainer.progress = advance
                 with watch("attribute"):
                     maps_m = explainer.attribute(EvidenceOutput(model, s.evidence, normal), x, once)
+                bar.update((hi - lo) / len(members) - moved[0])  # the rest (all of it, for an explainer that never reports)
                 per_member.append([np.repeat(m, len(t), 0) for m, t in zip(maps_m, tg)] if once is not tg else maps_m)
                 completeness.append(explainer.stats.get("completeness_rel_error", []))
                 fallbacks += len(explainer.stats.get("fp32_fallbacks", []))
@@ -361,6 +391,10 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
             if len(members) > 1:  # one member's path can be much harder to integrate than the others'
                 metrics["completeness_rel_error_by_member"] = {
                     info["folder"]: completeness_summary(c) for (_, _, info), c in zip(members, comp)}
+            warning = completeness_warning(metrics["completeness_rel_error"], s.steps)
+            if warning:
+                metrics["warnings"] = [warning]
+                print(f"warning: {warning}", file=sys.stderr)
         attrs = {"classes": classes, "method": s.method, "settings": run_settings, "label_rule": s.label_rule,
                  "classifiers": run_settings["members"], "image_size": size, "dataset": s.dataset,
                  "root": str(fmt.root), "split": s.split}

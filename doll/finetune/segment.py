@@ -140,7 +140,7 @@ def one_seed(s: FinetuneSettings, names, train, test, size: int, out: Path) -> d
     test_set = ArrayDataset(test[0], masks=test[1])
     ck = {**checkpoint_config(model, init_info["encoder"], names, size, "finetune", NORMALISATION, task=s.task,
                               mode=s.mode), **init_info, "run": {"command": "finetune", **asdict(s)}}
-    engine = Engine(model, task, engine_settings(s, min(s.batch_size, k)), out, ck, smp_config(model), lr_scales=lr_scales)
+    engine = Engine(model, task, engine_settings(s, min(s.batch_size, k), eval_split="test"), out, ck, smp_config(model), lr_scales=lr_scales)
     hist = engine.fit(train_set, test_set, resume=s.resume)
     pred = predict_all(engine.model, task, test_set, s.batch_size, engine.device)
     scores = segmentation_scores(pred["pred"], pred["truth"], names)

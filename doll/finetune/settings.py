@@ -185,13 +185,14 @@ def budget(s: FinetuneSettings) -> tuple[int, int]:
     return (1, DEFAULT_STEPS) if s.task in ("jsrt", "lung", "covid") else (DEFAULT_EPOCHS, 0)
 
 
-def engine_settings(s: FinetuneSettings, batch_size: int, monitor: str = "step") -> EngineSettings:
+def engine_settings(s: FinetuneSettings, batch_size: int, monitor: str = "step", eval_split: str = "val") -> EngineSettings:
     """The engine's settings for one network of a fine-tuning run: the run's budget
     (``--max-steps``, else ``--epochs``, else the default), evaluation cadence, learning rate and seed."""
     epochs, max_steps = budget(s)
     return EngineSettings(epochs=epochs, max_steps=max_steps, val_every=s.val_every,
                           batch_size=batch_size, lr=s.lr, seed=s.seed, device=s.device, num_workers=s.num_workers,
-                          monitor=monitor, monitor_mode="max", progress=s.progress, accumulate=s.accumulate)
+                          monitor=monitor, monitor_mode="max", progress=s.progress, accumulate=s.accumulate,
+                          eval_split=eval_split)
 
 
 def load_imagenet_encoder(model, path: str) -> int:

@@ -64,8 +64,11 @@ def _random_map(shape, smooth: float, rng) -> np.ndarray:
 
 
 def evaluation_path(labels: str, out: str = "") -> Path:
-    """Where :func:`evaluate_labels` writes its metrics: ``<out>/metrics.json``, or
-    ``<labels>.evaluation.json`` next to the label file."""
+    """Where :func:`evaluate_labels` writes its metrics: ``--out`` itself when it names a
+    ``.json`` file, else ``<out>/metrics.json``; ``<labels>.evaluation.json`` next to the
+    label file without ``--out``."""
+    if out and Path(out).suffix.lower() == ".json" and not Path(out).is_dir():
+        return Path(out)
     return Path(out) / "metrics.json" if out else Path(str(labels) + ".evaluation.json")
 
 
@@ -74,8 +77,8 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
     """Score the labels (see the module's docstring); returns the metrics and writes them to
     :func:`evaluation_path` (``doll evaluate-labels`` writes the same file)."""
     target = evaluation_path(labels, out)
-    if out and Path(out).exists() and not Path(out).is_dir():
-        raise DollError(f"--out {out} is a file; name a folder for metrics.json")
+    if out and Path(out).exists() and not Path(out).is_dir() and target != Path(out):
+        raise DollError(f"--out {out} is a file; name a folder for metrics.json, or a .json file")
     if out and target.is_file() and read_json(target).get("command") != "evaluate-labels":
         raise DollError(f"{target} holds another command's metrics; choose another --out")
     with LabelFile(labels) as lf:
