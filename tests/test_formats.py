@@ -142,8 +142,8 @@ def test_nih_errors(tmp_path):
     write(tmp_path / "BBox_List_2017.csv", "Image Index,Finding Label,x,y,w,h\nother.png,Mass,1,2,3,4\n")
     with pytest.raises(DollError, match=r"no 'Bbox \[x,y,w,h\]' column"):
         open_dataset("nih", tmp_path).items()
-    with pytest.raises(DollError, match="unknown split 'val'"):
-        open_dataset("nih", tmp_path).items("val")
+    with pytest.raises(DollError, match="unknown split 'bogus'"):  # val, Val, validation: spellings of valid
+        open_dataset("nih", tmp_path).items("bogus")
     with pytest.raises(DollError, match="--valid-fraction"):
         open_dataset("nih", tmp_path, valid_fraction=1.5)
 
