@@ -9,27 +9,17 @@ import torch
 from doll.errors import DollError
 from doll.explain.distill import distill
 from doll.labels.rule import apply_rule
-from doll.explain.ig import IntegratedGradients, make_baseline
+from doll.explain.ig import IntegratedGradients
 from doll.models.classifier import build_classifier
 
 
 @pytest.mark.parametrize("baseline", ["zero", "blur"])
 def test_ig_matches_captum(baseline):
-    from captum.attr import IntegratedGradients as CaptumIG
+    from conftest import assert_ig_matches_captum  # also run on imported classifiers (test_import_classifiers.py)
 
     torch.manual_seed(0)
     model = build_classifier("resnet18", 5).eval()
-    x = torch.randn(3, 1, 32, 32)
-    targets = [[0, 2, 4], [1], []]
-    ours = IntegratedGradients(steps=6, baseline=baseline, batch_size=10).attribute(model, x, targets)
-    b = make_baseline(x, baseline)
-    ref = CaptumIG(model)
-    for i, tg in enumerate(targets):
-        assert ours[i].shape == (len(tg), 32, 32)
-        for k, c in enumerate(tg):
-            a = ref.attribute(x[i:i + 1], baselines=b[i:i + 1], target=c, n_steps=6, method="gausslegendre")
-            a = a.sum(1)[0].detach().numpy()
-            assert np.abs(a - ours[i][k]).max() <= 1e-4 * np.abs(a).max()
+    assert_ig_matches_captum(model, torch.randn(3, 1, 32, 32), [[0, 2, 4], [1], []], baseline)
 
 
 def test_evidence_outputs():
@@ -91,8 +81,8 @@ def test_ig_completeness_improves_with_steps():
     errs = []
     for steps in (2, 32):
         ig = IntegratedGradients(steps=steps)
-        ig.attribute(model, x, [[0, 1], [2]])
-        errs.append(np.median(ig.stats["completeness_rel_error"]))
+        maps = ig.attribute(model, x, [[0, 1], [2]])
+        errs.append(np.median(maps.diagnostics["completeness_rel_error"]))
     assert errs[1] < errs[0]
 
 

@@ -51,7 +51,7 @@ def test_explain_writes_a_complete_label_file(pipeline):
     import torch
 
     from doll.data.dataset import to_tensor
-    from doll.explain.run import load_ensemble
+    from doll.models.ensemble import load_ensemble
 
     members, _ = load_ensemble(pipeline["classifiers"], torch.device("cpu"))
     with torch.no_grad():

@@ -1,11 +1,13 @@
 """The explainer interface: every method turns images and per-image targets into maps.
 
 An explainer is a class with ``name`` and
-``attribute(model, images, targets) -> list[np.ndarray]`` where ``images`` is a
-normalised float tensor (B, 1, H, W) on the model's device, ``targets[i]`` is the
-list of class indices to explain for image i, and the result ``[i]`` is a float32
-array (len(targets[i]), H, W) of signed attributions. ``stats`` collects per-map
-diagnostics (e.g. IG completeness errors) for ``metrics.json``.
+``attribute(model, images, targets) -> Attribution`` (or a plain list of maps) where
+``images`` is a normalised float tensor (B, 1, H, W) on the model's device,
+``targets[i]`` is the list of class indices to explain for image i, and the result
+``[i]`` is a float32 array (len(targets[i]), H, W) of signed attributions. Per-map
+diagnostics (e.g. IG completeness errors) come back with the maps
+(``Attribution.diagnostics``) for ``metrics.json``; ``progress``, when set, is called
+with the images finished so far, so the progress bar moves per batch.
 
 What a map explains (``--evidence``): ``class``, the class's own logit; ``abnormal``,
 the evidence against the data set's normal class (minus the logit of ``No Finding`` /
@@ -64,12 +66,27 @@ class EvidenceOutput(torch.nn.Module):
         return -normal.expand_as(logits) if self.evidence == "abnormal" else logits - normal
 
 
+class Attribution(list):
+    """What ``Explainer.attribute`` returns: the maps (one float array (targets, H, W) per
+    image, as a list) and the method's ``diagnostics`` (e.g. IG's
+    ``completeness_rel_error``, one value per explained target, as Captum returns its
+    convergence delta; ``fp32_fallbacks``, chunks redone in float32). A plain list of maps,
+    what an explainer of your own may return, reads as no diagnostics."""
+
+    def __init__(self, maps=(), **diagnostics):
+        super().__init__(maps)
+        self.diagnostics = diagnostics
+
+
+def diagnostics_of(maps) -> dict:
+    return getattr(maps, "diagnostics", {})
+
+
 class Explainer:
     name = ""
 
     def __init__(self, **settings):
         self.settings = settings
-        self.stats: dict[str, list[float]] = {}
         # set by doll explain before each attribute(): call it with the number of images
         # finished so far in this call, as they finish (the progress bar moves per batch);
         # an explainer that never calls it moves the bar once per block

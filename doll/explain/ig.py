@@ -19,8 +19,8 @@ come out non-finite is redone in float32. float16 rather than bfloat16: at the s
 speed its IG completeness error matched float32's, bfloat16's was 1.7x larger (H100,
 DenseNet-121). ``precision="fp32"`` turns autocast off.
 
-Completeness errors ``|sum IG - (f(x) - f(b))| / |f(x) - f(b)|`` are collected in
-``stats["completeness_rel_error"]``.
+Completeness errors ``|sum IG - (f(x) - f(b))| / |f(x) - f(b)|``, one per explained
+target, come back with the maps (``Attribution.diagnostics["completeness_rel_error"]``).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import torch
 
 from doll.data.dataset import MEAN, STD
 from doll.errors import DollError
-from doll.explain.base import Explainer
+from doll.explain.base import Attribution, Explainer
 
 BASELINES = ("zero", "blur", "mean")
 
@@ -90,7 +90,8 @@ class IntegratedGradients(Explainer):
         self.steps, self.baseline, self.batch_size, self.precision = steps, baseline, max(1, batch_size), precision
         self.alphas, self.weights = gauss_legendre(steps)
 
-    def _grads(self, model, points: torch.Tensor, tmat: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    def _grads(self, model, points: torch.Tensor, tmat: torch.Tensor, exact: bool = False,
+               diagnostics: dict | None = None) -> torch.Tensor:
         """Gradients of the targets' logits at ``points`` (P, 1, H, W).
 
         ``tmat`` (T, P, C) selects, per target slot, which logit each point contributes.
@@ -109,12 +110,14 @@ class IntegratedGradients(Explainer):
                          for i, t in enumerate(seeds)])
         g = g.float() / scale
         if dtype is not None and not torch.isfinite(g).all():  # float16 overflowed: redo this chunk exactly
-            self.stats.setdefault("fp32_fallbacks", []).append(1.0)
-            return self._grads(model, points, tmat, exact=True)
+            if diagnostics is not None:
+                diagnostics["fp32_fallbacks"] = diagnostics.get("fp32_fallbacks", 0) + 1
+            return self._grads(model, points, tmat, exact=True, diagnostics=diagnostics)
         return g
 
-    def attribute(self, model, images: torch.Tensor, targets: list[list[int]]) -> list[np.ndarray]:
+    def attribute(self, model, images: torch.Tensor, targets: list[list[int]]) -> Attribution:
         model.eval()
+        diagnostics = {"completeness_rel_error": [], "fp32_fallbacks": 0}
         device = images.device
         baselines = make_baseline(images, self.baseline)
         n, steps = len(images), self.steps
@@ -136,19 +139,19 @@ class IntegratedGradients(Explainer):
             tmat = torch.zeros(tmax, len(idx), steps, n_classes, device=device)
             slot_t, slot_j, slot_c = zip(*[(t, j, c) for j, i in enumerate(idx) for t, c in enumerate(targets[i])])
             tmat[list(slot_t), list(slot_j), :, list(slot_c)] = 1.0
-            grads = self._grads(model, points, tmat.reshape(tmax, len(idx) * steps, n_classes))
+            grads = self._grads(model, points, tmat.reshape(tmax, len(idx) * steps, n_classes), diagnostics=diagnostics)
             grads = grads.reshape(tmax, len(idx), steps, *x.shape[1:])
             avg = (grads * weights[None, None, :, None, None, None]).sum(dim=2)  # (T, B, 1, H, W)
             attr = (avg * diff[None].float()).sum(dim=2).detach()  # channel sum -> (T, B, H, W)
             st, sj, sc = (torch.as_tensor(v, device=device) for v in (slot_t, slot_j, slot_c))
             delta = fx[sj, sc] - fb[sj, sc]
             err = (attr[st, sj].sum(dim=(-2, -1)) - delta).abs() / delta.abs().clamp_min(1e-6)
-            self.stats.setdefault("completeness_rel_error", []).extend(err.cpu().tolist())
+            diagnostics["completeness_rel_error"].extend(err.cpu().tolist())
             attr = attr.cpu().numpy()  # one transfer per chunk
             for j, i in enumerate(idx):
                 results[i] = attr[:len(targets[i]), j]
             self.report_images(len(idx) / getattr(self, "samples", 1))  # ig-smooth passes each image `samples` times
-        return results
+        return Attribution(results, **diagnostics)
 
 
 class SmoothIntegratedGradients(IntegratedGradients):
@@ -167,11 +170,14 @@ class SmoothIntegratedGradients(IntegratedGradients):
         digest = hashlib.sha256(repr((self.seed, *key)).encode()).hexdigest()
         self.gen = torch.Generator().manual_seed(int(digest[:15], 16))
 
-    def attribute(self, model, images, targets):
+    def attribute(self, model, images, targets) -> Attribution:
         total = None
+        diagnostics = {"completeness_rel_error": [], "fp32_fallbacks": 0}
         scale = self.noise * images.std(dim=tuple(range(1, images.ndim)), keepdim=True)
         for _ in range(self.samples):
             eps = torch.randn(images.shape, generator=self.gen).to(images.device) * scale
             maps = super().attribute(model, images + eps, targets)
+            diagnostics["completeness_rel_error"].extend(maps.diagnostics["completeness_rel_error"])
+            diagnostics["fp32_fallbacks"] += maps.diagnostics["fp32_fallbacks"]
             total = maps if total is None else [a + m for a, m in zip(total, maps)]
-        return [a / self.samples for a in total]
+        return Attribution([a / self.samples for a in total], **diagnostics)

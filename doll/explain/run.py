@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 import sys
@@ -21,6 +20,7 @@ from doll.explain.base import (
     NORMAL_CLASSES,
     EvidenceOutput,
     check_evidence,
+    diagnostics_of,
     make_explainer,
     normal_class,
 )
@@ -28,8 +28,7 @@ from doll.explain.distill import distill, require_finite
 from doll.explain.ig import check_precision, default_batch_size
 from doll.labels.rule import DEFAULT_RULE, check_rule
 from doll.labels.store import Blocks, PartsWriter, is_label_file, is_parts_folder, write_label_file
-from doll.models.checkpoint import load_into, read_config, require_finished
-from doll.models.classifier import build_classifier
+from doll.models.ensemble import load_ensemble
 from doll.models.lung_field import (
     INPUT_MARGIN,
     SALIENCY_MARGIN,
@@ -95,14 +94,6 @@ class ExplainSettings(RunOptions):
             raise DollError("--root is required: the folder you unpacked the data set into")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def data_fingerprint(items, labels: np.ndarray) -> dict:
     """The images a run explains (their ids, in order) and their labels, hashed: a resume
     after images were added, removed or relabelled is refused instead of putting the old
@@ -110,52 +101,6 @@ def data_fingerprint(items, labels: np.ndarray) -> dict:
     h = hashlib.sha256("\n".join(it.id for it in items).encode())
     h.update(np.ascontiguousarray(np.nan_to_num(labels, nan=9.0), dtype=np.float32).tobytes())
     return {"images": len(items), "sha256": h.hexdigest()}
-
-
-def load_ensemble(folder: str | Path, device: torch.device):
-    """The members (``member_*`` folders, or one checkpoint folder) of a classifier ensemble."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DollError(f"--classifiers {folder} does not exist; train some with `doll train-classifiers`")
-    dirs = sorted(p for p in folder.glob("member_*") if p.is_dir()) or [folder]
-    require_complete_ensemble(folder, dirs)
-    members = []
-    for d in dirs:
-        cfg = read_config(d, kind="classifier")["doll"]
-        model = build_classifier(cfg["arch"], len(cfg["classes"]))
-        load_into(model, d)
-        model = model.to(device).eval()
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        members.append((model, cfg, {"folder": d.name, "arch": cfg["arch"],
-                                                      "sha256": _sha256(d / "model.safetensors")}))
-    classes = members[0][1]["classes"]
-    for _, cfg, info in members[1:]:
-        if cfg["classes"] != classes:
-            raise DollError(f"ensemble members disagree on classes ({info['folder']}); train them together")
-        if cfg.get("lung_model") != members[0][1].get("lung_model"):
-            raise DollError(f"ensemble members disagree on --lung-model ({info['folder']}); train them together")
-    return members, classes
-
-
-def require_complete_ensemble(folder: Path, dirs: list[Path]) -> None:
-    """Refuse an ensemble whose `train-classifiers` run did not finish: a member missing
-    (the run was killed before it started) or unfinished (read_config checks each member's
-    own marker; a member folder without one has not finished its first epoch)."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        planned = int(config.get("members", 0)) if config.get("command") == "train-classifiers" else 0
-    except (OSError, ValueError, TypeError, AttributeError):
-        return  # not a train-classifiers folder (one checkpoint folder, or put together by hand)
-    for i in range(planned):
-        member = folder / f"member_{i}"
-        if member not in dirs:
-            raise DollError(f"{folder} is an unfinished run (member {i + 1} of {planned} not started); finish it "
-                            "with --resume")
-        require_finished(member)
-        if not (member / "metrics.json").is_file():  # killed before the member's first epoch ended
-            raise DollError(f"{member} is an unfinished run (epoch 0 of {config.get('epochs', '?')}); finish it "
-                            "with --resume")
 
 
 def completeness_summary(errors: np.ndarray) -> dict[str, float]:
@@ -193,10 +138,39 @@ def select_targets(raw: np.ndarray, probs: np.ndarray, mode: str, threshold: flo
     return [np.flatnonzero(row).tolist() for row in chosen]
 
 
-@releases_outputs
-def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
-    """Write the DoLL label file ``out``; returns (and writes to ``<out>.metrics.json``) run metrics."""
-    s = settings or ExplainSettings(**kwargs)
+@dataclass
+class Job:
+    """What one explain run works on, prepared once by :func:`prepare_job`: the ensemble,
+    the images (as the classifiers see them), the lung fields that shape the saliency,
+    the ensemble's probabilities and the targets to explain."""
+    s: ExplainSettings
+    out: Path
+    device: torch.device
+    members: list  # (model, config, info) per ensemble member
+    classes: list[str]
+    size: int
+    fmt: object  # the data set format (its root is recorded)
+    arrays: object  # the decoded split: items, images
+    raw: np.ndarray  # image labels (N, C)
+    inputs: np.ndarray  # what the classifiers see: the images, lung-masked where they were trained so
+    fields: np.ndarray | None  # per image, the lung field that multiplies the saliency
+    field_model: str
+    probs: np.ndarray  # ensemble probabilities (N, C)
+    targets: list[list[int]]  # per image, the classes to explain
+    normal: int | None  # the normal class --evidence abnormal|contrast explains against
+    watch: Stopwatch
+
+    @property
+    def n(self) -> int:
+        return len(self.arrays.items)
+
+    @property
+    def member_names(self) -> list[str]:
+        return [info["folder"] for _, _, info in self.members]
+
+
+def check_settings(s: ExplainSettings) -> Path:
+    """Refuse bad settings before anything is read or written; returns the label file's path."""
     resolve_paths(s, "root", "classifiers", "lung_model")
     check_positive(steps=s.steps, block=s.block)
     if s.batch_size < 0:
@@ -220,20 +194,26 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         raise DollError(f"--out {out}: {out.parent} is a file, not a folder")
     if out.exists() and not s.overwrite:
         raise DollError(f"{out} already exists; pass --overwrite to replace it")
+    return out
+
+
+def prepare_output(s: ExplainSettings, out: Path) -> Path:
+    """Lock the label file (one writer), refuse a replacement doll may not make, and remove
+    what a killed run left half-written; returns the folder of its resumable blocks."""
     parts_folder = Path(str(out) + ".parts")
-    if dist.is_main():  # one writer per label file; the temporaries of a killed run go
+    if dist.is_main():
         prepare_out_file(out, overwrite=s.overwrite, is_ours=is_label_file, what="label file",
                          inputs={"--classifiers": s.classifiers, "--root": s.root, "--lung-model": s.lung_model or None})
         if parts_folder.is_dir() and s.overwrite and not s.resume and not is_parts_folder(parts_folder):
             raise DollError(f"{parts_folder} holds files that are not an unfinished doll explain run; refusing to "
                             "delete it with --overwrite")
         remove_leftover_temporaries(parts_folder)
-    t0 = time.time()
-    watch = Stopwatch()  # where the time goes: metrics["seconds_by_phase"]
-    device = dist.init(resolve_device(s.device))
-    if device.type == "cuda":  # peak_cuda_mb is this command's, not earlier work's in the same process
-        torch.cuda.reset_peak_memory_stats(device)
-    s.batch_size = s.batch_size or default_batch_size(device)
+    return parts_folder
+
+
+def prepare_job(s: ExplainSettings, out: Path, device: torch.device, watch: Stopwatch) -> Job:
+    """Load the ensemble and the images, check they fit each other and --classes, predict the
+    lung fields and the probabilities, and choose the targets."""
     with watch("load_classifiers"):
         members, classes = load_ensemble(s.classifiers, device)
     size = s.image_size or members[0][1]["image_size"]
@@ -242,8 +222,6 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         print(f"warning: labels of {size} px cannot be pretrained on: doll pretrain's {DECODERS[DEFAULT_DECODER]} "
               f"needs a multiple of {multiple}; explain with --image-size {' or '.join(map(str, near))} to pretrain "
               "on them", file=sys.stderr)
-    explainer = make_explainer(s.method, steps=s.steps, baseline=s.baseline, batch_size=s.batch_size,
-                               precision=s.precision, seed=s.seed)
     with watch("decode"):
         fmt, arrays = load_split(s.dataset, s.root, s.split or None, size, progress=s.progress and dist.is_main())
     if list(fmt.classes) != list(classes):
@@ -259,7 +237,6 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
         raise DollError(f"--evidence {s.evidence} explains the other classes against {classes[normal]!r}; "
                         f"leave {classes[normal]!r} out of --classes")
     raw = labels_of(arrays, len(classes))
-    n = len(arrays.items)
 
     # classifiers trained with --lung-model see the lung field only: explain them on the same inputs
     trained_field = members[0][1].get("lung_model") or ""
@@ -274,142 +251,200 @@ def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
                 masks = predict_lung_masks(trained_field, arrays.images, device, s.batch_size)
             inputs = mask_images(arrays.images, np.stack([lung_field(m, INPUT_MARGIN) for m in masks]))
 
-    # ensemble probabilities (cheap: one forward per image and member)
-    probs = np.zeros((n, len(classes)), np.float32)
+    probs = np.zeros((len(arrays.items), len(classes)), np.float32)  # cheap: one forward per image and member
     with torch.no_grad(), watch("probabilities"):
-        for i in range(0, n, s.batch_size):
+        for i in range(0, len(probs), s.batch_size):
             x = to_tensor(inputs[i:i + s.batch_size]).to(device)
             probs[i:i + len(x)] = np.mean([torch.sigmoid(m(x).float()).cpu().numpy() for m, _, _ in members], axis=0)
     targets = select_targets(raw, probs, s.targets, s.target_threshold, allowed)
+    return Job(s=s, out=out, device=device, members=members, classes=classes, size=size, fmt=fmt, arrays=arrays,
+               raw=raw, inputs=inputs, fields=fields, field_model=field_model, probs=probs, targets=targets,
+               normal=normal, watch=watch)
 
+
+def open_parts(job: Job, parts_folder: Path) -> tuple[PartsWriter, dict]:
+    """The resumable blocks of this run (a --resume continues only the same run on the same
+    images) and the settings the label file records."""
+    s = job.s
     run_settings = {k: v for k, v in asdict(s).items() if k not in RUN_ONLY_SETTINGS}
-    run_settings["members"] = [info for _, _, info in members]
-    run_settings["field_model"] = field_model  # the lung model whose field shaped the saliency, if any
-    # --resume continues only the same run on the same images; --batch-size only bounds memory
-    # (the advice after running out of GPU memory is to halve it and resume)
+    run_settings["members"] = [info for _, _, info in job.members]
+    run_settings["field_model"] = job.field_model  # the lung model whose field shaped the saliency, if any
+    # --batch-size only bounds memory (the advice after running out of GPU memory is to halve it and resume)
     resume_key = {**{k: v for k, v in run_settings.items() if k != "batch_size"},
-                  "data": data_fingerprint(arrays.items, raw)}
+                  "data": data_fingerprint(job.arrays.items, job.raw)}
     if s.overwrite and not s.resume and dist.is_main():
         shutil.rmtree(parts_folder, ignore_errors=True)
     dist.barrier()  # no rank writes a block before rank 0 has cleared the old ones
-    parts = PartsWriter(str(out) + ".parts", resume_key, resume=s.resume, owner=dist.is_main())
-    parts.expect(n=n, block=s.block, classes=len(classes), size=size, members=len(members))  # blocks read back fit
-    names = [info["folder"] for _, _, info in members]
+    parts = PartsWriter(str(parts_folder), resume_key, resume=s.resume, owner=dist.is_main())
+    parts.expect(n=job.n, block=s.block, classes=len(job.classes), size=job.size, members=len(job.members))
     dist.barrier()
-    blocks = list(range((n + s.block - 1) // s.block))
+    return parts, run_settings
+
+
+def block_range(job: Job, b: int) -> tuple[int, int]:
+    return b * job.s.block, min(job.n, (b + 1) * job.s.block)
+
+
+def explain_blocks(job: Job, explainer, parts: PartsWriter) -> int:
+    """Explain this process's unfinished blocks with every member, distilling and writing
+    block k in a writer thread while block k+1 is explained (the GPU is not kept waiting for
+    the CPU work; at most one finished block waits in memory). The bar moves per batch of
+    images. Returns the chunks redone in float32 (float16 overflows)."""
+    s, watch = job.s, job.watch
     world, rank = (dist.world_size(), dist.rank()) if dist.active() else (1, 0)
-    mine = blocks[rank::world]  # blocks are dealt round-robin to the torchrun processes
-    todo = [b for b in mine if not parts.has(b)]
-    # the bar counts images, each member's share as it is explained (per batch of images, not per block)
-    bar = tqdm(total=sum(min(s.block, n - b * s.block) for b in todo), desc=f"explaining ({s.method})",
-               unit="img", disable=not (s.progress and dist.is_main()),
+    blocks = list(range((job.n + s.block - 1) // s.block))
+    todo = [b for b in blocks[rank::world] if not parts.has(b)]  # blocks are dealt round-robin to the processes
+    bar = tqdm(total=sum(hi - lo for lo, hi in map(lambda b: block_range(job, b), todo)),
+               desc=f"explaining ({s.method})", unit="img", disable=not (s.progress and dist.is_main()),
                bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]")
-    fallbacks = 0  # chunks whose float16 gradients overflowed and were redone in float32 (this process)
-
-    def finish_block(b: int, lo: int, tg: list[list[int]], per_member: list, completeness: list[list[float]]) -> None:
-        """Distil a block's maps and write it (in the writer thread, while the next block is explained)."""
-        tmask = np.zeros((len(tg), len(classes)), bool)
-        maps = []  # the explained classes' saliency, in the row-major order of tmask
-        with watch("distill"):
-            for j, t in enumerate(tg):
-                if t:  # no map with NaN becomes a label
-                    require_finite([m[j] for m in per_member], f"image {lo + j} ({arrays.items[lo + j].id})", names)
-                    sal = distill([m[j] for m in per_member], s.sign, s.smooth, None if fields is None else fields[lo + j])
-                    maps.extend(sal[np.argsort(t)])
-                    tmask[j, t] = True
-            maps = np.stack(maps) if maps else np.zeros((0, size, size), np.uint8)
-        with watch("write_blocks"):
-            parts.write(b, maps=maps, targets=tmask, completeness=np.array(completeness, np.float32))  # (members, targets)
-
-    # One writer thread: block k is distilled and written while block k+1 is explained (the
-    # GPU is not kept waiting for the CPU work; at most one finished block waits in memory).
-    pending = None  # (future, images in the block)
-
-    def wait_for_writer() -> None:
-        if pending is not None:
-            with watch("wait_for_writer"):
-                pending[0].result()  # re-raises the writer's errors here
+    fallbacks = 0
+    pending = None  # the writer's future for the previous block
 
     with ThreadPoolExecutor(1, thread_name_prefix="doll-writer") as writer:
         for b in todo:
-            completeness: list[list[float]] = []  # per member, its targets' IG completeness errors
-            lo, hi = b * s.block, min(n, (b + 1) * s.block)
-            x = to_tensor(inputs[lo:hi]).to(device)
-            tg = targets[lo:hi]
-            # --evidence abnormal gives every class of an image the same map: explain it once
-            once = [t[:1] for t in tg] if s.evidence == "abnormal" else tg
-            per_member = []
-            explained = max(1, sum(1 for t in once if t))  # images the explainer works on (those with targets)
-            for k, (model, _, _) in enumerate(members):
-                explainer.stats.clear()
-                explainer.reseed(b, k)
-                share = (hi - lo) / explained / len(members)  # bar images per image explained by this member
-                moved = [0.0]
-
-                def advance(count: float, share=share, moved=moved) -> None:
-                    moved[0] += count * share
-                    bar.update(count * share)
-
-                explainer.progress = advance
-                with watch("attribute"):
-                    maps_m = explainer.attribute(EvidenceOutput(model, s.evidence, normal), x, once)
-                bar.update((hi - lo) / len(members) - moved[0])  # the rest (all of it, for an explainer that never reports)
-                per_member.append([np.repeat(m, len(t), 0) for m, t in zip(maps_m, tg)] if once is not tg else maps_m)
-                completeness.append(explainer.stats.get("completeness_rel_error", []))
-                fallbacks += len(explainer.stats.get("fp32_fallbacks", []))
-            wait_for_writer()
-            pending = (writer.submit(finish_block, b, lo, tg, per_member, completeness), hi - lo)
-        wait_for_writer()
+            lo, hi = block_range(job, b)
+            per_member, completeness, redone = explain_block(job, explainer, b, bar)
+            fallbacks += redone
+            if pending is not None:
+                with watch("wait_for_writer"):
+                    pending.result()  # re-raises the writer's errors here
+            pending = writer.submit(write_block, job, parts, b, per_member, completeness)
+        if pending is not None:
+            with watch("wait_for_writer"):
+                pending.result()
     bar.close()
     dist.barrier()
+    return fallbacks
 
-    metrics = {"command": "explain", "images": n, "targets": int(sum(map(len, targets))),
-               "targets_per_class": dict(zip(classes, np.array([[c in t for c in range(len(classes))] for t in targets]).sum(0).tolist() if n else [])),
-               "method": s.method, "steps": s.steps, "members": len(members), "label_rule": s.label_rule}
-    if dist.is_main():
-        tmask = np.zeros((n, len(classes)), bool)
-        comp = []
+
+def explain_block(job: Job, explainer, b: int, bar) -> tuple[list, list[list[float]], int]:
+    """Every member's maps of block ``b``, their IG completeness errors (per member, its
+    targets') and the chunks redone in float32."""
+    s = job.s
+    lo, hi = block_range(job, b)
+    x = to_tensor(job.inputs[lo:hi]).to(job.device)
+    tg = job.targets[lo:hi]
+    once = [t[:1] for t in tg] if s.evidence == "abnormal" else tg  # abnormal: one map serves every class
+    explained = max(1, sum(1 for t in once if t))  # images the explainer works on (those with targets)
+    per_member, completeness, redone = [], [], 0
+    for k, (model, _, _) in enumerate(job.members):
+        explainer.reseed(b, k)
+        share = (hi - lo) / explained / len(job.members)  # bar images per image explained by this member
+        moved = [0.0]
+
+        def advance(count: float, share=share, moved=moved) -> None:
+            moved[0] += count * share
+            bar.update(count * share)
+
+        explainer.progress = advance
+        with job.watch("attribute"):
+            maps = explainer.attribute(EvidenceOutput(model, s.evidence, job.normal), x, once)
+        bar.update((hi - lo) / len(job.members) - moved[0])  # the rest (all of it, for an explainer that never reports)
+        diagnostics = diagnostics_of(maps)
+        per_member.append([np.repeat(m, len(t), 0) for m, t in zip(maps, tg)] if once is not tg else list(maps))
+        completeness.append(list(diagnostics.get("completeness_rel_error", [])))
+        redone += int(diagnostics.get("fp32_fallbacks", 0))
+    return per_member, completeness, redone
+
+
+def write_block(job: Job, parts: PartsWriter, b: int, per_member: list, completeness: list[list[float]]) -> None:
+    """Distil a block's maps into saliency and write it (in the writer thread). No map with
+    NaN becomes a label."""
+    lo, hi = block_range(job, b)
+    tg = job.targets[lo:hi]
+    tmask = np.zeros((len(tg), len(job.classes)), bool)
+    maps = []  # the explained classes' saliency, in the row-major order of tmask
+    with job.watch("distill"):
+        for j, t in enumerate(tg):
+            if t:
+                member_maps = [m[j] for m in per_member]
+                require_finite(member_maps, f"image {lo + j} ({job.arrays.items[lo + j].id})", job.member_names)
+                sal = distill(member_maps, job.s.sign, job.s.smooth, None if job.fields is None else job.fields[lo + j])
+                maps.extend(sal[np.argsort(t)])
+                tmask[j, t] = True
+        maps = np.stack(maps) if maps else np.zeros((0, job.size, job.size), np.uint8)
+    with job.watch("write_blocks"):
+        parts.write(b, maps=maps, targets=tmask, completeness=np.array(completeness, np.float32))  # (members, targets)
+
+
+def assemble(job: Job, parts: PartsWriter, run_settings: dict, t0: float, fallbacks: int) -> dict:
+    """Join the blocks into the label file (rank 0), with its metrics and config; returns the metrics."""
+    s, n, classes = job.s, job.n, job.classes
+    targets_per_class = np.array([[c in t for c in range(len(classes))] for t in job.targets]).sum(0).tolist() if n else []
+    metrics = {"command": "explain", "images": n, "targets": int(sum(map(len, job.targets))),
+               "targets_per_class": dict(zip(classes, targets_per_class)),
+               "method": s.method, "steps": s.steps, "members": len(job.members), "label_rule": s.label_rule}
+    if not dist.is_main():
+        return metrics
+    world = dist.world_size() if dist.active() else 1
+    blocks = list(range((n + s.block - 1) // s.block))
+    tmask = np.zeros((n, len(classes)), bool)
+    comp = []
+    for b in blocks:
+        if not parts.has(b):
+            raise DollError(f"block {b} of the run (explained by rank {b % world}) is missing from {parts.folder}; "
+                            + ("under torchrun on several machines --out must be on a file system they all share"
+                               if world > 1 else "run again with --resume"))
+        z = parts.read(b, ("targets", "completeness"))
+        tmask[b * s.block:b * s.block + len(z["targets"])] = z["targets"]
+        comp.append(z["completeness"].reshape(len(job.members), -1))  # (members, targets of the block)
+
+    def saliency_pieces():  # one block in memory at a time
         for b in blocks:
-            if not parts.has(b):
-                raise DollError(f"block {b} of the run (explained by rank {b % world}) is missing from {parts.folder}; "
-                                + ("under torchrun on several machines --out must be on a file system they all share"
-                                   if world > 1 else "run again with --resume"))
-            z = parts.read(b, ("targets", "completeness"))
-            tmask[b * s.block:b * s.block + len(z["targets"])] = z["targets"]
-            comp.append(z["completeness"].reshape(len(members), -1))  # (members, targets of the block)
+            z = parts.read(b, ("targets", "maps"))
+            piece = np.zeros((len(z["targets"]), len(classes), job.size, job.size), np.uint8)
+            piece[z["targets"]] = z["maps"]
+            yield b * s.block, piece
 
-        def saliency_pieces():  # one block in memory at a time
-            for b in blocks:
-                z = parts.read(b, ("targets", "maps"))
-                piece = np.zeros((len(z["targets"]), len(classes), size, size), np.uint8)
-                piece[z["targets"]] = z["maps"]
-                yield b * s.block, piece
-
-        comp = np.concatenate(comp, axis=1) if comp else np.zeros((len(members), 0))
-        if s.method.startswith("ig") and comp.size:
-            metrics["completeness_rel_error"] = completeness_summary(comp)
-            if len(members) > 1:  # one member's path can be much harder to integrate than the others'
-                metrics["completeness_rel_error_by_member"] = {
-                    info["folder"]: completeness_summary(c) for (_, _, info), c in zip(members, comp)}
-            warning = completeness_warning(metrics["completeness_rel_error"], s.steps)
-            if warning:
-                metrics["warnings"] = [warning]
-                print(f"warning: {warning}", file=sys.stderr)
-        attrs = {"classes": classes, "method": s.method, "settings": run_settings, "label_rule": s.label_rule,
-                 "classifiers": run_settings["members"], "image_size": size, "dataset": s.dataset,
-                 "root": str(fmt.root), "split": s.split}
-        with watch("assemble"):
-            write_label_file(out, {"saliency": Blocks((n, len(classes), size, size), saliency_pieces()), "targets": tmask, "labels": raw, "probs": probs,
-                                   "images": np.asarray(arrays.images), "paths": [it.id for it in arrays.items],
+    comp = np.concatenate(comp, axis=1) if comp else np.zeros((len(job.members), 0))
+    if s.method.startswith("ig") and comp.size:
+        metrics["completeness_rel_error"] = completeness_summary(comp)
+        if len(job.members) > 1:  # one member's path can be much harder to integrate than the others'
+            metrics["completeness_rel_error_by_member"] = {
+                name: completeness_summary(c) for name, c in zip(job.member_names, comp)}
+        warning = completeness_warning(metrics["completeness_rel_error"], s.steps)
+        if warning:
+            metrics["warnings"] = [warning]
+            print(f"warning: {warning}", file=sys.stderr)
+    attrs = {"classes": classes, "method": s.method, "settings": run_settings, "label_rule": s.label_rule,
+             "classifiers": run_settings["members"], "image_size": job.size, "dataset": s.dataset,
+             "root": str(job.fmt.root), "split": s.split}
+    with job.watch("assemble"):
+        write_label_file(job.out, {"saliency": Blocks((n, len(classes), job.size, job.size), saliency_pieces()),
+                                   "targets": tmask, "labels": job.raw, "probs": job.probs,
+                                   "images": np.asarray(job.arrays.images), "paths": [it.id for it in job.arrays.items],
                                    "done": np.ones(n, bool)}, attrs)
-        shutil.rmtree(parts.folder, ignore_errors=True)
-        metrics["seconds"] = round(time.time() - t0, 2)
-        metrics["seconds_per_image"] = round(metrics["seconds"] / max(n, 1), 4)
-        metrics["seconds_by_phase"] = watch.seconds()  # this process's; attribute includes the GPU's time
-        if device.type == "cuda":
-            metrics["fp32_fallback_chunks"] = fallbacks
-            metrics["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-        write_json(str(out) + ".config.json", {"command": "explain", **asdict(s)})
-        write_json(str(out) + ".metrics.json", metrics)
+    shutil.rmtree(parts.folder, ignore_errors=True)
+    metrics["seconds"] = round(time.time() - t0, 2)
+    metrics["seconds_per_image"] = round(metrics["seconds"] / max(n, 1), 4)
+    metrics["seconds_by_phase"] = job.watch.seconds()  # this process's; attribute includes the GPU's time
+    if job.device.type == "cuda":
+        metrics["fp32_fallback_chunks"] = fallbacks
+        metrics["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(job.device) / 2**20, 1)
+    write_json(str(job.out) + ".config.json", {"command": "explain", **asdict(s)})
+    write_json(str(job.out) + ".metrics.json", metrics)
+    return metrics
+
+
+@releases_outputs
+def explain(settings: ExplainSettings | None = None, **kwargs) -> dict:
+    """Write the DoLL label file ``out``; returns (and writes to ``<out>.metrics.json``) run
+    metrics. In parts: check the settings, prepare the output, prepare the job (ensemble,
+    images, fields, targets), open the resumable blocks, explain them, assemble the file."""
+    s = settings or ExplainSettings(**kwargs)
+    out = check_settings(s)
+    parts_folder = prepare_output(s, out)
+    t0 = time.time()
+    watch = Stopwatch()  # where the time goes: metrics["seconds_by_phase"]
+    device = dist.init(resolve_device(s.device))
+    if device.type == "cuda":  # peak_cuda_mb is this command's, not earlier work's in the same process
+        torch.cuda.reset_peak_memory_stats(device)
+    s.batch_size = s.batch_size or default_batch_size(device)
+    explainer = make_explainer(s.method, steps=s.steps, baseline=s.baseline, batch_size=s.batch_size,
+                               precision=s.precision, seed=s.seed)
+    job = prepare_job(s, out, device, watch)
+    parts, run_settings = open_parts(job, parts_folder)
+    fallbacks = explain_blocks(job, explainer, parts)
+    metrics = assemble(job, parts, run_settings, t0, fallbacks)
     dist.barrier()
     return metrics
