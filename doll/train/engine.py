@@ -236,7 +236,11 @@ class Engine:
         start = time.time()
         main = dist.is_main()
         self._warned = False
-        bar = tqdm(total=total, initial=state["step"], desc=f"training {out.name}", leave=False,
+        if s.progress and main:  # the budget up front; the bar then shows the time left
+            tqdm.write(f"[{out.name}] budget: {total} optimiser steps of {s.batch_size * s.accumulate} images "
+                       f"({total / max(steps_per_epoch, 1):.1f} epochs of {len(train_set)}), evaluation every "
+                       f"{val_every} steps" + (f", resuming at step {state['step']}" if state["step"] else ""))
+        bar = tqdm(total=total, initial=state["step"], desc=f"training {out.name}", unit="step", leave=False,
                    disable=not (s.progress and main))
         running, count = 0.0, 0  # the training loss since the last evaluation
         stop = False
