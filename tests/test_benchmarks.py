@@ -189,3 +189,20 @@ def test_ig_path_tiny(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--work", str(tmp_path / "work"), "--image-size", "32",
                           "--class", "Nope", "--device", "cpu"], capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode != 0 and "--class 'Nope' is not one of" in bad.stderr
+
+
+def test_train_throughput_tiny(capsys):
+    """benchmarks/train_throughput.py (the GPU suite's training rows) runs and prints one JSON list."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "train_throughput", Path(__file__).resolve().parent.parent / "benchmarks" / "train_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--device", "cpu", "--arch", "resnet18", "--encoder", "resnet18", "--image-size", "32",
+                       "--batch-size", "2", "--steps", "1", "--warmup", "0"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["network"] for r in rows] == ["classifier", "pretrain", "finetune"]
+    assert all(r["images_per_s"] > 0 for r in rows)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU suite (issue 37): one command a GPU server runs in under 10 minutes, one JSON out.
+#
+#   bash benchmarks/gpu.sh [OUT.json]        # default: gpu-suite.json in the current folder
+#
+# Rows: the IG engine against Captum (naive and target-batched), DenseNet-121 at 224 px;
+# training / pretraining / fine-tuning throughput with and without AMP + channels_last and
+# with torch.compile; `doll explain` end to end on 2,560 synthetic images with the GPU's
+# utilisation sampled by nvidia-smi; NCCL DDP with 2 processes where 2 GPUs exist.
+# Each part's JSON is kept under $WORK; a part that fails is recorded as such, the rest run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-gpu-suite.json}
+WORK=$(mktemp -d -t doll-gpu-XXXX)
+PY=${PYTHON:-python}
+export DOLL_CACHE="$WORK/cache"
+gpus=$($PY -c "import torch; print(torch.cuda.device_count())")
+if [ "$gpus" -lt 1 ]; then echo "gpu.sh: no CUDA device; this suite is for a GPU server" >&2; exit 2; fi
+echo "gpu.sh: $gpus GPU(s); work in $WORK" >&2
+
+part() {  # part NAME TIMEOUT_S COMMAND...: stdout of COMMAND -> $WORK/NAME.json, or a failure record
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  if timeout "$limit" "$@" > "$WORK/$name.json" 2> "$WORK/$name.log"; then
+    echo "gpu.sh: $name done in $(( $(date +%s) - t0 )) s" >&2
+  else
+    echo "{\"failed\": true, \"exit\": $?, \"log_tail\": $($PY -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()[-2000:]))' "$WORK/$name.log")}" > "$WORK/$name.json"
+    echo "gpu.sh: $name FAILED (see $WORK/$name.log)" >&2
+  fi
+}
+
+part ig_vs_captum 150 $PY benchmarks/explain_speed.py --device cuda --arch densenet121 --image-size 224 --images 16
+part train_throughput 150 $PY benchmarks/train_throughput.py --device cuda --compile
+# explain end to end with nvidia-smi sampling the GPU's utilisation once a second
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 > "$WORK/util.csv" 2>/dev/null &
+SMI=$!
+part explain_pipeline 240 $PY benchmarks/explain_pipeline.py --device cuda --images 2560 --members 3 --work "$WORK/pipe"
+kill $SMI 2>/dev/null
+if [ "$gpus" -ge 2 ]; then
+  $PY -m doll_cli.main data phantom --out "$WORK/ddp_data" --n 2048 --size 224 --quiet >/dev/null 2>&1
+  part ddp_2 150 bash -c "t0=\$(date +%s.%N); torchrun --nproc-per-node 2 -m doll_cli.main train-classifiers --root '$WORK/ddp_data' --out '$WORK/ddp_cls' --arch densenet121 --image-size 224 --members 1 --max-steps 100 --batch-size 32 --quiet >&2 && $PY -c \"import json,sys,time; print(json.dumps({'processes': 2, 'steps': 100, 'batch_per_process': 32, 'seconds': round(time.time() - float(sys.argv[1]), 1)}))\" \$t0"
+fi
+
+$PY - "$WORK" "$OUT" "$gpus" <<'PYEOF'
+import json, subprocess, sys, time
+from pathlib import Path
+work, out, gpus = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+suite = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpus": gpus,
+         "gpu": subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True).stdout.strip().splitlines()}
+for part in ("ig_vs_captum", "train_throughput", "explain_pipeline", "ddp_2"):
+    f = work / f"{part}.json"
+    if f.exists():
+        try:
+            suite[part] = json.loads(f.read_text())
+        except ValueError:
+            suite[part] = {"failed": True, "output": f.read_text()[-2000:]}
+util = [line.split(",") for line in (work / "util.csv").read_text().splitlines() if line.strip()] \
+    if (work / "util.csv").exists() else []
+if util:
+    busy = [float(u[0]) for u in util]
+    suite["explain_gpu_utilisation"] = {"samples": len(busy), "mean_pct": round(sum(busy) / len(busy), 1),
+                                        "max_memory_mb": max(float(u[1]) for u in util)}
+Path(out).write_text(json.dumps(suite, indent=1) + "\n")
+print(f"gpu.sh: wrote {out}", file=sys.stderr)
+PYEOF
