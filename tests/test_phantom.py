@@ -248,3 +248,24 @@ def test_argument_errors(tmp_path, kwargs):
     with pytest.raises(DollError):
         make_phantoms(tmp_path / "e", **args)
     assert not (tmp_path / "e" / "phantom.json").exists()
+
+
+@pytest.mark.parametrize("n, size, seed, digest", [
+    (8, 32, 0, "09e5873bae01e1fa59c2d3e4dbb17bc0755ef7e50b4b8399a9b8f53b4e948e09"),
+    (12, 64, 3, "3a057285b1b7cb58347556fd45ff651dc61253566b363c982c82ab452915744b"),
+])
+def test_phantoms_are_pinned(tmp_path, n, size, seed, digest):
+    """The golden hash of today's phantoms (every file but doll's manifest and locks, names and
+    bytes): the published figures depend on them, so splitting the renderer into parts
+    (issue 35, item 6) must leave them byte for byte. Pinned on 2026-12-06 (OpenCV's JPEG
+    and PNG encoders are part of it: a new OpenCV may change it; then re-pin and say so)."""
+    import hashlib
+
+    out = tmp_path / "ph"
+    make_phantoms(out, n=n, size=size, seed=seed, progress=False, confound=0.3)
+    h = hashlib.sha256()
+    for p in sorted(out.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            h.update(p.relative_to(out).as_posix().encode())
+            h.update(p.read_bytes())
+    assert h.hexdigest() == digest
