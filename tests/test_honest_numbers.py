@@ -72,3 +72,11 @@ def test_a_large_completeness_error_is_warned_with_the_steps_that_fix_it():
     assert completeness_warning({"median": 0.05, "p90": 0.1, "max": 0.3}, 16) == ""
     warning = completeness_warning({"median": 0.36, "p90": 1.33, "max": 300.0}, 8)  # issue 34's figures at --steps 8
     assert "--steps 8" in warning and "try --steps 43" in warning
+
+
+def test_data_check_states_the_patient_key(phantom):
+    from doll.data.check import check_dataset, format_report
+
+    report = check_dataset("phantom", str(phantom), progress=False)
+    assert report["patients"] > 0 and report["patient_key"]
+    assert f"patients: {report['patients']} (split key:" in format_report(report)

@@ -26,6 +26,11 @@ def check_dataset(dataset: str, root: str, decode: int = 200, progress: bool = T
                     "classes": list(fmt.classes), "structures": list(fmt.structures)}
     for it in items:
         report["splits"][it.split] = report["splits"].get(it.split, 0) + 1
+    # the key every patient-level split (hold-outs, validation carved from train) groups images by
+    patients = {it.patient for it in items if it.patient}
+    report["patients"] = len(patients)
+    report["patient_key"] = (getattr(fmt, "PATIENT_KEY", "") or "the format's patient field") if patients else \
+        "none: this format has no patient ids, so each image is its own patient"
     if fmt.classes:
         raw = np.stack([it.labels if it.labels is not None else np.full(len(fmt.classes), np.nan) for it in items])
         report["labels"] = {c: {"positive": int((raw[:, k] == 1).sum()), "negative": int((raw[:, k] == 0).sum()),
@@ -95,6 +100,8 @@ def mask_size_problem(mask, mask_shape, image, image_shape) -> str:
 def format_report(r: dict) -> str:
     lines = [f"{r['dataset']} at {r['root']}: {r['images']} images "
              f"({', '.join(f'{k} {v}' for k, v in sorted(r['splits'].items()))})"]
+    if "patient_key" in r:
+        lines.append(f"  patients: {r['patients']} (split key: {r['patient_key']})")
     for c, st in (r.get("labels") or {}).items():
         lines.append(f"  {c:28s} +{st['positive']:<6d} -{st['negative']:<6d} ?{st['uncertain']:<6d} blank {st['blank']}")
     for s, n in (r.get("masks") or {}).items():
