@@ -115,9 +115,10 @@ def _register() -> None:
     if app.registered_groups:
         return
     modules = {name: importlib.import_module(f"doll_cli.{name}")
-               for name in ("demo", "classify", "explain", "pretrain", "finetune", "predict", "data")}
+               for name in ("demo", "classify", "explain", "pretrain", "finetune", "predict", "data", "classifiers")}
     app.add_typer(modules["data"].data_app, name="data")
     app.add_typer(modules["explain"].labels_app, name="labels")
+    app.add_typer(modules["classifiers"].classifiers_app, name="classifiers")
 
 
 def _fail(message: str, code: int) -> None:

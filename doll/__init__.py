@@ -6,6 +6,7 @@ the settings dataclass) and returning the metrics it writes::
     import doll
     doll.make_phantoms("data/phantom", n=200, size=64)
     doll.train_classifiers(dataset="phantom", root="data/phantom", out="runs/cls")
+    doll.import_classifier(source="torchvision", arch="resnet18", weights="r18.pt", classes="A,B", out="runs/cls")
     doll.explain(classifiers="runs/cls", dataset="phantom", root="data/phantom", out="runs/labels.h5")
     doll.evaluate_labels("runs/labels.h5")
     doll.pretrain(labels="runs/labels.h5", out="runs/pretrain")
@@ -26,6 +27,7 @@ _API = {
     "check_dataset": "doll.data.check",
     "open_dataset": "doll.data.registry",
     "train_classifiers": "doll.classify.train",
+    "import_classifier": "doll.classify.importer",
     "explain": "doll.explain.run",
     "evaluate_labels": "doll.labels.evaluate",
     "show_labels": "doll.report.overlay",

@@ -199,8 +199,41 @@ class DollSection(Strict):
     normalisation: Normalisation | None = Field(None, description="an object with scale, mean and std")
 
 
+class SourceNormalisation(Strict):
+    """How pixels become an imported network's input: ``(x * scale - mean[c]) / std[c]`` per channel."""
+
+    scale: Finite = Field(description="a finite number")
+    mean: Annotated[list[Finite], Field(min_length=1, max_length=3)] = Field(description="a list of 1 to 3 numbers")
+    std: Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Field(min_length=1, max_length=3)] = \
+        Field(description="a list of 1 to 3 positive numbers")
+
+
+class ImportSource(Strict):
+    """an object saying where an imported classifier came from (doll classifiers import)"""
+
+    library: Literal["torchvision", "timm", "txv"] = Field(description="one of 'torchvision', 'timm', 'txv'")
+    in_channels: Literal[1, 3] = Field(description="1 or 3 (the imported network's input channels)")
+    outputs: ClassNames = Field(description="the names of the network's outputs (a list of text, no repeats)")
+    class_map: dict[str, str | None] = Field(description="an object: doll class -> the output it is, or null")
+    logit_shift: dict[str, Finite] = Field(default_factory=dict, description="an object: doll class -> a number")
+    normalisation: SourceNormalisation = Field(description="an object with scale, mean and std (lists)")
+
+    @model_validator(mode="after")
+    def _agree(self):
+        for name in ("mean", "std"):
+            if len(getattr(self.normalisation, name)) != self.in_channels:
+                raise mismatch(f"normalisation.{name}", getattr(self.normalisation, name),
+                               f"{self.in_channels} number(s), one per input channel")
+        for cls, output in self.class_map.items():
+            if output is not None and output not in self.outputs:
+                raise mismatch(f"class_map.{cls}", output, "one of the outputs, or null")
+        return self
+
+
 class ClassifierSection(DollSection):
     """an object with the doll section of a classifier (kind, arch, classes, image_size)"""
+
+    source: ImportSource | None = Field(None, description="an object saying where an imported classifier came from")
 
     kind: Literal["classifier"] = Field(description="'classifier' (this command needs a classifier folder, from "
                                                     "doll train-classifiers)")

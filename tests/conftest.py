@@ -84,3 +84,23 @@ def pipeline(phantom, tmp_path_factory) -> dict[str, Path]:
     cli("pretrain", "--labels", paths["labels"], "--out", paths["pretrain"], "--encoder", "resnet18",
         "--epochs", 2, "--batch-size", 8)
     return paths
+
+
+def assert_ig_matches_captum(model, x, targets, baseline: str = "zero", steps: int = 6) -> None:
+    """doll's batched Integrated Gradients equals Captum's (Gauss-Legendre, one image and target
+    at a time) on ``model``: the equality test of tests/test_explain.py, also run on the
+    classifiers ``doll classifiers import`` makes (tests/test_import_classifiers.py)."""
+    import numpy as np
+    from captum.attr import IntegratedGradients as CaptumIG
+
+    from doll.explain.ig import IntegratedGradients, make_baseline
+
+    ours = IntegratedGradients(steps=steps, baseline=baseline, batch_size=10).attribute(model, x, targets)
+    b = make_baseline(x, baseline)
+    ref = CaptumIG(model)
+    for i, tg in enumerate(targets):
+        assert ours[i].shape == (len(tg), *x.shape[-2:])
+        for k, c in enumerate(tg):
+            a = ref.attribute(x[i:i + 1], baselines=b[i:i + 1], target=c, n_steps=steps, method="gausslegendre")
+            a = a.sum(1)[0].detach().numpy()
+            assert np.abs(a - ours[i][k]).max() <= 1e-4 * np.abs(a).max()

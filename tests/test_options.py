@@ -40,6 +40,7 @@ SETTINGS = {
     "labels merge": "doll.labels.tools:merge",
     "labels refine": "doll.labels.tools:refine",
     "labels export": "doll.labels.tools:export",
+    "classifiers import": "doll.classify.importer:ImportSettings",
 }
 NO_SETTINGS: dict[str, str] = {}  # command -> why it has no Python counterpart
 

@@ -153,11 +153,13 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
                         "the command that wrote it") from None
 
 
-def read_weights_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:
+def read_weights_file(path: str | Path, option: str, finite: bool = True) -> dict[str, torch.Tensor]:
     """Pretrained weights from a local file the user names (``option`` is the flag, for the
     messages): safetensors, or a plain state dict read with ``weights_only=True``; a
     ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped, a ``module.``
-    prefix (DataParallel) dropped. Never downloads, never unpickles objects."""
+    prefix (DataParallel) dropped. Never downloads, never unpickles objects. NaN or
+    infinite values are refused, unless ``finite`` is False (the caller checks the weights
+    itself: torchxrayvision's files mark untrained outputs with NaN thresholds)."""
     p = Path(path)
     if p.is_dir():
         raise DollError(f"{option}{path} is a folder; name the weights file in it")
@@ -182,7 +184,8 @@ def read_weights_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:
             state = state[wrapper]
     if not isinstance(state, dict):
         raise DollError(f"{p} holds a {type(state).__name__}, not a state dict (name -> tensor)")
-    return check_weights(p, {str(k).removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)})
+    state = {str(k).removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+    return check_weights(p, state) if finite else state
 
 
 def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
