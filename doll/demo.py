@@ -22,7 +22,7 @@ from doll.outputs import releases_outputs
 from doll.pretrain.train import pretrain
 from doll.report.html import write_report
 from doll.finetune.run import finetune
-from doll.finetune.segment import bootstrap_interval
+from doll.train.metrics import bootstrap_interval
 from doll.utils import prepare_out_dir, write_json
 
 MODES = ("full", "adapter")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from doll.data.splits import hold_out, patient_of
 from doll.errors import DollError
 
 # CheXpert's 14 observations, in the CSV's column order.
@@ -103,6 +104,16 @@ class DatasetFormat:
     def _load(self) -> list[Item]:
         """Read every item of the data set (all splits)."""
         raise NotImplementedError
+
+    def carve_from_train(self, items: list[Item], fraction: float, seed: int = 0, to: str = "valid") -> None:
+        """Move a seeded ``fraction`` of the patients of the "train" items to split ``to``, in place
+        (every image of a patient goes; the key is the patient, else the id): the formats'
+        ``valid_fraction`` / ``test_fraction``, drawn by :func:`doll.data.splits.hold_out`."""
+        train = [it for it in items if it.split == "train"]
+        held = hold_out([patient_of(it) for it in train], fraction, seed)
+        for it in train:
+            if patient_of(it) in held:
+                it.split = to
 
     # helpers for subclasses -------------------------------------------------
     def inside(self, path: str | Path, base: Path | None = None) -> Path:

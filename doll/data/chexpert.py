@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from doll.data.base import CHEXPERT_CLASSES, DatasetFormat, Item
-from doll.data.common import hold_out, parse_label, read_csv, read_fraction
+from doll.data.common import parse_label, read_csv, read_fraction, read_int
 from doll.errors import DollError
 
 _PATIENT = re.compile(r"(patient\d+)")
@@ -73,10 +73,5 @@ class CheXpert(DatasetFormat):
         if not out:
             raise DollError(f"no {views} images listed in {self.root}'s CSVs; try --views all")
         option = "valid_from_train" if "valid_from_train" in self.options else "valid_fraction"
-        frac = read_fraction(self, option, 0.0)
-        if frac > 0:
-            carved = hold_out([it.patient for it in out if it.split == "train"], frac, self.options.get("seed", 0))
-            for it in out:
-                if it.split == "train" and it.patient in carved:
-                    it.split = "valid"
+        self.carve_from_train(out, read_fraction(self, option, 0.0), read_int(self, "seed", 0))
         return out

@@ -1,13 +1,13 @@
-"""Helpers shared by the format modules: option parsing, CSV reading, hold-out splits."""
+"""Helpers shared by the format modules: option parsing, CSV reading, the hold-out (from ``splits``)."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import os
 from pathlib import Path
 
 from doll.data.base import DatasetFormat
+from doll.data.splits import hold_out  # the one patient hold-out, here for the formats' imports
 from doll.errors import DollError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -40,21 +40,6 @@ def read_int(fmt: DatasetFormat, option: str, default: int, allowed: tuple[int, 
     if allowed is not None and value not in allowed:
         raise DollError(f"option {option}={value} for {fmt.name} is invalid; choose one of: {', '.join(map(str, allowed))}")
     return value
-
-
-def hold_out(keys, fraction: float, seed: int = 0) -> set[str]:
-    """Deterministically pick ``round(fraction * n)`` of the distinct ``keys`` (e.g. patients).
-
-    Keys are ordered by a hash of ``seed`` and the key, so the choice does not depend on
-    file order and adding images changes little. At least one key is picked when
-    ``fraction > 0`` and at least one is always left out.
-    """
-    unique = sorted(set(keys))
-    if fraction <= 0 or len(unique) < 2:
-        return set()
-    n = min(len(unique) - 1, max(1, round(fraction * len(unique))))
-    ranked = sorted(unique, key=lambda k: hashlib.sha1(f"{seed}:{k}".encode()).hexdigest())
-    return set(ranked[:n])
 
 
 def read_csv(path: Path, required: list[str], what: str) -> tuple[list[str], list[dict[str, str]]]:

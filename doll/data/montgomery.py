@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from doll.data.base import DatasetFormat, Item
-from doll.data.common import hold_out, read_fraction, read_int
+from doll.data.common import read_fraction, read_int
 from doll.errors import DollError
 
 MERGED = {"lungs": ["left lung", "right lung"]}
@@ -50,11 +50,7 @@ def apply_fractions(fmt: DatasetFormat, items: list[Item]) -> None:
     """Move ``test_fraction`` then ``valid_fraction`` of the patients of "train" out (in place)."""
     seed = read_int(fmt, "seed", 0)
     for option, split in (("test_fraction", "test"), ("valid_fraction", "valid")):
-        frac = read_fraction(fmt, option, 0.0)
-        held = hold_out([it.patient for it in items if it.split == "train"], frac, seed)
-        for it in items:
-            if it.split == "train" and it.patient in held:
-                it.split = split
+        fmt.carve_from_train(items, read_fraction(fmt, option, 0.0), seed, to=split)
 
 
 def find_base(root: Path, names: list[str], what: str) -> Path:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from doll.data.base import DatasetFormat, Item
-from doll.data.common import IMAGE_EXTS, hold_out, read_csv, read_fraction, read_int
+from doll.data.common import IMAGE_EXTS, read_csv, read_fraction, read_int
 from doll.errors import DollError
 
 NIH_CLASSES = [
@@ -175,11 +175,7 @@ class NIH(DatasetFormat):
                 f"none of the {len(rows)} images listed in {self.csv.name} was found under "
                 f"{', '.join(d.name + '/' for d in self.image_dirs)}; unpack the image archives into {self.root}"
             )
-        if self.valid_fraction > 0:
-            held = hold_out([it.patient for it in items if it.split == "train"], self.valid_fraction, self.seed)
-            for it in items:
-                if it.split == "train" and it.patient in held:
-                    it.split = "valid"
+        self.carve_from_train(items, self.valid_fraction, self.seed)
         self._add_boxes(by_name)
         return items
 

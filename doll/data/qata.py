@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from doll.data.base import DatasetFormat, Item
-from doll.data.common import IMAGE_EXTS, hold_out, read_fraction, read_int
+from doll.data.common import IMAGE_EXTS, read_fraction, read_int
 from doll.errors import DollError
 
 SETS = {"Train Set": "train", "Test Set": "test"}
@@ -69,8 +69,5 @@ class QaTa(DatasetFormat):
                 )
         if not items:
             raise DollError(f"no images found in {self.base}/*/Images/; the QaTa-COV19 download is incomplete")
-        held = hold_out([it.id for it in items if it.split == "train"], self.valid_fraction, self.seed)
-        for it in items:
-            if it.id in held:
-                it.split = "valid"
+        self.carve_from_train(items, self.valid_fraction, self.seed)  # patient = id here
         return items

@@ -60,6 +60,7 @@ from doll.models.segmenter import smp_config
 from doll.train import distributed as dist
 from doll.train.engine import Engine, batches_per_epoch, predict_all
 from doll.train.losses import masked_bce, multilabel_seg_loss
+from doll.train.metrics import mean_over_images, per_image_scores
 from doll.train.tasks import SegmentationTask
 from doll.utils import (
     prepare_out_dir,
@@ -137,20 +138,12 @@ class AlternatingTask:
 
 
 def segmentation_scores(prob: np.ndarray, test, names: list[str]) -> dict:
-    """IoU and F1 (Dice) at probability > 0.5 on test images with a non-empty mask, per class and mean."""
-    per = {}
-    for c, name in enumerate(names):
-        iou, f1 = [], []
-        for i in np.flatnonzero(test.mask_ok[:, c] > 0):
-            t = np.asarray(test.masks[i, c]) > 0
-            if not t.any():
-                continue
-            p = np.asarray(prob[i, c], np.float32) > 0.5
-            inter, union = (p & t).sum(), (p | t).sum()
-            iou.append(inter / max(union, 1))
-            f1.append(2 * inter / max(p.sum() + t.sum(), 1))
-        per[name] = {"iou": float(np.mean(iou)) if iou else None, "f1": float(np.mean(f1)) if f1 else None,
-                     "n": len(iou)}
+    """IoU and F1 (Dice) at probability > 0.5 on test images with a known, non-empty mask, per
+    class and mean: ``doll.train.metrics``' empty-mask rule ``"skip"`` (scores on positives)."""
+    s = per_image_scores(prob, test.masks, empty="skip", valid=test.mask_ok, threshold=0.5)
+    iou, f1 = mean_over_images(s["iou"]), mean_over_images(s["dice"])
+    n = (~np.isnan(s["iou"])).sum(axis=0)
+    per = {name: {"iou": iou[c], "f1": f1[c], "n": int(n[c])} for c, name in enumerate(names)}
 
     def mean(key):
         vals = [v[key] for v in per.values() if v[key] is not None]

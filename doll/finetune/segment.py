@@ -13,6 +13,13 @@ The test split is ``test`` when the data set has one with masks, else ``valid``,
 the train patients (``HOLDOUT_FRACTION``, chosen by ``--seed``). Validation IoU and
 Dice on it are recorded every ``--val-every`` optimiser steps (the training-efficiency
 curve); the reported model is the last step's (no selection on the test split).
+
+Every IoU and Dice here (``mean_iou``, ``per_structure``, ``per_image_iou``, the curve, and
+``positives`` on the covid images with a mask) comes from ``doll.train.metrics`` under its
+empty-mask rule ``"one"`` (``EMPTY_MASK_RULE``, written to metrics.json): a test image whose
+mask is empty (a covid negative) scores 1 for an empty prediction, 0 for any other; so on a
+task with empty masks an untrained net that predicts nothing scores the fraction of
+negatives, and the headline is IoU on the positive images instead.
 """
 from __future__ import annotations
 
@@ -25,8 +32,8 @@ import numpy as np
 import torch
 
 from doll.data import JSRT_STRUCTURES, load_arrays, open_dataset
-from doll.data.common import hold_out
 from doll.data.dataset import NORMALISATION, ArrayDataset
+from doll.data.splits import hold_out, patient_of
 from doll.errors import DollError
 from doll.finetune.settings import (
     init_is_folder,
@@ -44,7 +51,7 @@ from doll.models.checkpoint import SEEN_IDS_FILE
 from doll.models.segmenter import checkpoint_config, smp_config
 from doll.train import distributed as dist
 from doll.train.engine import Engine, predict_all
-from doll.train.metrics import segmentation_scores
+from doll.train.metrics import EMPTY_MASK_RULE, bootstrap_interval, per_image_iou, segmentation_scores
 from doll.train.tasks import SegmentationTask
 from doll.utils import prepare_out_dir, resolve_device, write_json
 
@@ -103,9 +110,9 @@ def load_task_data(s: FinetuneSettings, size: int):
     parts[test_split] = with_masks(test_split)
     if not parts[test_split] and len(parts["train"]) > 1:
         items = parts["train"]
-        held = hold_out([it.patient or it.id for it in items], HOLDOUT_FRACTION, s.seed)
+        held = hold_out([patient_of(it) for it in items], HOLDOUT_FRACTION, s.seed)
         test_split = f"{int(HOLDOUT_FRACTION * 100)}% of train patients (seed {s.seed})"
-        is_test = [(it.patient or it.id) in held for it in items]
+        is_test = [patient_of(it) in held for it in items]
         parts = {"train": [it for it, t in zip(items, is_test) if not t],
                  test_split: [it for it, t in zip(items, is_test) if t]}
     data = {}
@@ -116,15 +123,6 @@ def load_task_data(s: FinetuneSettings, size: int):
         masks = np.stack([np.max(arr.masks[:, [sources.index(x) for x in srcs]], axis=1) for _, srcs in outputs], 1)
         data[split] = (arr.images, masks, arr.items)
     return [name for name, _ in outputs], data["train"], data[test_split], test_split
-
-
-def per_image_iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(N, K) IoU of each test image and structure (both empty: 1), the numbers whose mean
-    over images and structures is ``mean_iou``: what a bootstrap over test images resamples."""
-    p, t = pred.astype(bool), truth.astype(bool)
-    inter = (p & t).sum(axis=(2, 3))
-    union = (p | t).sum(axis=(2, 3))
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def one_seed(s: FinetuneSettings, names, train, test, size: int, out: Path) -> dict:
@@ -237,12 +235,6 @@ def seeds(s: FinetuneSettings, names, train, test, test_split: str, size: int, o
     return {"headline": result.pop("headline"), **result}
 
 
-# how mean_iou scores a test image whose mask is empty (a covid negative): an empty prediction
-# scores 1, any other 0; so on a task with empty masks an untrained net that predicts nothing
-# scores the fraction of negatives, and the headline is IoU on positive images instead
-EMPTY_MASK_RULE = "an image and structure whose mask and prediction are both empty scores 1, a non-empty prediction 0"
-
-
 def headline(result: dict, n_empty: int) -> dict:
     """The number to quote, named with its split: mean IoU over the test images; on a task
     whose test masks may be empty (covid), IoU on the images with a mask plus the area
@@ -258,14 +250,3 @@ def headline(result: dict, n_empty: int) -> dict:
     note = f"; {n_empty} test images have an empty mask ({EMPTY_MASK_RULE})" if n_empty else ""
     return {"metric": "mean_iou", "value": result["mean_iou"], "ci95": result.get("mean_iou_ci95"), "split": split,
             "what": f"mean IoU over structures and the {result['n_test']} test images ({split}){note}"}
-
-
-def bootstrap_interval(values, resamples: int = 2000, seed: int = 0) -> list[float] | None:
-    """95 % percentile interval of the mean of ``values`` (per-image scores) by bootstrap over
-    images; None for fewer than 2 images."""
-    values = np.asarray(values, dtype=float)
-    if values.size < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]

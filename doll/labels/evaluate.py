@@ -17,6 +17,9 @@ classifiers trained with ``--lung-model``), ``field_prior``: that model's predic
 field alone, so you see what the explanations add to it. A class is compared with the
 mask of the same name, or the mask that localises it (COVID-QU-Ex / QaTa: ``infection``
 for ``COVID-19``). Per-class means and their mean over classes are reported.
+
+IoU and Dice come from ``doll.train.metrics`` (``iou_dice``); only pairs whose ground-truth
+mask is non-empty are scored, so its empty-mask rule never applies here.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from doll.data import load_split
+from doll.data import open_dataset, split_arrays
 from doll.data.base import class_structure_pairs
 from doll.errors import DollError
 from doll.labels.rule import apply_rule
@@ -92,9 +95,7 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
         targets = lf["targets"][:]
         done = lf.done
         size = int(lf.attr("image_size"))
-        from doll.data.registry import open_dataset
-
-        fmt = open_dataset(dataset, root)
+        fmt = open_dataset(dataset, root)  # opened once: its items and its arrays
         pairs = {ci: st for _, ci, st in class_structure_pairs(classes, list(fmt.structures))}
         split = lf.attr("split") or None
         boxed = {c for it in fmt.items(split) for c in it.boxes} & set(classes)
@@ -104,7 +105,7 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
         structures = sorted(set(pairs.values()))
         lungs = "lungs" if "lungs" in fmt.structures else None
         wanted = structures + ([lungs] if lungs and lungs not in structures else [])
-        _, arrays = load_split(dataset, root, split, size, structures=wanted or None, progress=progress)
+        arrays = split_arrays(fmt, split, size, structures=wanted or None, progress=progress)
         by_id = {it.id: i for i, it in enumerate(arrays.items)}
         rng = np.random.default_rng(seed)
         scores = {name: {c: {} for c in classes} for name in ("labels", "random", "lung_prior", "field_prior")}

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from doll.data import open_dataset
-from doll.data.common import hold_out
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.labels import apply_policy
+from doll.data.splits import hold_out
 from doll.errors import DollError
 from doll.labels.rule import apply_rule, check_rule
 from doll.labels.store import LabelFile, read_rows

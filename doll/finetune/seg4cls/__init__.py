@@ -8,7 +8,8 @@ Data
   * test split: ``test`` when the data set has one, else ``valid``;
   * validation split (choosing t/tau and training the summarizers; the classifier's and
     the multitask net's model selection): ``valid`` when it exists and differs from the
-    test split, else a seeded 20 % of the training *patients* (taken out of train);
+    test split, else a seeded 20 % of the training *patients* (taken out of train by
+    ``doll.data.splits.hold_out``, the patient hold-out of every stage);
   * classes: the data set's image classes that have a mask structure of the same name
     (phantom: the 13 findings). Otherwise a known alias (``infection`` masks <->
     ``COVID-19`` images: COVID-QU-Ex, QaTa), or, when the data set has exactly one

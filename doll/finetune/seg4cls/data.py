@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from doll.data import labels_of, load_split, open_dataset
+from doll.data import labels_of, open_dataset, split_arrays
 from doll.data.base import class_structure_pairs
+from doll.data.splits import hold_out
 from doll.errors import DollError
 from doll.finetune.settings import FinetuneSettings
 from doll.train import distributed as dist
@@ -23,16 +24,6 @@ def _split_names(fmt) -> tuple[str, str | None]:
         raise DollError(f"{fmt.name} at {fmt.root} has neither a test nor a valid split to evaluate on")
     val = "valid" if test != "valid" and has("valid") else None
     return test, val
-
-
-def _patient_holdout(pats: list[str], fraction: float, seed: int) -> np.ndarray:
-    """Boolean (N,) mask of a seeded ``fraction`` of the patients (at least one, never all)."""
-    uniq = sorted(set(pats))
-    if len(uniq) < 2:
-        raise DollError("too few training images to carve a validation split; use a larger data set")
-    k = min(len(uniq) - 1, max(1, int(round(fraction * len(uniq)))))
-    chosen = set(np.random.default_rng(seed).permutation(uniq)[:k].tolist())
-    return np.array([p in chosen for p in pats])
 
 
 class _Part:
@@ -72,8 +63,8 @@ def load_parts(s: FinetuneSettings, size: int, need_val: bool = True, test_needs
     cls_idx = [i for _, i, _ in pairs]
     phantom = s.dataset == "phantom"
 
-    def part(split):
-        _, arr = load_split(s.dataset, s.root, split, size, structures=sources, progress=s.progress and dist.is_main())
+    def part(split):  # from the one opened data set
+        arr = split_arrays(fmt, split, size, structures=sources, progress=s.progress and dist.is_main())
         raw = labels_of(arr, len(classes))[:, cls_idx]
         has = np.asarray(arr.has_mask, bool)
         mask_ok = np.ones_like(has) if phantom else (has | (raw == 0))
@@ -93,7 +84,10 @@ def load_parts(s: FinetuneSettings, size: int, need_val: bool = True, test_needs
     elif not need_val:
         val, val_desc = None, None
     else:
-        hold = _patient_holdout(train.patients, VAL_FRACTION, s.seed)
+        held = hold_out(train.patients, VAL_FRACTION, s.seed)  # the patient hold-out of every stage
+        if not held:
+            raise DollError("too few training patients to carve a validation split; use a larger data set")
+        hold = np.array([p in held for p in train.patients])
         val, train = train.take(hold), train.take(~hold)
         val_desc = f"{int(VAL_FRACTION * 100)}% of train patients (seed {s.seed})"
     if not ((train.raw == 1) | (train.raw == 0)).any():

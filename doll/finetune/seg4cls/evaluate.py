@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from doll.train.metrics import auroc, auroc_per_class
+from doll.train.metrics import auroc, auroc_per_class, mean_over_images, per_image_scores
 
 SPECIFICITY = 0.9
 
@@ -52,16 +52,11 @@ def conditioned_recall(scores: np.ndarray, test) -> dict | None:
 
 
 def segmenter_iou(prob: np.ndarray, test, names: list[str]) -> dict:
-    per = {}
-    for c, name in enumerate(names):
-        ious = []
-        for i in np.flatnonzero(test.mask_ok[:, c] > 0):
-            t = np.asarray(test.masks[i, c]) > 0
-            if not t.any():
-                continue
-            p = np.asarray(prob[i, c], np.float32) > 0.5
-            ious.append((p & t).sum() / max((p | t).sum(), 1))
-        per[name] = float(np.mean(ious)) if ious else None
+    """The segmenter's IoU (probability > 0.5) per class on the images whose mask is known
+    and non-empty, and its mean over classes: ``doll.train.metrics``' empty-mask rule
+    ``"skip"`` (IoU on positives; an image without the finding does not count)."""
+    iou = per_image_scores(prob, test.masks, empty="skip", valid=test.mask_ok, threshold=0.5)["iou"]
+    per = dict(zip(names, mean_over_images(iou)))
     vals = [v for v in per.values() if v is not None]
     return {"per_class": per, "mean": float(np.mean(vals)) if vals else None}
 
