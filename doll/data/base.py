@@ -41,7 +41,8 @@ JSRT_STRUCTURES = ["left lung", "right lung", "heart", "left clavicle", "right c
 
 
 # other spellings of doll's split names (a data set's folders are often Train / Val / Test)
-SPLIT_ALIASES = {"val": "valid", "validation": "valid", "dev": "valid", "training": "train", "testing": "test"}
+SPLIT_ALIASES = {"train": "train", "valid": "valid", "test": "test", "val": "valid", "validation": "valid", "dev": "valid",
+                 "training": "train", "testing": "test"}
 
 
 @dataclass
