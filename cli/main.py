@@ -115,7 +115,7 @@ def _register() -> None:
     if app.registered_groups:
         return
     modules = {name: importlib.import_module(f"doll_cli.{name}")
-               for name in ("demo", "classify", "explain", "pretrain", "finetune", "predict", "data", "classifiers")}
+               for name in ("demo", "classify", "explain", "pretrain", "finetune", "study", "predict", "data", "classifiers")}
     app.add_typer(modules["data"].data_app, name="data")
     app.add_typer(modules["explain"].labels_app, name="labels")
     app.add_typer(modules["classifiers"].classifiers_app, name="classifiers")
@@ -126,7 +126,7 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-RESUMABLE = ("train-classifiers", "explain", "pretrain", "finetune")  # the commands with --resume
+RESUMABLE = ("train-classifiers", "explain", "pretrain", "finetune", "study")  # the commands with --resume
 
 
 def _interrupted(argv: list[str]) -> str:

@@ -11,6 +11,7 @@ the settings dataclass) and returning the metrics it writes::
     doll.evaluate_labels("runs/labels.h5")
     doll.pretrain(labels="runs/labels.h5", out="runs/pretrain")
     doll.finetune(task="jsrt", dataset="jsrt", root="data/phantom/anatomy", init="runs/pretrain", out="runs/ft")
+    doll.study(task="jsrt", dataset="jsrt", root="data/phantom/anatomy", inits="random,runs/pretrain", out="runs/study")
     doll.predict(model="runs/ft", inputs=["my_images/"], out="runs/pred")
     model, config = doll.load_segmenter("runs/ft")
 """
@@ -33,6 +34,7 @@ _API = {
     "show_labels": "doll.report.overlay",
     "pretrain": "doll.pretrain.train",
     "finetune": "doll.finetune.run",
+    "study": "doll.study.run",
     "predict": "doll.predict.run",
     "load_segmenter": "doll.predict.model",
     "demo": "doll.demo",

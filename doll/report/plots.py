@@ -95,3 +95,83 @@ def mask_panels(path: str | Path, rows: list[dict], *, title: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
     return path
+
+
+def _save(fig, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return path
+
+
+def interval_chart(path: str | Path, series: dict[str, tuple[list, list, list, list]], *, xlabel: str, ylabel: str,
+                   title: str, logx: bool = False, ylim: tuple[float, float] | None = (0.0, 1.0)) -> Path:
+    """A PNG of lines with intervals: ``series`` maps a legend entry to (x, y, low, high)
+    lists; a point whose low/high is None is drawn without a bar. The x ticks are the x
+    values themselves (e.g. numbers of masks); ``logx`` spaces them logarithmically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 3.8), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    styles = ["-", "--", "-.", ":"]
+    ticks = set()
+    for k, (name, (xs, ys, lows, highs)) in enumerate(series.items()):
+        pts = [(x, y, lo, hi) for x, y, lo, hi in zip(xs, ys, lows, highs) if x is not None and y is not None]
+        if not pts:
+            continue
+        ticks.update(p[0] for p in pts)
+        err = [[p[1] - (p[2] if p[2] is not None else p[1]) for p in pts],
+               [(p[3] if p[3] is not None else p[1]) - p[1] for p in pts]]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=err, marker="o", markersize=4, capsize=3,
+                    linestyle=styles[(k // 2) % len(styles)], label=name)
+    if logx:
+        ax.set_xscale("log")
+    if ticks:
+        ax.set_xticks(sorted(ticks))
+        ax.set_xticklabels([f"{t:g}" for t in sorted(ticks)])
+        if logx:
+            ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def bar_chart(path: str | Path, groups: list[str], series: dict[str, tuple[list, list]], *, ylabel: str, title: str,
+              ylim: tuple[float, float] | None = (0.0, 1.0)) -> Path:
+    """A PNG of grouped bars: one group per entry of ``groups`` (e.g. structures), one bar per
+    ``series`` entry (legend) with its (values, errors) lists (an error None: no whisker)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 3.8), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for k, (name, (values, errors)) in enumerate(series.items()):
+        vals = [np.nan if v is None else v for v in values]
+        errs = [0.0 if e is None else e for e in errors] if errors else None
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, vals, width, yerr=errs, capsize=3, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3, axis="y")
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
