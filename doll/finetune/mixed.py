@@ -16,7 +16,7 @@ sample of the epoch pairs image-labelled training image i with a mask-labelled i
 a batch uses one half of its pairs, so an epoch of N training images gives about N/2
 samples of each kind. The alternation restarts at every epoch, so ``--resume`` replays it exactly.
 
-Baseline ``segmentation_only``: the same PSPNet and init trained on the mask subset
+Baseline ``segmentation_only``: the same segmenter and init trained on the mask subset
 alone, for the same number of segmentation samples (the subset cycled to N/2 per
 epoch). Its image score is the max of its probability map.
 

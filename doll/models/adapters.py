@@ -1,4 +1,5 @@
-"""Residual bottleneck adapters for PSPNet fine-tuning.
+"""Residual bottleneck adapters for fine-tuning any of doll's segmenters (PSPNet by default; every
+``--decoder``).
 
 ``--mode adapter``: every pretrained weight is frozen; a small residual bottleneck
 (1x1 conv down to ``channels / reduction``, ReLU, 1x1 conv back up, the up-projection
@@ -74,7 +75,7 @@ def attach_adapters(model: nn.Module, image_size: int = 64, reduction: int = 8) 
 def set_mode(model: nn.Module, mode: str, image_size: int = 64) -> dict:
     """Freeze according to ``mode``; returns parameter counts: ``total_params`` counts the
     weights the network runs, ``unused_params`` those it carries but never runs (the
-    encoder stages smp's PSPNet keeps, see ``doll.models.segmenter.freeze_unused``)."""
+    encoder stages the decoder keeps (smp's PSPNet uses three), see ``doll.models.segmenter.freeze_unused``)."""
     if mode not in MODES:
         raise DollError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode in ("adapter", "head"):

@@ -1,1 +1,1 @@
-"""Stage 3: PSPNet pretraining on DoLL labels (``train.pretrain``, which is ``doll.pretrain(...)``)."""
+"""Stage 3: segmenter pretraining (PSPNet by default, any ``--decoder``) on DoLL labels (``train.pretrain``, which is ``doll.pretrain(...)``)."""

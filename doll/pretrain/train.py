@@ -1,4 +1,5 @@
-"""Stage 3: a PSPNet pretrained end to end (encoder and decoder) on DoLL labels.
+"""Stage 3: a segmenter (PSPNet by default; ``--decoder`` picks another) pretrained end to end
+(encoder and decoder) on DoLL labels.
 
 Targets, per image and class: where the class was explained, the label rule applied to
 the saliency (or the saliency itself with ``--soft``); where the image label says the

@@ -41,7 +41,7 @@ Methods (``metrics.json`` keys)
   comma-separated list).
   * ``classifier``: torchvision ``--encoder`` (resnet18 if not a classifier arch)
     trained on all training image labels; the best validation-AUROC epoch is kept;
-  * ``multitask``: the same PSPNet plus global-average-pool(last encoder feature) ->
+  * ``multitask``: the same segmenter plus global-average-pool(last encoder feature) ->
     linear, trained on seg loss (only on the masked subset) + masked BCE (all images).
 
 Semi-supervised (``pseudo="pseudo"`` / ``"boosted"``, CLI ``--pseudo`` / ``--boosted``): the

@@ -34,7 +34,7 @@ class ProbSegTask(SegmentationTask):
 
 
 class YNet(nn.Module):
-    """PSPNet + a classification head on the encoder's last feature (Y-Net style)."""
+    """The segmenter (any --decoder) + a classification head on the encoder's last feature (Y-Net style)."""
 
     def __init__(self, seg: nn.Module, n_classes: int):
         super().__init__()
