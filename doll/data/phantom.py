@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -125,61 +126,123 @@ def _check_findings(findings) -> dict[str, bool]:
     return {f: bool(findings.get(f, False)) for f in FINDINGS}
 
 
-def render_case(rng: np.random.Generator, size: int, findings: dict[str, bool] | None = None,
-                chest_tube: bool = False):
-    """Draw one phantom.
+@dataclass(frozen=True)
+class Anatomy:
+    """One phantom's jittered anatomy, pose and exposure (canonical frame, fractions of the side).
 
-    Returns ``(image, anatomy, finding_masks, meta)``: ``image`` uint8 (size, size);
-    ``anatomy`` {structure: uint8 0/1} for the 5 JSRT_STRUCTURES; ``finding_masks``
-    {finding: uint8 0/1}, only for the findings drawn (each nonzero); ``meta`` =
-    ``{"findings": {finding: {"area_fraction", "zone", "centroid": (x, y)}},
-    "chest_tube": bool, "size": size}`` where the centroid is in fractions of the
-    side (x to the image right, y down) and ``zone`` is ``<upper|middle|lower>-<left|
-    right|central|bilateral>`` with left/right the *patient's* side (image right =
-    patient left). ``findings=None`` samples each finding with its PREVALENCE; a
-    dict draws exactly the findings mapped to True.
+    Pairs are (image-left = patient right, image-right = patient left). Built by
+    :func:`_anatomy` from the 40 normal draws of :func:`render_case`; nothing here is random.
     """
-    size = int(size)
-    if size < 32:
-        raise DollError(f"phantom size must be at least 32 pixels, got {size}")
-    # -- every random number is drawn here, in a fixed order, whatever is asked for
-    u = rng.random(len(FINDINGS))
-    want = _sample_findings(u) if findings is None else _check_findings(findings)
-    g = rng.normal(size=40)  # anatomy jitter
-    seeds = rng.integers(0, 2**63 - 1, size=len(FINDINGS) + 3)
-    frng = {f: np.random.default_rng(int(seeds[i])) for i, f in enumerate(FINDINGS)}
-    noise_rng = np.random.default_rng(int(seeds[-2]))
-    tube_rng = np.random.default_rng(int(seeds[-1]))
-    mrng = np.random.default_rng(int(seeds[-3]))  # lung markings
 
-    R = max(size, 128)
-    C = _Canvas(R)
+    top: float  # lung apex height
+    cp_v: tuple  # costophrenic angle height, per lung
+    dome_h: tuple  # diaphragm dome height, per lung
+    lat: tuple  # lateral wall distance from the border, per lung
+    hw_upper: float  # mediastinum half-width (upper)
+    heart_c: tuple
+    heart_ax: tuple
+    heart_ang: float
+    rib_sp: float  # rib spacing
+    rib_v0: float  # first rib height
+    angle: float  # pose: rotation (degrees), scale, shift
+    scale: float
+    shift: tuple
+    contrast: float  # exposure
+    bright: float
+    gamma: float
+    lung_dark: float
+    body_widen: float  # body outline width jitter
+    clav_medial: tuple  # clavicles: medial end (x, y) jitter and lateral end y jitter, per side
+    clav_lateral_y: tuple
+
+
+def _anatomy(g: np.ndarray) -> Anatomy:
+    """The anatomy of jitter ``g`` (normal draws, each clipped to +-2.5 and scaled)."""
     j = lambda k, s: float(np.clip(g[k], -2.5, 2.5) * s)  # noqa: E731 - jitter k with std s
-
-    # -- anatomy parameters (canonical frame)
     top = 0.13 + j(0, 0.012)
-    cp_v = [0.78 + j(1, 0.015), 0.80 + j(2, 0.015)]  # costophrenic angle height: image-left, image-right lung
-    dome_h = [0.08 + j(3, 0.01), 0.06 + j(4, 0.01)]
-    lat = [0.095 + j(5, 0.01), 0.095 + j(6, 0.01)]  # lateral wall distance from the border
-    hw_upper = 0.06 + j(7, 0.005)  # mediastinum half-width (upper)
-    heart_c = (0.545 + j(8, 0.01), 0.62 + j(9, 0.012))
-    heart_ax = (0.14 + j(10, 0.008), 0.11 + j(11, 0.006))
-    heart_ang = -12 + j(12, 3)
-    rib_sp = 0.073 + j(13, 0.003)
-    rib_v0 = top - 0.03 + j(14, 0.008)
-    angle = j(15, 1.5)
-    scale = 1.0 + j(16, 0.02)
-    shift = (j(17, 0.012), j(18, 0.012))
-    contrast = 1.0 + j(19, 0.06)
-    bright = j(20, 0.02)
-    gamma = float(np.exp(j(21, 0.08)))
-    lung_dark = 0.30 + j(22, 0.02)
+    return Anatomy(
+        top=top,
+        cp_v=(0.78 + j(1, 0.015), 0.80 + j(2, 0.015)),
+        dome_h=(0.08 + j(3, 0.01), 0.06 + j(4, 0.01)),
+        lat=(0.095 + j(5, 0.01), 0.095 + j(6, 0.01)),
+        hw_upper=0.06 + j(7, 0.005),
+        heart_c=(0.545 + j(8, 0.01), 0.62 + j(9, 0.012)),
+        heart_ax=(0.14 + j(10, 0.008), 0.11 + j(11, 0.006)),
+        heart_ang=-12 + j(12, 3),
+        rib_sp=0.073 + j(13, 0.003),
+        rib_v0=top - 0.03 + j(14, 0.008),
+        angle=j(15, 1.5),
+        scale=1.0 + j(16, 0.02),
+        shift=(j(17, 0.012), j(18, 0.012)),
+        contrast=1.0 + j(19, 0.06),
+        bright=j(20, 0.02),
+        gamma=float(np.exp(j(21, 0.08))),
+        lung_dark=0.30 + j(22, 0.02),
+        body_widen=j(24, 0.02),
+        clav_medial=tuple((0.44 + j(25 + side, 0.006), 0.145 + j(27 + side, 0.008)) for side in (0, 1)),
+        clav_lateral_y=tuple(0.095 + j(29 + side, 0.01) for side in (0, 1)),
+    )
 
-    # -- finding-specific geometry that alters anatomy
+
+def _lung_poly(a: Anatomy, side: int, shrink=None):
+    """Lung ``side`` (0: image-left = patient right; 1: image-right = patient left) as a polygon.
+
+    Returns ``(polygon, lateral wall (unmirrored), mirrored)``; ``shrink = (anchor, fx, fy)``
+    scales the (unmirrored) polygon towards ``anchor``.
+    """
+    m = side == 1
+    L, cv, dh, top = a.lat[side], a.cp_v[side], a.dome_h[side], a.top
+    apex = (0.30, top)
+    s = np.linspace(0, 1, 14)
+    wall = np.stack([L + (apex[0] - L) * (1 - s) ** 2.2, top + (cv - top) * s], 1)
+    t = np.linspace(0, 1, 12)[1:]
+    med_base = (0.455, cv - 0.03)
+    base = np.stack([L + (med_base[0] - L) * t, cv + (med_base[1] - cv) * t - dh * np.sin(np.pi * t * 0.9)], 1)
+    medial = np.array([[0.46, 0.45], [0.45, top + 0.06], [0.39, top + 0.005]])
+    p = np.concatenate([wall, base, medial])
+    if shrink is not None:
+        anchor, fx, fy = shrink
+        p = anchor + (p - anchor) * np.array([fx, fy])
+    return _mirror(p, m), wall, m
+
+
+def _mediastinum_poly(hw_u: float) -> np.ndarray:
+    """The mediastinum, upper half-width ``hw_u``."""
+    return np.array([[0.5 - hw_u, 0.0], [0.5 - hw_u, 0.42], [0.5 - 0.075, 0.5], [0.5 - 0.075, 0.9],
+                     [0.5 + 0.075, 0.9], [0.5 + 0.075, 0.5], [0.5 + hw_u, 0.42], [0.5 + hw_u, 0.0]])
+
+
+@dataclass(eq=False)
+class _Scene:
+    """One phantom being drawn: the canvas, anatomy, masks (R x R) and the attenuation image."""
+
+    C: _Canvas
+    size: int  # the output's side (C.R is the drawing's)
+    a: Anatomy
+    want: dict
+    medi: np.ndarray  # mediastinum as drawn (enlarged if so)
+    heart: np.ndarray  # heart as drawn (enlarged if so)
+    lungpoly_m: list  # lung polygons, before the mediastinum and heart are cut out
+    lungs_m: list  # lung fields
+    lung_any: np.ndarray
+    lung_f: np.ndarray
+    att: np.ndarray  # attenuation (canonical frame, float32), drawn in place
+    ptx_region: np.ndarray | None = None  # pneumothorax: the lost lung field, and its side
+    ptx_side: int | None = None
+    body: np.ndarray | None = None
+    thorax: np.ndarray | None = None
+    frac_info: tuple | None = None  # fracture: (side, rib, point index, offset, break point)
+    clav_m: list = field(default_factory=list)
+    fmask: dict = field(default_factory=dict)
+
+
+def _scene(C: _Canvas, size: int, a: Anatomy, want: dict, frng: dict) -> _Scene:
+    """The mediastinum, heart and lung masks, with the findings that change them drawn in."""
     if want["Enlarged Cardiomediastinum"]:
-        hw_upper_drawn = hw_upper + frng["Enlarged Cardiomediastinum"].uniform(0.035, 0.06)
+        hw_upper_drawn = a.hw_upper + frng["Enlarged Cardiomediastinum"].uniform(0.035, 0.06)
     else:
-        hw_upper_drawn = hw_upper
+        hw_upper_drawn = a.hw_upper
+    heart_c, heart_ax = a.heart_c, a.heart_ax
     if want["Cardiomegaly"]:
         r = frng["Cardiomegaly"]
         fx, fy = r.uniform(1.3, 1.5), r.uniform(1.1, 1.25)
@@ -187,67 +250,50 @@ def render_case(rng: np.random.Generator, size: int, findings: dict[str, bool] |
         heart_c_d = (heart_c[0] + heart_ax[0] * (fx - 1) * 0.45, heart_c[1] + heart_ax[1] * (fy - 1) * 0.3)
     else:
         heart_ax_d, heart_c_d = heart_ax, heart_c
-
-    # -- lung polygons (index 0: image-left = patient right lung; 1: image-right = patient left)
-    def lung_poly(side, shrink=None):
-        m = side == 1
-        L, cv, dh = lat[side], cp_v[side], dome_h[side]
-        apex = (0.30, top)
-        s = np.linspace(0, 1, 14)
-        wall = np.stack([L + (apex[0] - L) * (1 - s) ** 2.2, top + (cv - top) * s], 1)
-        t = np.linspace(0, 1, 12)[1:]
-        med_base = (0.455, cv - 0.03)
-        base = np.stack([L + (med_base[0] - L) * t, cv + (med_base[1] - cv) * t - dh * np.sin(np.pi * t * 0.9)], 1)
-        medial = np.array([[0.46, 0.45], [0.45, top + 0.06], [0.39, top + 0.005]])
-        p = np.concatenate([wall, base, medial])
-        if shrink is not None:
-            anchor, fx, fy = shrink
-            p = anchor + (p - anchor) * np.array([fx, fy])
-        return _mirror(p, m), wall, m
-
-    lung_polys = [lung_poly(0)[0], lung_poly(1)[0]]
-
-    def medi_poly(hw_u):
-        return np.array([[0.5 - hw_u, 0.0], [0.5 - hw_u, 0.42], [0.5 - 0.075, 0.5], [0.5 - 0.075, 0.9],
-                         [0.5 + 0.075, 0.9], [0.5 + 0.075, 0.5], [0.5 + hw_u, 0.42], [0.5 + hw_u, 0.0]])
-
-    medi = C.poly(C.zeros(np.uint8), medi_poly(hw_upper_drawn))
-    heart = C.ellipse(C.zeros(np.uint8), heart_c_d, heart_ax_d, heart_ang)
+    lung_polys = [_lung_poly(a, 0)[0], _lung_poly(a, 1)[0]]
+    medi = C.poly(C.zeros(np.uint8), _mediastinum_poly(hw_upper_drawn))
+    heart = C.ellipse(C.zeros(np.uint8), heart_c_d, heart_ax_d, a.heart_ang)
     lungpoly_m = [C.poly(C.zeros(np.uint8), p) for p in lung_polys]
     not_central = (1 - np.maximum(medi, heart)).astype(np.uint8)
     lungs_m = [lp & not_central for lp in lungpoly_m]
     lung_any = lungs_m[0] | lungs_m[1]
-    lung_f = lung_any.astype(np.float32)
-
-    # -- pneumothorax region (needed before markings)
-    ptx_region, ptx_side = None, None
-    if want["Pneumothorax"]:
+    sc = _Scene(C=C, size=size, a=a, want=want, medi=medi, heart=heart, lungpoly_m=lungpoly_m, lungs_m=lungs_m,
+                lung_any=lung_any, lung_f=lung_any.astype(np.float32), att=C.zeros())
+    if want["Pneumothorax"]:  # the lost lung field (the lung markings stop at it)
         r = frng["Pneumothorax"]
-        side = ptx_side = int(r.integers(2))
+        side = sc.ptx_side = int(r.integers(2))
         anchor = np.array([0.45, 0.76])
         fx, fy = r.uniform(0.62, 0.8), r.uniform(0.78, 0.9)
-        collapsed, _, m = lung_poly(side, (anchor, fx, fy))
+        collapsed = _lung_poly(a, side, (anchor, fx, fy))[0]
         coll_m = C.poly(C.zeros(np.uint8), collapsed)
-        ptx_region = lungs_m[side] & (1 - coll_m)
-        if not ptx_region.any():
-            ptx_region = lungs_m[side].copy()
+        sc.ptx_region = lungs_m[side] & (1 - coll_m)
+        if not sc.ptx_region.any():
+            sc.ptx_region = lungs_m[side].copy()
+    return sc
 
-    # -- body, lungs, mediastinum, heart
-    att = C.zeros()
+
+# ----------------------------------------------------------------------------- anatomy layers
+def _draw_body(sc: _Scene):
+    """Body outline, air, the dark lung fields, spine, trachea and heart."""
+    C, att = sc.C, sc.att
     body = np.array([[0.02, 1.05], [0.03, 0.3], [0.12, 0.12], [0.32, 0.05], [0.38, 0.0], [0.62, 0.0],
                      [0.68, 0.05], [0.88, 0.12], [0.97, 0.3], [0.98, 1.05]])
-    body[:, 0] = 0.5 + (body[:, 0] - 0.5) * (1.0 + j(24, 0.02))
+    body[:, 0] = 0.5 + (body[:, 0] - 0.5) * (1.0 + sc.a.body_widen)
+    sc.body = body
     C.poly(att, body, 0.5)
     att += _AIR
-    lung_soft = C.blur(lung_f, 0.006)
-    att -= lung_dark * lung_soft
-    # spine and trachea
+    lung_soft = C.blur(sc.lung_f, 0.006)
+    att -= sc.a.lung_dark * lung_soft
     spine = C.poly(C.zeros(), [[0.46, 0.0], [0.54, 0.0], [0.545, 1.0], [0.455, 1.0]])
     att += 0.08 * C.blur(spine, 0.01)
     trachea = C.line(C.zeros(), [[0.5, 0.0], [0.5, 0.3], [0.49, 0.37]], 0.028)
     att -= 0.1 * C.blur(trachea, 0.006)
-    att += 0.04 * C.blur(heart.astype(np.float32), 0.01)
-    # lung markings: vessels radiating from the hila, none in a pneumothorax
+    att += 0.04 * C.blur(sc.heart.astype(np.float32), 0.01)
+
+
+def _draw_markings(sc: _Scene, mrng: np.random.Generator):
+    """Lung markings: vessels radiating from the hila, none in a pneumothorax."""
+    C = sc.C
     marks = C.zeros()
     for side in (0, 1):
         hil = np.array([0.40, 0.47]) if side == 0 else np.array([0.60, 0.48])
@@ -265,17 +311,21 @@ def render_case(rng: np.random.Generator, size: int, findings: dict[str, bool] |
             bd = d * np.cos(0.5) + nrm * np.sin(0.5) * mrng.choice([-1, 1])
             C.line(marks, [b0, b0 + bd * ln * 0.4], 0.006, 0.7)
         C.ellipse(marks, hil, (0.03, 0.045), 0, 1.0)
-    allowed = lung_f if ptx_region is None else lung_f * (1 - ptx_region)
-    att += 0.075 * C.blur(marks, 0.004) * allowed
-    # ribs (posterior arcs), one per side per level; a fracture breaks one
+    allowed = sc.lung_f if sc.ptx_region is None else sc.lung_f * (1 - sc.ptx_region)
+    sc.att += 0.075 * C.blur(marks, 0.004) * allowed
+
+
+def _draw_ribs(sc: _Scene, frng: dict):
+    """Ribs (posterior arcs), one per side per level; a fracture breaks one (``sc.frac_info``)."""
+    C = sc.C
     ribs = C.zeros()
     frac_info = None
-    if want["Fracture"]:
+    if sc.want["Fracture"]:
         r = frng["Fracture"]
         frac_info = (int(r.integers(2)), int(r.integers(2, 7)), int(r.integers(8, 16)), r.uniform(0.02, 0.03) * r.choice([-1, 1]))
     for side in (0, 1):
         for k in range(9):
-            v0 = rib_v0 + k * rib_sp
+            v0 = sc.a.rib_v0 + k * sc.a.rib_sp
             t = np.linspace(0, 1, 24)
             p = np.stack([0.47 - t * (0.47 - 0.05), v0 - 0.035 * np.sin(np.pi * t * 0.85) + 0.07 * t ** 2], 1)
             p = _mirror(p, side == 1)
@@ -287,228 +337,289 @@ def render_case(rng: np.random.Generator, size: int, findings: dict[str, bool] |
                 frac_info = frac_info + (p[i],)
             else:
                 C.line(ribs, p, th)
-    thorax = (C.poly(C.zeros(), body) * (1 - C.poly(C.zeros(), [[0, 0.9], [1, 0.9], [1, 1], [0, 1]])))
-    att += 0.11 * C.blur(ribs, 0.003) * thorax
-    # clavicles
-    clav_m = []
+    sc.frac_info = frac_info
+    sc.thorax = (C.poly(C.zeros(), sc.body) * (1 - C.poly(C.zeros(), [[0, 0.9], [1, 0.9], [1, 1], [0, 1]])))
+    sc.att += 0.11 * C.blur(ribs, 0.003) * sc.thorax
+
+
+def _draw_clavicles(sc: _Scene):
+    """Both clavicles, into the image and ``sc.clav_m``."""
+    C = sc.C
     for side in (0, 1):
-        p = _curve((0.44 + j(25 + side, 0.006), 0.145 + j(27 + side, 0.008)), (0.13, 0.095 + j(29 + side, 0.01)), 0.012 * (1 if side == 0 else -1), 12)
+        p = _curve(sc.a.clav_medial[side], (0.13, sc.a.clav_lateral_y[side]), 0.012 * (1 if side == 0 else -1), 12)
         p = _mirror(p, side == 1)
         cm = C.line(C.zeros(np.uint8), p, 0.03)
-        clav_m.append(cm)
-        att += 0.2 * C.blur(C.line(C.zeros(), p, 0.03), 0.003)
+        sc.clav_m.append(cm)
+        sc.att += 0.2 * C.blur(C.line(C.zeros(), p, 0.03), 0.003)
 
-    # -- findings: additive layers + masks
-    fmask: dict[str, np.ndarray] = {}
 
-    def zone_point(r, side, vert):
-        """A random point of the lung field of ``side`` in the vertical third ``vert`` (0..2)."""
-        ys, xs = np.nonzero(lungs_m[side])
-        if not len(ys):
-            return np.array([0.3 if side == 0 else 0.7, 0.5])
-        y0, y1 = ys.min(), ys.max()
-        lo = y0 + (y1 - y0) * vert / 3
-        hi = y0 + (y1 - y0) * (vert + 1) / 3
-        sel = np.nonzero((ys >= lo) & (ys <= hi))[0]
-        if not len(sel):
-            sel = np.arange(len(ys))
-        i = sel[r.integers(len(sel))]
-        return np.array([(xs[i] + 0.5) / R, (ys[i] + 0.5) / R])
+# ----------------------------------------------------------------------------- findings
+def _zone_point(sc: _Scene, r, side, vert):
+    """A random point of the lung field of ``side`` in the vertical third ``vert`` (0..2)."""
+    R = sc.C.R
+    ys, xs = np.nonzero(sc.lungs_m[side])
+    if not len(ys):
+        return np.array([0.3 if side == 0 else 0.7, 0.5])
+    y0, y1 = ys.min(), ys.max()
+    lo = y0 + (y1 - y0) * vert / 3
+    hi = y0 + (y1 - y0) * (vert + 1) / 3
+    sel = np.nonzero((ys >= lo) & (ys <= hi))[0]
+    if not len(sel):
+        sel = np.arange(len(ys))
+    i = sel[r.integers(len(sel))]
+    return np.array([(xs[i] + 0.5) / R, (ys[i] + 0.5) / R])
 
-    if want["Enlarged Cardiomediastinum"]:
-        normal = C.poly(C.zeros(np.uint8), medi_poly(hw_upper))
-        m = medi & (1 - normal) & (lungpoly_m[0] | lungpoly_m[1])
-        if not m.any():
-            m = medi & (1 - normal)
-        att += 0.03 * C.blur(m.astype(np.float32), 0.006)
-        fmask["Enlarged Cardiomediastinum"] = m
-    if want["Cardiomegaly"]:
-        att += 0.03 * C.blur(heart.astype(np.float32), 0.006)
-        fmask["Cardiomegaly"] = heart.copy()
-    if want["Lung Opacity"]:
-        r = frng["Lung Opacity"]
+
+def _enlarged_cardiomediastinum(sc: _Scene, r):
+    C = sc.C
+    normal = C.poly(C.zeros(np.uint8), _mediastinum_poly(sc.a.hw_upper))
+    m = sc.medi & (1 - normal) & (sc.lungpoly_m[0] | sc.lungpoly_m[1])
+    if not m.any():
+        m = sc.medi & (1 - normal)
+    sc.att += 0.03 * C.blur(m.astype(np.float32), 0.006)
+    sc.fmask["Enlarged Cardiomediastinum"] = m
+
+
+def _cardiomegaly(sc: _Scene, r):
+    sc.att += 0.03 * sc.C.blur(sc.heart.astype(np.float32), 0.006)
+    sc.fmask["Cardiomegaly"] = sc.heart.copy()
+
+
+def _lung_opacity(sc: _Scene, r):
+    C = sc.C
+    side = int(r.integers(2))
+    c = _zone_point(sc, r, side, int(r.integers(3)))
+    lay = C.ellipse(C.zeros(), c, (r.uniform(0.06, 0.11), r.uniform(0.06, 0.12)), r.uniform(0, 180))
+    lay = C.blur(lay, 0.03) * sc.lung_f
+    pk = lay.max()
+    sc.fmask["Lung Opacity"] = (lay > 0.35 * pk).astype(np.uint8) if pk > 0 else C.ellipse(C.zeros(np.uint8), c, (0.03, 0.03))
+    sc.att += r.uniform(0.17, 0.25) * lay / max(pk, 1e-6)
+
+
+def _lung_lesion(sc: _Scene, r):
+    C, size = sc.C, sc.size
+    side = int(r.integers(2))
+    c = _zone_point(sc, r, side, int(r.integers(3)))
+    rad = float(np.exp(r.uniform(np.log(max(0.018, 1.2 / size)), np.log(0.06))))
+    m = C.ellipse(C.zeros(np.uint8), c, (rad, rad * r.uniform(0.85, 1.15)), r.uniform(0, 180))
+    lay = C.blur(C.ellipse(C.zeros(), c, (rad, rad), 0), 0.003)
+    sc.att += r.uniform(0.3, 0.4) * lay
+    sc.fmask["Lung Lesion"] = m
+
+
+def _edema(sc: _Scene, r):
+    C = sc.C
+    lay = C.zeros()
+    for side in (0, 1):
+        c = (0.37 if side == 0 else 0.63, 0.48 + r.normal(0, 0.015))
+        C.ellipse(lay, c, (r.uniform(0.09, 0.13), r.uniform(0.12, 0.16)), r.uniform(-20, 20))
+    blobs = C.zeros()
+    for _ in range(25):
         side = int(r.integers(2))
-        c = zone_point(r, side, int(r.integers(3)))
-        lay = C.ellipse(C.zeros(), c, (r.uniform(0.06, 0.11), r.uniform(0.06, 0.12)), r.uniform(0, 180))
-        lay = C.blur(lay, 0.03) * lung_f
-        pk = lay.max()
-        fmask["Lung Opacity"] = (lay > 0.35 * pk).astype(np.uint8) if pk > 0 else C.ellipse(C.zeros(np.uint8), c, (0.03, 0.03))
-        att += r.uniform(0.17, 0.25) * lay / max(pk, 1e-6)
-    if want["Lung Lesion"]:
-        r = frng["Lung Lesion"]
-        side = int(r.integers(2))
-        c = zone_point(r, side, int(r.integers(3)))
-        rad = float(np.exp(r.uniform(np.log(max(0.018, 1.2 / size)), np.log(0.06))))
-        m = C.ellipse(C.zeros(np.uint8), c, (rad, rad * r.uniform(0.85, 1.15)), r.uniform(0, 180))
-        lay = C.blur(C.ellipse(C.zeros(), c, (rad, rad), 0), 0.003)
-        att += r.uniform(0.3, 0.4) * lay
-        fmask["Lung Lesion"] = m
-    if want["Edema"]:
-        r = frng["Edema"]
-        lay = C.zeros()
-        for side in (0, 1):
-            c = (0.37 if side == 0 else 0.63, 0.48 + r.normal(0, 0.015))
-            C.ellipse(lay, c, (r.uniform(0.09, 0.13), r.uniform(0.12, 0.16)), r.uniform(-20, 20))
-        blobs = C.zeros()
-        for _ in range(25):
-            side = int(r.integers(2))
-            c = (0.37 if side == 0 else 0.63) + r.normal(0, 0.06), 0.48 + r.normal(0, 0.08)
-            C.ellipse(blobs, c, (0.02, 0.02), 0)
-        lay = C.blur(lay, 0.035) + 0.3 * C.blur(blobs, 0.01)
-        lay *= lung_f
-        pk = lay.max()
-        fmask["Edema"] = (lay > 0.35 * pk).astype(np.uint8)
-        att += r.uniform(0.17, 0.25) * lay / max(pk, 1e-6)
-    if want["Consolidation"]:
-        r = frng["Consolidation"]
-        side = int(r.integers(2))
-        upper = bool(r.integers(2))
-        # fissure: oblique line through the hilum region
-        fis = np.array([[0.05, 0.32], [0.47, 0.55]]) if upper else np.array([[0.05, 0.5], [0.47, 0.42]])
-        fis = fis + np.array([0, r.normal(0, 0.03)])
-        if upper:
-            half = [[0.0, 0.0], [0.5, 0.0], fis[1], fis[0]]
-        else:
-            half = [fis[0], fis[1], [0.5, 1.0], [0.0, 1.0]]
-        half = _mirror(half, side == 1)
-        crop_c = zone_point(r, side, 0 if upper else 2)
-        crop = C.ellipse(C.zeros(np.uint8), crop_c, (r.uniform(0.09, 0.16), r.uniform(0.08, 0.14)), r.uniform(0, 180))
-        m = C.poly(C.zeros(np.uint8), half) & lungs_m[side] & crop
-        if not m.any():
-            m = lungs_m[side] & crop
-        if not m.any():
-            m = crop
-        lay = C.blur(m.astype(np.float32), 0.006)
-        br = C.zeros()
-        for _ in range(3):
-            a = zone_point(r, side, 0 if upper else 2)
-            C.line(br, [a, a + r.normal(0, 0.04, 2)], 0.008)
-        att += r.uniform(0.3, 0.38) * lay - 0.08 * C.blur(br, 0.003) * m
-        fmask["Consolidation"] = m
-    if want["Pneumonia"]:
-        r = frng["Pneumonia"]
-        side = int(r.integers(2))
-        c = zone_point(r, side, int(r.integers(3)))
-        rad = r.uniform(0.05, 0.1)
-        blobs = C.zeros()
-        for _ in range(int(r.integers(10, 18))):
-            off = r.normal(0, rad * 0.5, 2)
-            C.ellipse(blobs, c + off, (r.uniform(0.012, 0.028),) * 2, 0)
-        blobs = C.blur(np.minimum(blobs, 1.0), 0.008) * lung_f
-        m = (C.blur(blobs, 0.01) > 0.15).astype(np.uint8) & lung_any
-        if not m.any():
-            m = C.ellipse(C.zeros(np.uint8), c, (rad, rad))
-        att += r.uniform(0.25, 0.33) * blobs
-        fmask["Pneumonia"] = m
-    if want["Atelectasis"]:
-        r = frng["Atelectasis"]
-        side = int(r.integers(2))
-        lay = C.zeros()
-        if r.random() < 0.5:  # plate-like band above the base
-            v = cp_v[side] - dome_h[side] - r.uniform(0.03, 0.1)
-            p = [[lat[side] + 0.04, v + r.normal(0, 0.02)], [0.42, v + r.normal(0, 0.02)]]
-            C.line(lay, _mirror(p, side == 1), r.uniform(0.018, 0.03))
-        else:  # wedge from the hilum to the base
-            tip = [0.4, 0.5]
-            b = cp_v[side] - dome_h[side] * 0.5
-            p = [tip, [lat[side] + r.uniform(0.05, 0.12), b], [0.42, b + 0.02]]
-            C.poly(lay, _mirror(p, side == 1))
-        m = (lay > 0.5).astype(np.uint8) & lungpoly_m[side]
-        if not m.any():
-            m = (lay > 0.5).astype(np.uint8)
-        att += r.uniform(0.28, 0.36) * C.blur(lay, 0.004) * lungpoly_m[side]
-        fmask["Atelectasis"] = m
-    if want["Pneumothorax"]:
-        r = frng["Pneumothorax"]
-        att -= r.uniform(0.09, 0.13) * C.blur(ptx_region.astype(np.float32), 0.004)
-        # thin visceral pleural line: the collapsed lung's edge, inside the original lung
-        edge = cv2.dilate(ptx_region, np.ones((3, 3), np.uint8)) & (1 - ptx_region) & lung_any
-        att += 0.14 * C.blur(edge.astype(np.float32), 0.002)
-        fmask["Pneumothorax"] = ptx_region
-    if want["Pleural Effusion"]:
-        r = frng["Pleural Effusion"]
-        side = int(r.integers(2))
-        h = r.uniform(0.16, 0.32)
-        L = lat[side]
-        uu = np.linspace(0, 1, 16)
-        curve = np.stack([L - 0.02 + (0.5 - L + 0.02) * uu, cp_v[side] - h * (1 - 0.7 * uu ** 0.8)], 1)
-        p = np.concatenate([curve, [[0.5, 1.0], [L - 0.05, 1.0]]])
-        p = _mirror(p, side == 1)
-        reg = C.poly(C.zeros(np.uint8), p)
-        m = reg & lungpoly_m[side]
-        if not m.any():
-            m = reg & (1 - medi)
-        lay = C.blur(m.astype(np.float32), 0.006)
-        att += r.uniform(0.3, 0.36) * lay
-        fmask["Pleural Effusion"] = m
-    if want["Pleural Other"]:
-        r = frng["Pleural Other"]
-        side = int(r.integers(2))
-        _, wall, _ = lung_poly(side)
-        a = int(r.integers(2, 7))
-        b = min(len(wall), a + int(r.integers(4, 8)))
-        p = _mirror(wall[a:b], side == 1)
-        band = C.line(C.zeros(np.uint8), p, r.uniform(0.05, 0.07))
-        m = band & lungpoly_m[side]
-        if not m.any():
-            m = band
-        att += r.uniform(0.28, 0.35) * C.blur(m.astype(np.float32), 0.004)
-        fmask["Pleural Other"] = m
-    if want["Fracture"]:
-        bp = frac_info[4]
-        C_ = C.ellipse(C.zeros(), bp + np.array([0, frac_info[3] / 2]), (0.016, 0.024), 0)
-        att += 0.28 * C.blur(C_, 0.004) * thorax
-        fmask["Fracture"] = C.ellipse(C.zeros(np.uint8), bp + np.array([0, frac_info[3] / 2]), (0.036, 0.036), 0)
-    if want["Support Devices"]:
-        r = frng["Support Devices"]
-        dev = C.zeros()
-        devm = C.zeros(np.uint8)
-        kinds = r.random(3) < 0.6
-        if not kinds.any():
-            kinds[int(r.integers(3))] = True
-        if kinds[0]:  # endotracheal tube
-            tip = r.uniform(0.28, 0.36)
-            p = [[0.5 + r.normal(0, 0.005), 0.0], [0.5, tip * 0.5], [0.5 + r.normal(0, 0.005), tip]]
-            C.line(dev, p, 0.016)
-            C.line(devm, p, 0.05)
-        if kinds[1]:  # central venous line from the subclavian to the SVC
-            s = int(r.integers(2))
-            p = _mirror([[0.12, 0.12 + r.normal(0, 0.01)], [0.3, 0.17], [0.44, 0.22], [0.46, 0.32 + r.uniform(0, 0.08)]], s == 1)
-            C.line(dev, p, 0.01)
-            C.line(devm, p, 0.045)
-        if kinds[2]:  # nasogastric tube down to the stomach
-            p = [[0.505, 0.0], [0.51, 0.4], [0.53, 0.75], [0.62, 0.86 + r.uniform(0, 0.05)]]
-            C.line(dev, p, 0.012)
-            C.line(devm, p, 0.045)
-        for _ in range(int(r.integers(0, 3))):  # ECG electrodes
-            c = (r.uniform(0.15, 0.85), r.uniform(0.1, 0.3))
-            C.ellipse(dev, c, (0.02, 0.02), 0)
-            C.ellipse(devm, c, (0.035, 0.035), 0)
-        att += 0.4 * C.blur(np.minimum(dev, 1.0), 0.002)
-        fmask["Support Devices"] = devm
-    if chest_tube:
-        r = tube_rng
+        c = (0.37 if side == 0 else 0.63) + r.normal(0, 0.06), 0.48 + r.normal(0, 0.08)
+        C.ellipse(blobs, c, (0.02, 0.02), 0)
+    lay = C.blur(lay, 0.035) + 0.3 * C.blur(blobs, 0.01)
+    lay *= sc.lung_f
+    pk = lay.max()
+    sc.fmask["Edema"] = (lay > 0.35 * pk).astype(np.uint8)
+    sc.att += r.uniform(0.17, 0.25) * lay / max(pk, 1e-6)
+
+
+def _consolidation(sc: _Scene, r):
+    C = sc.C
+    side = int(r.integers(2))
+    upper = bool(r.integers(2))
+    # fissure: oblique line through the hilum region
+    fis = np.array([[0.05, 0.32], [0.47, 0.55]]) if upper else np.array([[0.05, 0.5], [0.47, 0.42]])
+    fis = fis + np.array([0, r.normal(0, 0.03)])
+    if upper:
+        half = [[0.0, 0.0], [0.5, 0.0], fis[1], fis[0]]
+    else:
+        half = [fis[0], fis[1], [0.5, 1.0], [0.0, 1.0]]
+    half = _mirror(half, side == 1)
+    crop_c = _zone_point(sc, r, side, 0 if upper else 2)
+    crop = C.ellipse(C.zeros(np.uint8), crop_c, (r.uniform(0.09, 0.16), r.uniform(0.08, 0.14)), r.uniform(0, 180))
+    m = C.poly(C.zeros(np.uint8), half) & sc.lungs_m[side] & crop
+    if not m.any():
+        m = sc.lungs_m[side] & crop
+    if not m.any():
+        m = crop
+    lay = C.blur(m.astype(np.float32), 0.006)
+    br = C.zeros()
+    for _ in range(3):
+        a = _zone_point(sc, r, side, 0 if upper else 2)
+        C.line(br, [a, a + r.normal(0, 0.04, 2)], 0.008)
+    sc.att += r.uniform(0.3, 0.38) * lay - 0.08 * C.blur(br, 0.003) * m
+    sc.fmask["Consolidation"] = m
+
+
+def _pneumonia(sc: _Scene, r):
+    C = sc.C
+    side = int(r.integers(2))
+    c = _zone_point(sc, r, side, int(r.integers(3)))
+    rad = r.uniform(0.05, 0.1)
+    blobs = C.zeros()
+    for _ in range(int(r.integers(10, 18))):
+        off = r.normal(0, rad * 0.5, 2)
+        C.ellipse(blobs, c + off, (r.uniform(0.012, 0.028),) * 2, 0)
+    blobs = C.blur(np.minimum(blobs, 1.0), 0.008) * sc.lung_f
+    m = (C.blur(blobs, 0.01) > 0.15).astype(np.uint8) & sc.lung_any
+    if not m.any():
+        m = C.ellipse(C.zeros(np.uint8), c, (rad, rad))
+    sc.att += r.uniform(0.25, 0.33) * blobs
+    sc.fmask["Pneumonia"] = m
+
+
+def _atelectasis(sc: _Scene, r):
+    C, a = sc.C, sc.a
+    side = int(r.integers(2))
+    lay = C.zeros()
+    if r.random() < 0.5:  # plate-like band above the base
+        v = a.cp_v[side] - a.dome_h[side] - r.uniform(0.03, 0.1)
+        p = [[a.lat[side] + 0.04, v + r.normal(0, 0.02)], [0.42, v + r.normal(0, 0.02)]]
+        C.line(lay, _mirror(p, side == 1), r.uniform(0.018, 0.03))
+    else:  # wedge from the hilum to the base
+        tip = [0.4, 0.5]
+        b = a.cp_v[side] - a.dome_h[side] * 0.5
+        p = [tip, [a.lat[side] + r.uniform(0.05, 0.12), b], [0.42, b + 0.02]]
+        C.poly(lay, _mirror(p, side == 1))
+    m = (lay > 0.5).astype(np.uint8) & sc.lungpoly_m[side]
+    if not m.any():
+        m = (lay > 0.5).astype(np.uint8)
+    sc.att += r.uniform(0.28, 0.36) * C.blur(lay, 0.004) * sc.lungpoly_m[side]
+    sc.fmask["Atelectasis"] = m
+
+
+def _pneumothorax(sc: _Scene, r):
+    """The lost lung field (drawn by :func:`_scene`) darkens; its visceral pleural line shows."""
+    C, ptx_region = sc.C, sc.ptx_region
+    sc.att -= r.uniform(0.09, 0.13) * C.blur(ptx_region.astype(np.float32), 0.004)
+    # thin visceral pleural line: the collapsed lung's edge, inside the original lung
+    edge = cv2.dilate(ptx_region, np.ones((3, 3), np.uint8)) & (1 - ptx_region) & sc.lung_any
+    sc.att += 0.14 * C.blur(edge.astype(np.float32), 0.002)
+    sc.fmask["Pneumothorax"] = ptx_region
+
+
+def _pleural_effusion(sc: _Scene, r):
+    C = sc.C
+    side = int(r.integers(2))
+    h = r.uniform(0.16, 0.32)
+    L = sc.a.lat[side]
+    uu = np.linspace(0, 1, 16)
+    curve = np.stack([L - 0.02 + (0.5 - L + 0.02) * uu, sc.a.cp_v[side] - h * (1 - 0.7 * uu ** 0.8)], 1)
+    p = np.concatenate([curve, [[0.5, 1.0], [L - 0.05, 1.0]]])
+    p = _mirror(p, side == 1)
+    reg = C.poly(C.zeros(np.uint8), p)
+    m = reg & sc.lungpoly_m[side]
+    if not m.any():
+        m = reg & (1 - sc.medi)
+    lay = C.blur(m.astype(np.float32), 0.006)
+    sc.att += r.uniform(0.3, 0.36) * lay
+    sc.fmask["Pleural Effusion"] = m
+
+
+def _pleural_other(sc: _Scene, r):
+    C = sc.C
+    side = int(r.integers(2))
+    _, wall, _ = _lung_poly(sc.a, side)
+    a = int(r.integers(2, 7))
+    b = min(len(wall), a + int(r.integers(4, 8)))
+    p = _mirror(wall[a:b], side == 1)
+    band = C.line(C.zeros(np.uint8), p, r.uniform(0.05, 0.07))
+    m = band & sc.lungpoly_m[side]
+    if not m.any():
+        m = band
+    sc.att += r.uniform(0.28, 0.35) * C.blur(m.astype(np.float32), 0.004)
+    sc.fmask["Pleural Other"] = m
+
+
+def _fracture(sc: _Scene, r):
+    """A callus at the rib break that :func:`_draw_ribs` drew."""
+    C, frac_info = sc.C, sc.frac_info
+    bp = frac_info[4]
+    C_ = C.ellipse(C.zeros(), bp + np.array([0, frac_info[3] / 2]), (0.016, 0.024), 0)
+    sc.att += 0.28 * C.blur(C_, 0.004) * sc.thorax
+    sc.fmask["Fracture"] = C.ellipse(C.zeros(np.uint8), bp + np.array([0, frac_info[3] / 2]), (0.036, 0.036), 0)
+
+
+def _support_devices(sc: _Scene, r):
+    C = sc.C
+    dev = C.zeros()
+    devm = C.zeros(np.uint8)
+    kinds = r.random(3) < 0.6
+    if not kinds.any():
+        kinds[int(r.integers(3))] = True
+    if kinds[0]:  # endotracheal tube
+        tip = r.uniform(0.28, 0.36)
+        p = [[0.5 + r.normal(0, 0.005), 0.0], [0.5, tip * 0.5], [0.5 + r.normal(0, 0.005), tip]]
+        C.line(dev, p, 0.016)
+        C.line(devm, p, 0.05)
+    if kinds[1]:  # central venous line from the subclavian to the SVC
         s = int(r.integers(2))
-        if ptx_side is not None:
-            s = ptx_side
-        p = _mirror([[-0.02, 0.74 + r.normal(0, 0.02)], [0.09, 0.66], [0.16, 0.45], [0.22 + r.normal(0, 0.02), 0.22]], s == 1)
-        tube = C.line(C.zeros(), p, 0.018)
-        att += 0.38 * C.blur(tube, 0.002)
+        p = _mirror([[0.12, 0.12 + r.normal(0, 0.01)], [0.3, 0.17], [0.44, 0.22], [0.46, 0.32 + r.uniform(0, 0.08)]], s == 1)
+        C.line(dev, p, 0.01)
+        C.line(devm, p, 0.045)
+    if kinds[2]:  # nasogastric tube down to the stomach
+        p = [[0.505, 0.0], [0.51, 0.4], [0.53, 0.75], [0.62, 0.86 + r.uniform(0, 0.05)]]
+        C.line(dev, p, 0.012)
+        C.line(devm, p, 0.045)
+    for _ in range(int(r.integers(0, 3))):  # ECG electrodes
+        c = (r.uniform(0.15, 0.85), r.uniform(0.1, 0.3))
+        C.ellipse(dev, c, (0.02, 0.02), 0)
+        C.ellipse(devm, c, (0.035, 0.035), 0)
+    sc.att += 0.4 * C.blur(np.minimum(dev, 1.0), 0.002)
+    sc.fmask["Support Devices"] = devm
 
-    # -- global blur, pose, intensity, resampling
-    att = C.blur(att, 0.003)
-    M = cv2.getRotationMatrix2D((R / 2 - 0.5, R / 2 - 0.5), angle, scale)
-    M[:, 2] += np.array(shift) * R
+
+# One renderer per finding, called in FINDINGS order with the finding's own generator:
+# each adds its layer to ``sc.att`` and its mask (R x R, uint8) to ``sc.fmask``.
+FINDING_RENDERERS = {
+    "Enlarged Cardiomediastinum": _enlarged_cardiomediastinum,
+    "Cardiomegaly": _cardiomegaly,
+    "Lung Opacity": _lung_opacity,
+    "Lung Lesion": _lung_lesion,
+    "Edema": _edema,
+    "Consolidation": _consolidation,
+    "Pneumonia": _pneumonia,
+    "Atelectasis": _atelectasis,
+    "Pneumothorax": _pneumothorax,
+    "Pleural Effusion": _pleural_effusion,
+    "Pleural Other": _pleural_other,
+    "Fracture": _fracture,
+    "Support Devices": _support_devices,
+}
+
+
+def _draw_chest_tube(sc: _Scene, r: np.random.Generator):
+    """A chest tube (no label, no mask), on the pneumothorax side if there is one."""
+    s = int(r.integers(2))
+    if sc.ptx_side is not None:
+        s = sc.ptx_side
+    p = _mirror([[-0.02, 0.74 + r.normal(0, 0.02)], [0.09, 0.66], [0.16, 0.45], [0.22 + r.normal(0, 0.02), 0.22]], s == 1)
+    tube = sc.C.line(sc.C.zeros(), p, 0.018)
+    sc.att += 0.38 * sc.C.blur(tube, 0.002)
+
+
+# ----------------------------------------------------------------------------- pose, exposure, resampling
+def _expose(sc: _Scene, size: int, noise_rng: np.random.Generator):
+    """Global blur, pose, downsampling, intensity and noise: ``(uint8 image, the pose matrix M)``."""
+    C, a, R = sc.C, sc.a, sc.C.R
+    att = C.blur(sc.att, 0.003)
+    M = cv2.getRotationMatrix2D((R / 2 - 0.5, R / 2 - 0.5), a.angle, a.scale)
+    M[:, 2] += np.array(a.shift) * R
     att = cv2.warpAffine(att, M, (R, R), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     if R != size:
         att = cv2.resize(att, (size, size), interpolation=cv2.INTER_AREA)
-    img = np.clip(att, 0, 1) ** gamma * contrast + bright
+    img = np.clip(att, 0, 1) ** a.gamma * a.contrast + a.bright
     img = img + noise_rng.normal(0, 0.012, img.shape).astype(np.float32)
     img = np.clip(img * 255.0, 0, 255).round().astype(np.uint8)
+    return img, M
 
-    anat_hi = {"left lung": lungs_m[1], "right lung": lungs_m[0], "heart": heart,
-               "left clavicle": clav_m[1], "right clavicle": clav_m[0]}
-    all_hi = list(anat_hi.items()) + list(fmask.items())
+
+def _resample_masks(masks: dict, M: np.ndarray, R: int, size: int) -> dict:
+    """Move the R x R masks by the pose ``M`` to ``size`` (nearest neighbour, all in one warp
+    as bits of one float image); a mask too small to survive keeps its centre pixel."""
+    all_hi = list(masks.items())
     s = size / R
     Mo = M * s
     Mo[:, 2] += 0.5 * s - 0.5
@@ -525,8 +636,61 @@ def render_case(rng: np.random.Generator, size: int, findings: dict[str, bool] |
             x, y = Mo @ np.array([xs.mean(), ys.mean(), 1.0])
             mo[int(np.clip(round(y), 0, size - 1)), int(np.clip(round(x), 0, size - 1))] = 1
         out[name] = mo
+    return out
+
+
+def render_case(rng: np.random.Generator, size: int, findings: dict[str, bool] | None = None,
+                chest_tube: bool = False):
+    """Draw one phantom.
+
+    Returns ``(image, anatomy, finding_masks, meta)``: ``image`` uint8 (size, size);
+    ``anatomy`` {structure: uint8 0/1} for the 5 JSRT_STRUCTURES; ``finding_masks``
+    {finding: uint8 0/1}, only for the findings drawn (each nonzero); ``meta`` =
+    ``{"findings": {finding: {"area_fraction", "zone", "centroid": (x, y)}},
+    "chest_tube": bool, "size": size}`` where the centroid is in fractions of the
+    side (x to the image right, y down) and ``zone`` is ``<upper|middle|lower>-<left|
+    right|central|bilateral>`` with left/right the *patient's* side (image right =
+    patient left). ``findings=None`` samples each finding with its PREVALENCE; a
+    dict draws exactly the findings mapped to True.
+
+    The parts: :func:`_anatomy` (jitter to geometry), :func:`_scene` (mediastinum,
+    heart, lungs), the anatomy layers (:func:`_draw_body`, :func:`_draw_markings`,
+    :func:`_draw_ribs`, :func:`_draw_clavicles`), one :data:`FINDING_RENDERERS` entry
+    per finding, :func:`_draw_chest_tube`, then :func:`_expose` and
+    :func:`_resample_masks`. Each finding and layer draws from its own generator,
+    seeded below, so the published phantoms stay byte for byte (tests pin them).
+    """
+    size = int(size)
+    if size < 32:
+        raise DollError(f"phantom size must be at least 32 pixels, got {size}")
+    # -- every random number is drawn here, in a fixed order, whatever is asked for
+    u = rng.random(len(FINDINGS))
+    want = _sample_findings(u) if findings is None else _check_findings(findings)
+    g = rng.normal(size=40)  # anatomy jitter
+    seeds = rng.integers(0, 2**63 - 1, size=len(FINDINGS) + 3)
+    frng = {f: np.random.default_rng(int(seeds[i])) for i, f in enumerate(FINDINGS)}
+    noise_rng = np.random.default_rng(int(seeds[-2]))
+    tube_rng = np.random.default_rng(int(seeds[-1]))
+    mrng = np.random.default_rng(int(seeds[-3]))  # lung markings
+
+    R = max(size, 128)
+    sc = _scene(_Canvas(R), size, _anatomy(g), want, frng)
+    _draw_body(sc)
+    _draw_markings(sc, mrng)
+    _draw_ribs(sc, frng)
+    _draw_clavicles(sc)
+    for f, draw in FINDING_RENDERERS.items():
+        if want[f]:
+            draw(sc, frng[f])
+    if chest_tube:
+        _draw_chest_tube(sc, tube_rng)
+    img, M = _expose(sc, size, noise_rng)
+
+    anat_hi = {"left lung": sc.lungs_m[1], "right lung": sc.lungs_m[0], "heart": sc.heart,
+               "left clavicle": sc.clav_m[1], "right clavicle": sc.clav_m[0]}
+    out = _resample_masks({**anat_hi, **sc.fmask}, M, R, size)
     anatomy = {k: out[k] for k in JSRT_STRUCTURES}
-    finding_masks = {f: out[f] for f in FINDINGS if f in fmask}
+    finding_masks = {f: out[f] for f in FINDINGS if f in sc.fmask}
 
     lungs_out = anatomy["left lung"] | anatomy["right lung"]
     meta = {"findings": {f: _describe(m, lungs_out) for f, m in finding_masks.items()},
