@@ -33,6 +33,7 @@ SETTINGS = {
     "pretrain": "doll.pretrain.train:PretrainSettings",
     # stage 4 moves to doll/finetune/ (issue 26, part 2): then "doll.finetune.settings:FinetuneSettings"
     "finetune": "doll.finetune.settings:FinetuneSettings",
+    "study": "doll.study.run:StudySettings",
     "predict": "doll.predict.run:PredictSettings",
     "data phantom": "doll.data.phantom:make_phantoms",
     "data check": "doll.data.check:check_dataset",

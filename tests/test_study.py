@@ -71,17 +71,33 @@ def test_study_on_the_phantoms(phantom, pipeline, tmp_path, capsys):
     # resume after one cell's folder is gone: only that cell trains again
     gone = by["pre", 1.0, 1]["name"]
     shutil.rmtree(out / "cells" / gone)
+    killed = by["random", 0.25, 1]["name"]  # killed after its last checkpoint, before metrics.json
+    (out / "cells" / killed / "metrics.json").unlink()
     before = {c["name"]: (out / "cells" / c["name"] / "metrics.json").stat().st_mtime_ns for c in cells
-              if c["name"] != gone}
+              if c["name"] not in (gone, killed)}
     capsys.readouterr()
     main([*map(str, args), "--resume"])  # not --quiet: the progress lines
     err = capsys.readouterr().err
-    assert "7 finished before, reused), 1 to train" in err and "cell 8/8 done: " + gone in err
+    assert "6 finished before, reused), 2 to train" in err and "cell 8/8 done: " + gone in err
     after = {name: (out / "cells" / name / "metrics.json").stat().st_mtime_ns for name in before}
     assert after == before
     again = json.loads((out / "study.json").read_text())
-    assert again["n_trained_now"] == 1 and len(again["cells"]) == 8
-    assert (out / "cells" / gone / "metrics.json").is_file()
+    assert again["n_trained_now"] == 2 and len(again["cells"]) == 8
+    assert (out / "cells" / gone / "metrics.json").is_file() and (out / "cells" / killed / "metrics.json").is_file()
+    resumed = {c["name"]: c for c in again["cells"]}[killed]
+    assert resumed["mean_iou"] == pytest.approx(by["random", 0.25, 1]["mean_iou"], abs=1e-6)  # continued, same model
+
+    # without --resume a finished study is not replaced; with other shared settings it is not resumed
+    with pytest.raises(SystemExit):
+        cli(*args)
+    with pytest.raises(SystemExit):
+        cli(*[a if a != 4 else 5 for a in args], "--resume")
+
+
+def test_the_api_name():
+    import doll
+
+    assert doll.study.__module__ == "doll.study.run" and callable(doll.study)
 
 
 def test_run_cells_keeps_one_cell_per_device():
