@@ -765,6 +765,156 @@ def _write_csv(path: Path, header: list[str], rows: list[list]):
     os.replace(tmp, path)
 
 
+@dataclass
+class _Plan:
+    """Who is imaged: ``studies`` = [(patient, study number)], the validation patients, sex and age."""
+
+    studies: list
+    n_pat: int
+    valid_pat: set
+    sex: dict
+    age: dict
+
+
+def _plan_studies(prng: np.random.Generator, n: int, valid_fraction: float) -> _Plan:
+    """``n`` studies (a quarter of the patients have two) and ``valid_fraction`` of the patients held out."""
+    studies = []  # (patient index, study number)
+    pi = 0
+    while len(studies) < n:
+        pi += 1
+        k = 2 if prng.random() < 0.25 else 1
+        for s in range(1, min(k, n - len(studies)) + 1):
+            studies.append((pi, s))
+    n_pat = pi
+    n_valid = int(round(valid_fraction * n_pat))
+    if valid_fraction > 0:
+        n_valid = max(1, n_valid)
+    n_valid = min(n_valid, n_pat - 1)
+    valid_pat = set((prng.permutation(n_pat)[:n_valid] + 1).tolist())
+    sex = {p: ("Male" if prng.random() < 0.5 else "Female") for p in range(1, n_pat + 1)}
+    age = {p: int(prng.integers(18, 91)) for p in range(1, n_pat + 1)}
+    return _Plan(studies, n_pat, valid_pat, sex, age)
+
+
+def _label_values(drawn: dict, flips: np.ndarray, split: str, noise: float, uncertain: float,
+                  blank: float) -> list[str]:
+    """One image's CSV label per finding: the truth, and in train flipped (``noise``),
+    uncertain ("-1.0") or, for a negative, blank, as ``flips`` (3 x findings uniforms) say."""
+    labels = []
+    for i, f in enumerate(FINDINGS):
+        t = 1.0 if drawn[f] else 0.0
+        if split == "train":
+            if flips[0, i] < noise:
+                t = 1.0 - t
+            if flips[1, i] < uncertain:
+                v = "-1.0"
+            elif t == 0.0 and flips[2, i] < blank:
+                v = ""
+            else:
+                v = _fmt(t)
+        else:
+            v = _fmt(t)
+        labels.append(v)
+    return labels
+
+
+def _write_chexpert(out: Path, prng: np.random.Generator, img_ss: np.random.SeedSequence, plan: _Plan,
+                    size: int, noise: float, uncertain: float, blank: float, confound: float, bar) -> dict:
+    """The CheXpert part (images, train/valid CSVs) and ``findings/`` (masks, ground truth,
+    chest tubes); returns the tallies for the summary."""
+    n = len(plan.studies)
+    rows = {"train": [], "valid": []}
+    gt_rows, tube_rows = [], []
+    tally = {"counts": {sp: {f: 0 for f in FINDINGS} for sp in ("train", "valid")},
+             "images": {"train": 0, "valid": 0}, "no_finding": {"train": 0, "valid": 0},
+             "chest_tubes": {"pneumothorax": 0, "other": 0},
+             "label_values": {v: 0 for v in ("1.0", "0.0", "-1.0", "")}}
+    child = img_ss.spawn(n)
+    cx_root = out / CHEXPERT_DIRNAME
+    for idx, (p, s) in enumerate(plan.studies):
+        split = "valid" if p in plan.valid_pat else "train"
+        u = prng.random(len(FINDINGS))
+        drawn = _sample_findings(u)
+        tube_u = prng.random()
+        tube = bool(confound > 0 and tube_u < (confound if drawn["Pneumothorax"] else 0.05))
+        flips = prng.random((3, len(FINDINGS)))
+        ap = "AP" if prng.random() < 0.6 else "PA"
+        rel = f"{split}/patient{p:05d}/study{s}/view1_frontal.jpg"
+        path = f"{CHEXPERT_DIRNAME}/{rel}"
+        img, _, fm, meta = render_case(np.random.default_rng(child[idx]), size, drawn, chest_tube=tube)
+        tube_rows.append([path, int(tube)])
+        _write_bytes(cx_root / rel, _jpg(img))
+        for f, m in fm.items():
+            _write_bytes(out / "findings" / "masks" / f / Path(rel).with_suffix(".png"), _png(m * 255))
+            d = meta["findings"][f]
+            gt_rows.append([path, f, f"{d['area_fraction']:.6f}", d["zone"], f"{d['centroid'][0]:.4f}",
+                            f"{d['centroid'][1]:.4f}", int(tube)])
+        labels = _label_values(drawn, flips, split, noise, uncertain, blank)
+        for f, v in zip(FINDINGS, labels):
+            tally["label_values"][v] += 1
+            tally["counts"][split][f] += int(drawn[f])
+        nf = not any(drawn[f] for f in FINDINGS if f != "Support Devices")
+        tally["no_finding"][split] += int(nf)
+        tally["images"][split] += 1
+        if tube:
+            tally["chest_tubes"]["pneumothorax" if drawn["Pneumothorax"] else "other"] += 1
+        rows[split].append([path, plan.sex[p], plan.age[p] + (s - 1), "Frontal", ap, "1.0" if nf else "0.0", *labels])
+        if bar:
+            bar.update(1)
+    _write_csv(cx_root / "train.csv", CSV_HEADER, rows["train"])
+    _write_csv(cx_root / "valid.csv", CSV_HEADER, rows["valid"])
+    _write_csv(out / "findings" / "ground_truth.csv", GT_HEADER, gt_rows)
+    _write_csv(out / "findings" / "chest_tubes.csv", ["Path", "chest_tube"], tube_rows)  # every image, findings or not
+    return tally
+
+
+def _write_anatomy(out: Path, anat_ss: np.random.SeedSequence, size: int, n_anatomy: int, bar) -> tuple[int, int]:
+    """The JSRT/SCR-like ``anatomy/`` part (JPCLN* with a lung lesion, JPCNN* without);
+    returns ``(with lesion, without)``."""
+    arng = np.random.default_rng(anat_ss)
+    n_ln = n_nn = 0
+    for _ in range(n_anatomy):
+        img, anat, fm, _ = render_case(arng, size)
+        if "Lung Lesion" in fm:
+            n_ln += 1
+            name = f"JPCLN{n_ln:03d}.png"
+        else:
+            n_nn += 1
+            name = f"JPCNN{n_nn:03d}.png"
+        _write_bytes(out / "anatomy" / "images" / name, _png(img))
+        for st in JSRT_STRUCTURES:
+            _write_bytes(out / "anatomy" / "masks" / st / name, _png(anat[st] * 255))
+        if bar:
+            bar.update(1)
+    return n_ln, n_nn
+
+
+def _summary(plan: _Plan, tally: dict, n_anatomy: int, n_ln: int, n_nn: int) -> dict:
+    """The ``summary`` of ``phantom.json`` (and of :func:`make_phantoms`)."""
+    n = len(plan.studies)
+    counts = tally["counts"]
+    total = {f: counts["train"][f] + counts["valid"][f] for f in FINDINGS}
+    return {
+        "images": dict(tally["images"]),
+        "patients": {"train": plan.n_pat - len(plan.valid_pat), "valid": len(plan.valid_pat)},
+        "studies_with_2": sum(1 for _, s in plan.studies if s == 2),
+        "anatomy": {"images": n_anatomy, "with_lesion": n_ln, "without_lesion": n_nn},
+        "counts": {"train": counts["train"], "valid": counts["valid"], "all": total},
+        "prevalence": {f: round(total[f] / n, 4) for f in FINDINGS},
+        "no_finding": dict(tally["no_finding"]),
+        "chest_tubes": tally["chest_tubes"],
+        "label_values": {("blank" if k == "" else k): v for k, v in tally["label_values"].items()},
+    }
+
+
+def _progress_bar(total: int, progress: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, desc="phantoms", unit="img", disable=not progress)
+
+
 @releases_outputs
 def make_phantoms(out, n=200, size=64, seed=0, n_anatomy=None, noise=0.05, uncertain=0.05, blank=0.1,
                   confound=0.0, valid_fraction=0.2, progress=True, overwrite=True) -> dict:
@@ -777,6 +927,9 @@ def make_phantoms(out, n=200, size=64, seed=0, n_anatomy=None, noise=0.05, uncer
     (a row per image) and ``anatomy/{images,masks/<structure>}/JPC*.png``.
     Existing ``CheXpert-v1.0-phantom``, ``findings`` and ``anatomy`` folders under
     ``out`` are replaced, or, with ``overwrite=False`` (the CLI's default), refused.
+
+    The parts: :func:`_plan_studies`, :func:`_write_chexpert`, :func:`_write_anatomy`
+    and :func:`_summary`.
     """
     try:
         n, size, seed = int(n), int(size), int(seed)
@@ -804,118 +957,14 @@ def make_phantoms(out, n=200, size=64, seed=0, n_anatomy=None, noise=0.05, uncer
     ss = np.random.SeedSequence([seed, PHANTOM_VERSION])
     plan_ss, img_ss, anat_ss = ss.spawn(3)
     prng = np.random.default_rng(plan_ss)
-
-    # -- patients and studies
-    studies = []  # (patient index, study number)
-    pi = 0
-    while len(studies) < n:
-        pi += 1
-        k = 2 if prng.random() < 0.25 else 1
-        for s in range(1, min(k, n - len(studies)) + 1):
-            studies.append((pi, s))
-    n_pat = pi
-    n_valid = int(round(valid_fraction * n_pat))
-    if valid_fraction > 0:
-        n_valid = max(1, n_valid)
-    n_valid = min(n_valid, n_pat - 1)
-    valid_pat = set((prng.permutation(n_pat)[:n_valid] + 1).tolist())
-    sex = {p: ("Male" if prng.random() < 0.5 else "Female") for p in range(1, n_pat + 1)}
-    age = {p: int(prng.integers(18, 91)) for p in range(1, n_pat + 1)}
-
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = None
-    bar = tqdm(total=n + n_anatomy, desc="phantoms", unit="img", disable=not progress) if tqdm else None
-
-    rows = {"train": [], "valid": []}
-    gt_rows, tube_rows = [], []
-    counts = {sp: {f: 0 for f in FINDINGS} for sp in ("train", "valid")}
-    n_img = {"train": 0, "valid": 0}
-    no_finding = {"train": 0, "valid": 0}
-    tubes = {"pneumothorax": 0, "other": 0}
-    label_counts = {v: 0 for v in ("1.0", "0.0", "-1.0", "")}
-    child = img_ss.spawn(n)
-    cx_root = out / CHEXPERT_DIRNAME
-    for idx, (p, s) in enumerate(studies):
-        split = "valid" if p in valid_pat else "train"
-        u = prng.random(len(FINDINGS))
-        drawn = _sample_findings(u)
-        tube_u = prng.random()
-        tube = bool(confound > 0 and tube_u < (confound if drawn["Pneumothorax"] else 0.05))
-        flips = prng.random((3, len(FINDINGS)))
-        ap = "AP" if prng.random() < 0.6 else "PA"
-        rel = f"{split}/patient{p:05d}/study{s}/view1_frontal.jpg"
-        path = f"{CHEXPERT_DIRNAME}/{rel}"
-        img, _, fm, meta = render_case(np.random.default_rng(child[idx]), size, drawn, chest_tube=tube)
-        tube_rows.append([path, int(tube)])
-        _write_bytes(cx_root / rel, _jpg(img))
-        for f, m in fm.items():
-            _write_bytes(out / "findings" / "masks" / f / Path(rel).with_suffix(".png"), _png(m * 255))
-            d = meta["findings"][f]
-            gt_rows.append([path, f, f"{d['area_fraction']:.6f}", d["zone"], f"{d['centroid'][0]:.4f}",
-                            f"{d['centroid'][1]:.4f}", int(tube)])
-        labels = []
-        for i, f in enumerate(FINDINGS):
-            t = 1.0 if drawn[f] else 0.0
-            if split == "train":
-                if flips[0, i] < noise:
-                    t = 1.0 - t
-                if flips[1, i] < uncertain:
-                    v = "-1.0"
-                elif t == 0.0 and flips[2, i] < blank:
-                    v = ""
-                else:
-                    v = _fmt(t)
-            else:
-                v = _fmt(t)
-            labels.append(v)
-            label_counts[v] += 1
-            counts[split][f] += int(drawn[f])
-        nf = not any(drawn[f] for f in FINDINGS if f != "Support Devices")
-        no_finding[split] += int(nf)
-        n_img[split] += 1
-        if tube:
-            tubes["pneumothorax" if drawn["Pneumothorax"] else "other"] += 1
-        rows[split].append([path, sex[p], age[p] + (s - 1), "Frontal", ap, "1.0" if nf else "0.0", *labels])
-        if bar:
-            bar.update(1)
-    _write_csv(cx_root / "train.csv", CSV_HEADER, rows["train"])
-    _write_csv(cx_root / "valid.csv", CSV_HEADER, rows["valid"])
-    _write_csv(out / "findings" / "ground_truth.csv", GT_HEADER, gt_rows)
-    _write_csv(out / "findings" / "chest_tubes.csv", ["Path", "chest_tube"], tube_rows)  # every image, findings or not
-
-    # -- anatomy set (JSRT/SCR-like names)
-    arng = np.random.default_rng(anat_ss)
-    n_ln = n_nn = 0
-    for _ in range(n_anatomy):
-        img, anat, fm, _ = render_case(arng, size)
-        if "Lung Lesion" in fm:
-            n_ln += 1
-            name = f"JPCLN{n_ln:03d}.png"
-        else:
-            n_nn += 1
-            name = f"JPCNN{n_nn:03d}.png"
-        _write_bytes(out / "anatomy" / "images" / name, _png(img))
-        for st in JSRT_STRUCTURES:
-            _write_bytes(out / "anatomy" / "masks" / st / name, _png(anat[st] * 255))
-        if bar:
-            bar.update(1)
+    plan = _plan_studies(prng, n, valid_fraction)
+    bar = _progress_bar(n + n_anatomy, progress)
+    tally = _write_chexpert(out, prng, img_ss, plan, size, noise, uncertain, blank, confound, bar)
+    n_ln, n_nn = _write_anatomy(out, anat_ss, size, n_anatomy, bar)
     if bar:
         bar.close()
 
-    total = {f: counts["train"][f] + counts["valid"][f] for f in FINDINGS}
-    summary = {
-        "images": dict(n_img),
-        "patients": {"train": n_pat - len(valid_pat), "valid": len(valid_pat)},
-        "studies_with_2": sum(1 for _, s in studies if s == 2),
-        "anatomy": {"images": n_anatomy, "with_lesion": n_ln, "without_lesion": n_nn},
-        "counts": {"train": counts["train"], "valid": counts["valid"], "all": total},
-        "prevalence": {f: round(total[f] / n, 4) for f in FINDINGS},
-        "no_finding": dict(no_finding),
-        "chest_tubes": tubes,
-        "label_values": {("blank" if k == "" else k): v for k, v in label_counts.items()},
-    }
+    summary = _summary(plan, tally, n_anatomy, n_ln, n_nn)
     doc = {"format": "doll-phantom", "version": PHANTOM_VERSION, "n": n, "size": size, "seed": seed,
            "noise": noise, "uncertain": uncertain, "blank": blank, "confound": confound,
            "valid_fraction": valid_fraction, "n_anatomy": n_anatomy,
