@@ -1,6 +1,12 @@
 """Label efficiency as a paired experiment: fine-tuning IoU vs the fraction of labelled masks,
 every arm with the same budget in optimiser steps, several seeds, paired differences.
 
+**Replaced by ``doll study``** (doll/study/, docs/study.md): the same design as a library
+stage and command, with resumable cells, parallel devices, study.json, summary.md and a
+report.html. This script stays for the tables in docs/results.md that it made (and reads
+their folders: ``--report --rescan``); its statistics are doll's (``doll.study.stats``,
+re-exported by ``paired_stats.py``). New studies: ``doll study``.
+
 Cells are init x mode x fraction x seed. Every cell is one ``doll finetune`` run (one seed)
 with the same ``--max-steps``, ``--val-every``, ``--batch-size``, ``--lr``, ``--image-size``,
 ``--encoder`` and ``--decoder``; the seed draws the mask subset and the initialisation, so
