@@ -143,8 +143,66 @@ def test_study_refuses_bad_grids(tmp_path):
     inits, ref, cells = grid(inits="random,a=/x/pre,imagenet:/w.pt", fractions="1,0.1", seeds=2, modes="full")
     assert [i.name for i in inits] == ["random", "a", "imagenet"] and ref == "random" and len(cells) == 12
     assert cells[0].name == "random_full_f0.1_s0"
-    for kw, message in [({"task": "seg4cls"}, "not supported yet"), ({"inits": "random,random"}, "twice"),
+    for kw, message in [({"task": "seg4cls"}, "not supported by it yet"), ({"inits": "random,random"}, "twice"),
                         ({"fractions": "0,1"}, "fractions"), ({"modes": "full,lora"}, "modes"),
                         ({"reference": "doll"}, "--reference doll")]:
         with pytest.raises(DollError, match=message):
             grid(**kw)
+
+
+def test_a_cell_from_before_a_new_finetune_setting_counts_as_run_with_its_default(tmp_path):
+    """A finished cell whose config.json lacks a newer finetune setting ran with its default:
+    reused, not refused; a stored value that differs is refused, naming it."""
+    from doll.study.run import Cell, Init, StudySettings, cell_settings, finished
+
+    s = StudySettings(root=str(tmp_path), max_steps=4, image_size=32, encoder="resnet18")
+    want = cell_settings(s, Cell("random_full_f1_s0", Init("random", "random"), "full", 1.0, 0), tmp_path)
+    folder = tmp_path / "cell"
+    folder.mkdir()
+    stored = json.loads(json.dumps(__import__("dataclasses").asdict(want)))
+    del stored["pretrained_lr"]
+    (folder / "config.json").write_text(json.dumps({"command": "finetune", **stored, "image_size_used": 32}))
+    (folder / "metrics.json").write_text(json.dumps({"mean_iou": 0.5, "runs": [{"steps": 4}]}))
+    assert finished(folder, want)["mean_iou"] == 0.5
+    (folder / "config.json").write_text(json.dumps({**stored, "lr": 0.5}))
+    with pytest.raises(DollError, match=r"other settings \(lr\)"):
+        finished(folder, want)
+    (folder / "metrics.json").write_text(json.dumps({"mean_iou": 0.5, "runs": [{"steps": 2}]}))
+    assert finished(folder, want) is None  # stopped before the end of its budget
+
+
+def test_covid_tables_on_made_up_cells(tmp_path):
+    """--task covid: the headline numbers (IoU on positive images, false-positive area on the
+    others) get their own tables and paired differences; the report draws its figures."""
+    import numpy as np
+
+    from doll.study import report, summary
+
+    cells = []
+    for init, gain in (("random", 0.0), ("doll", 0.05)):
+        for seed in (0, 1, 2):
+            per_image = np.full((10, 1), 0.4 + gain + 0.01 * seed)
+            cells.append({"name": f"{init}_full_f0.1_s{seed}", "init": init, "mode": "full", "fraction": 0.1,
+                          "seed": seed, "n_train": 5, "n_test": 10, "test_split": "valid", "structures": ["infection"],
+                          "train_ids": [f"s{seed}"], "mean_iou": 0.4 + gain + 0.01 * seed,
+                          "positives_mean_iou": 0.3 + gain, "negatives_false_positive_area": 0.02 - gain / 10,
+                          "per_structure": {"infection": {"iou": 0.4 + gain}},
+                          "curve": [{"step": 10, "test_iou": 0.1 + 7 * gain}, {"step": 50, "test_iou": 0.4 + gain}],
+                          "_per_image": per_image})
+    comps = summary.comparisons(cells, "random", 100, resamples=200)
+    assert len(comps) == 1 and comps[0]["same_masks"]
+    final = comps[0]["final"]
+    assert final["positives_mean_iou"]["mean"] == pytest.approx(0.05)
+    assert final["negatives_false_positive_area"]["mean"] == pytest.approx(-0.005)
+    assert final["mean_iou"]["ci95_bootstrap"] == pytest.approx([0.05, 0.05])
+    assert comps[0]["steps_to_reference_final"]["median"] == 10  # doll reaches random's final IoU at step 10 of 50
+    doc = {"settings": {"task": "covid", "dataset": "covidqu", "max_steps": 100, "batch_size": 8},
+           "doll_command": "doll study --task covid", "machine": "test", "date": "today", "n_cells": 6,
+           "reference": "random", "inits": [{"name": "random"}, {"name": "doll"}],
+           "cells": [summary.public(c) for c in cells], "groups": summary.groups(cells, 100), "comparisons": comps}
+    text = report.markdown(doc)
+    assert "IoU on the test images with a mask" in text and "false-positive area" in text
+    assert "| full | 5 (0.1) | doll | 3 | +0.050 |" in text
+    figs = report.figures(tmp_path, doc)
+    assert {f for f, _ in figs} == {"mean_iou_vs_masks.png", "positives_mean_iou_vs_masks.png", "iou_vs_steps.png",
+                                    "per_structure.png"}

@@ -19,7 +19,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from doll.errors import DollError
@@ -139,8 +139,8 @@ def plan(s: StudySettings) -> tuple[list[Init], str, list[Cell]]:
     """(inits, reference name, cells in the order they run: seed by seed, so that a study
     stopped early has whole pairs)."""
     if s.task not in TASKS:
-        raise DollError(f"doll study runs --task {', '.join(TASKS)}; --task {s.task} (seg4cls and mixed) is not "
-                        f"supported yet: run `doll finetune --task {s.task}` once per seed and init instead")
+        raise DollError(f"doll study runs --task jsrt, lung or covid; --task {s.task} is not supported by it yet: "
+                        f"run `doll finetune --task {s.task}` once per seed and init instead")
     check_positive(seeds=s.seeds, max_steps=s.max_steps, bootstrap=s.bootstrap)
     inits, fractions, modes = parse_inits(s.inits), parse_fractions(s.fractions), parse_modes(s.modes)
     reference = s.reference or inits[0].name
@@ -176,6 +176,8 @@ def finished(folder: Path, want: FinetuneSettings) -> dict | None:
     if len(runs) != 1 or runs[0].get("steps") != want.max_steps:
         return None
     stored, given = read_json(config), json.loads(json.dumps(asdict(want)))
+    # a setting newer than the cell: it ran with that setting's default
+    stored = {**{f.name: f.default for f in fields(want) if f.default is not MISSING}, **stored}
     changed = differing_keys(stored, given, [k for k in given if k not in RUN_ONLY_SETTINGS])
     if changed:
         raise DollError(f"{folder} finished with other settings ({', '.join(changed)}) than this study's; "
