@@ -13,9 +13,9 @@ from doll.utils import atomic_path
 
 
 def line_chart(path: str | Path, series: dict[str, tuple[list, list]], *, xlabel: str, ylabel: str, title: str,
-               ylim: tuple[float, float] | None = (0.0, 1.0)) -> Path:
+               ylim: tuple[float, float] | None = (0.0, 1.0), integer_x: bool = False) -> Path:
     """A PNG line chart: ``series`` maps a legend entry to its (x, y) lists (None y values are
-    skipped). Written atomically to ``path``."""
+    skipped); ``integer_x``: whole-number x ticks only (optimiser steps). Written atomically to ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -28,6 +28,10 @@ def line_chart(path: str | Path, series: dict[str, tuple[list, list]], *, xlabel
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", linestyle=styles[(k // 2) % len(styles)],
                     label=name)
+    if integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -151,7 +151,7 @@ def figures(out: Path, doc: dict) -> list[tuple[str, str]]:
         series = {f"{g['init']}, {g['mode']}": ([r["step"] for r in g["curve"]], [r["test_iou"] for r in g["curve"]])
                   for g in groups if g["fraction"] == smallest}
         n = next(g["n_masks"] for g in groups if g["fraction"] == smallest)
-        line_chart(folder / "iou_vs_steps.png", series, xlabel="optimiser step", ylabel="mean IoU (test split)",
+        line_chart(folder / "iou_vs_steps.png", series, xlabel="optimiser step", ylabel="mean IoU (test split)", integer_x=True,
                    title=f"Test IoU along the way with {n} masks (fraction {smallest:g}), mean over seeds")
         made.append(("iou_vs_steps.png", f"Mean IoU on the test split against optimiser steps at the smallest fraction "
                                          f"({smallest:g}, {n} masks), mean over seeds."))
