@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,8 @@ from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.tasks import ClassificationTask
 from doll.train.metrics import auroc_per_class
+from doll.classify.settings import ClassifierSettings  # noqa: F401 - doll.classify.train.ClassifierSettings
 from doll.utils import (
-    RunOptions,
     check_positive,
     prepare_out_dir,
     resolve_device,
@@ -30,39 +30,6 @@ from doll.utils import (
 )
 
 AUTO_VALID_FRACTION = 0.1  # validation patients carved from train when a data set has no valid split
-
-
-@dataclass
-class ClassifierSettings(RunOptions):
-    dataset: str = "phantom"
-    root: str = ""
-    out: str = "artifacts/classifiers"
-    arch: str = "resnet18"  # one architecture, or several separated by commas (cycled over members)
-    init: str = "random"  # or imagenet:/local/weights/file (torchvision's); several, comma-separated, cycled
-    members: int = 2
-    image_size: int = 64
-    epochs: int = 8
-    max_steps: int = 0  # the budget in optimiser steps per member; wins over --epochs (0: --epochs' worth)
-    val_every: int = 0  # optimiser steps between evaluations (0: about ten per member)
-    batch_size: int = 32
-    lr: float = 2e-3
-    uncertain: str = "ignore"
-    blank: str = "ignore"
-    views: str = "frontal"
-    valid_fraction: float = 0.0  # >0: carve this fraction of patients from train as validation
-    accumulate: int = 1  # gradient accumulation steps
-    patience: int = 0  # early stopping after this many evaluations without a better validation AUROC (0: off)
-    lung_model: str = ""  # a `doll finetune --task lung` model folder: classifiers see only its lung field
-    # Hide-and-Seek: black out each cell of an 8x8 grid with this probability while training; several
-    # values, comma-separated, are cycled over the members like arch (e.g. "0,0.5": every other member);
-    # a float is read as one value
-    hide: str | float = "0"
-    num_workers: int = 0
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not str(self.root).strip():  # "" would be the current folder
-            raise DollError("--root is required: the folder you unpacked the data set into")
 
 
 def member_archs(arch: str, members: int) -> list[str]:

@@ -1,0 +1,69 @@
+"""Typer commands generated from the settings dataclasses (issue 35: options declared once).
+
+A settings field declared with :func:`doll.utils.option` carries its flag's help, limits,
+help panel and CLI type; :func:`settings_command` turns the dataclass into a Typer command
+whose options are those fields, in their order, followed by the options every computing
+command shares (``--device``, ``--seed``, ``--resume``, ``--overwrite``, ``--quiet``, whose
+help is declared once on :class:`doll.utils.RunOptions`). The command builds the settings
+and calls the stage: the CLI and ``doll.<stage>(...)`` cannot drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Callable
+
+import typer
+
+SHARED = ("device", "seed", "resume", "overwrite", "progress")  # RunOptions' fields, in the CLI's order
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _annotation(field: dataclasses.Field):
+    if field.metadata.get("path"):
+        return Path
+    kinds = [k.strip() for k in str(field.type).split("|")]
+    return _TYPES.get(kinds[0], str)
+
+
+def _parameter(field: dataclasses.Field) -> inspect.Parameter:
+    meta = field.metadata
+    flag = meta.get("flag") or "--" + field.name.replace("_", "-")
+    default = ... if meta.get("required") else meta.get("cli_default", field.default)
+    kwargs = {"help": meta["help"]}
+    for key in ("min", "max", "rich_help_panel", "metavar"):
+        if meta.get(key) is not None:
+            kwargs[key] = meta[key]
+    if meta.get("path") and default not in (..., None):
+        default = Path(default) if default != "" else None
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, flag, **kwargs),
+                             annotation=_annotation(field))
+
+
+def settings_command(app: typer.Typer, name: str, settings_cls: type, run: Callable, *, doc: str,
+                     report: Callable[[dict, object], None], skip: tuple[str, ...] = ()) -> Callable:
+    """Register ``doll <name>``: one option per field of ``settings_cls`` declared with
+    ``option(...)`` (but ``skip``), then the shared options; ``run(settings)`` is the stage,
+    ``report(result, settings)`` prints what it returned."""
+    fields = {f.name: f for f in dataclasses.fields(settings_cls)}
+    own = [f for n, f in fields.items() if n not in SHARED and n not in skip and f.metadata.get("help")]
+    shared = [fields[n] for n in SHARED if n in fields]
+    parameters = [_parameter(f) for f in own + shared]
+
+    def command(**given):
+        values = {}
+        for key, value in given.items():
+            field = fields[key]
+            if field.metadata.get("invert"):
+                value = not value
+            if isinstance(value, Path) or (field.metadata.get("path") and value is None):
+                value = "" if value is None else str(value)
+            values[key] = value
+        settings = settings_cls(**values)
+        report(run(settings), settings)
+
+    command.__signature__ = inspect.Signature(parameters)
+    command.__name__ = name.replace("-", "_")
+    command.__doc__ = doc
+    return app.command(name)(command)

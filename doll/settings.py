@@ -1,0 +1,87 @@
+"""The settings layer, without torch (so that the CLI can build its commands from the
+settings dataclasses without loading torch): :func:`option` declares a settings field and
+its CLI flag once, :class:`RunOptions` holds the options every command shares, and
+:func:`check_setting_values` validates a settings object once, for the CLI and the Python
+API alike."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from doll.errors import DollError
+
+MAX_IMAGE_SIZE = 4096  # pixels a side: CheXpert's originals are ~2320 x 2828; above, a typo (or a memory bomb)
+MAX_SEED = 2**32  # what numpy's and torch's generators take
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_setting_values(settings) -> None:
+    """Validate a settings dataclass once, in the settings layer, so that the CLI and the
+    Python API give the same DollError for the same value: each field's type (as annotated;
+    a Path is taken for a str, an int for a float), finite numbers, no negative counts, seeds
+    in [0, 2**32), learning rates positive, loss weights non-negative, image sizes capped."""
+    for field in dataclasses.fields(settings):
+        name, value = field.name, getattr(settings, field.name)
+        kinds = {t.strip() for t in str(field.type).split("|")}
+        if isinstance(value, Path) and "str" in kinds:
+            value = str(value)
+            setattr(settings, name, value)
+        if isinstance(value, bool):
+            ok = "bool" in kinds
+        elif isinstance(value, int):
+            ok = bool(kinds & {"int", "float"})
+        elif isinstance(value, float):
+            ok = "float" in kinds
+        elif isinstance(value, str):
+            ok = "str" in kinds
+        else:
+            ok = value is None and "None" in kinds
+        if not ok:
+            wanted = " or ".join(sorted({"int": "an integer", "float": "a number", "str": "a string", "bool": "True or "
+                                         "False", "None": "None"}.get(k, k) for k in kinds))
+            raise DollError(f"{_option(name)} must be {wanted}, got {value!r} ({type(value).__name__})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DollError(f"{_option(name)} must be a finite number, got {value}")
+        if name == "seed" and not 0 <= value < MAX_SEED:
+            raise DollError(f"--seed must be in [0, 2**32), got {value}")
+        if (name == "lr" or name.endswith("_lr")) and value <= 0:
+            raise DollError(f"{_option(name)} must be positive, got {value}")
+        if value < 0 and (name.endswith("weight") or name == "image_size"):  # others have their own range
+            raise DollError(f"{_option(name)} must not be negative, got {value}")
+        if name == "image_size" and value > MAX_IMAGE_SIZE:
+            raise DollError(f"--image-size {value} is above doll's cap of {MAX_IMAGE_SIZE} pixels a side; choose a "
+                            "smaller size (224-512 is usual for chest X-rays)")
+
+
+def option(default, help: str, **cli):
+    """A settings field that is also a CLI option, declared once: ``help`` is the flag's help
+    text; ``cli`` may give ``flag`` (default ``--field-name``), ``required`` (the CLI asks for
+    it), ``path`` (the CLI takes a path), ``cli_default``, ``min``, ``max``, ``metavar``,
+    ``rich_help_panel``, ``invert`` (a bool shown as its negation: ``progress`` is ``--quiet``).
+    The CLI's commands are generated from these (``doll_cli.options.settings_command``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunOptions:
+    """The options every command's settings share (the CLI's --seed, --device, --resume,
+    --overwrite and --quiet), declared once for every command."""
+    seed: int = option(0, "Random seed: the same seed gives the same result on the same machine.")
+    device: str = option("auto", "auto (GPU if present), cpu, cuda or cuda:N.")
+    resume: bool = option(False, "Continue an interrupted run in --out from where it stopped.")
+    overwrite: bool = option(False, "Replace a previous run in --out.")
+    progress: bool = option(True, "No progress bars.", flag="--quiet", invert=True, cli_default=False)
+
+    def __post_init__(self):
+        check_setting_values(self)
+        if self.resume and self.overwrite:  # each would silently win over the other somewhere
+            raise DollError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                            "--overwrite deletes it; pass one of them")
+
+
