@@ -191,12 +191,15 @@ def _owner(path: Path) -> tuple[int, str] | None:
         return None
 
 
-def release_outputs(keep=()) -> None:
+def release_outputs(keep=(), thread: int | None = None) -> None:
     """Release the output locks this process holds, but those in ``keep`` (keys of
-    ``_HELD``). The CLI calls it when a command ends, :func:`releases_outputs` when a stage
-    returns, and it runs at exit. The lock file stays, emptied: a waiting writer shares its inode."""
+    ``_HELD``), and with ``thread`` only those that thread took. The CLI calls it when a
+    command ends, :func:`releases_outputs` when a stage returns (its own thread's: stages
+    running side by side in threads, as `doll study --devices` runs cells, keep theirs),
+    and it runs at exit. The lock file stays, emptied: a waiting writer shares its inode."""
     with _HELD_GUARD:
-        held = [(key, lock) for key, lock in _HELD.items() if key not in keep]
+        held = [(key, lock) for key, lock in _HELD.items()
+                if key not in keep and (thread is None or key[1] == thread)]
         for key, _ in held:
             del _HELD[key]
     for (path, _), lock in held:
@@ -221,7 +224,7 @@ def releases_outputs(fn):
         try:
             return fn(*args, **kwargs)
         finally:
-            release_outputs(keep=before)
+            release_outputs(keep=before, thread=threading.get_ident())
 
     return stage
 

@@ -242,3 +242,34 @@ def test_pretrain_cli_gives_the_same_errors(tmp_path, capsys, args, pattern):
     code, err = cli_exit(capsys, "pretrain", "--labels", tmp_path / "none.h5", "--out", tmp_path / "out", *args)
     assert code == 2, err
     assert pattern in err and not (tmp_path / "out").exists()
+
+
+def test_a_stage_returning_releases_only_its_own_threads_locks(tmp_path):
+    """Cells of `doll study --devices` run in threads: one cell's stage returning must not
+    release the lock another cell's thread holds (it did: release_outputs took every lock
+    taken since the stage began)."""
+    import threading
+
+    from doll.outputs import _HELD, lock_file_of, lock_output, releases_outputs
+
+    other_took, stage_done = threading.Event(), threading.Event()
+
+    def other_cell():
+        lock_output(tmp_path / "cell_b")
+        other_took.set()
+        stage_done.wait(10)
+
+    t = threading.Thread(target=other_cell)
+
+    @releases_outputs
+    def stage():
+        lock_output(tmp_path / "cell_a")
+        t.start()  # the other cell takes its lock while this stage runs
+        other_took.wait(10)
+
+    stage()
+    held = {key[0] for key in _HELD}
+    stage_done.set()
+    t.join()
+    assert str(lock_file_of(tmp_path / "cell_b")) in held
+    assert str(lock_file_of(tmp_path / "cell_a")) not in held

@@ -21,11 +21,7 @@ from torch import nn
 
 from doll.errors import DollError
 
-DEFAULT_DECODER = "pspnet"
-DEFAULT_ENCODER = "resnet34"
-DECODERS = {"pspnet": "PSPNet", "unet": "Unet", "unetplusplus": "UnetPlusPlus", "deeplabv3plus": "DeepLabV3Plus",
-            "fpn": "FPN"}
-ENCODERS = ("resnet18", "resnet34", "resnet50", "densenet121")
+from doll.models.names import DECODERS, DEFAULT_DECODER, DEFAULT_ENCODER, ENCODERS  # noqa: F401 - re-exported
 _DECODER_OF_CLASS = {cls: name for name, cls in DECODERS.items()}
 
 

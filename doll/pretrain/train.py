@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import h5py
 import numpy as np
@@ -40,8 +40,8 @@ from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
 from doll.train.tasks import SegmentationTask
+from doll.pretrain.settings import PretrainSettings  # noqa: F401 - doll.pretrain.train.PretrainSettings
 from doll.utils import (
-    RunOptions,
     atomic_path,
     check_positive,
     prepare_out_dir,
@@ -49,30 +49,6 @@ from doll.utils import (
     resolve_paths,
     write_json,
 )
-
-
-@dataclass
-class PretrainSettings(RunOptions):
-    labels: str = "artifacts/doll_labels.h5"
-    out: str = "artifacts/pretrain"
-    dataset: str = ""  # the data set the labels came from, for the patient-level split (default: the file's)
-    decoder: str = DEFAULT_DECODER
-    encoder: str = DEFAULT_ENCODER
-    epochs: int = 10
-    max_steps: int = 0  # the budget in optimiser steps; wins over --epochs (0: --epochs' worth)
-    val_every: int = 0  # optimiser steps between evaluations (0: about ten per run)
-    batch_size: int = 16
-    lr: float = 1e-3
-    label_rule: str = ""  # default: the rule stored in the label file
-    soft: bool = False
-    background_weight: float = 0.1
-    dice_weight: float = 0.5
-    aux: bool = False  # an auxiliary classification head on the encoder, trained on the image labels
-    aux_weight: float = 0.2
-    val_fraction: float = 0.1
-    accumulate: int = 1  # gradient accumulation steps
-    patience: int = 0  # early stopping after this many evaluations without a better validation IoU (0: off)
-    num_workers: int = 0
 
 
 class LabelRows:
