@@ -330,7 +330,7 @@ def test_version_and_bare_doll(capsys):
     # main() ran twice in this process: each sub-app is registered once
     from doll_cli.main import app
 
-    assert sorted(g.name for g in app.registered_groups) == ["data", "labels"]
+    assert sorted(g.name for g in app.registered_groups) == ["classifiers", "data", "labels"]
 
 
 def test_paths_options_and_reruns_caught_before_anything_is_written(capsys, pipeline, tmp_path, monkeypatch):
