@@ -8,14 +8,28 @@
 # with torch.compile; `doll explain` end to end on 2,560 synthetic images with the GPU's
 # utilisation sampled by nvidia-smi; NCCL DDP with 2 processes where 2 GPUs exist.
 # Each part's JSON is kept under $WORK; a part that fails is recorded as such, the rest run.
+#   bash benchmarks/gpu.sh --dry-run [OUT.json]   # every part at toy sizes on the CPU (CI runs it: no rot)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 OUT=${1:-gpu-suite.json}
 WORK=$(mktemp -d -t doll-gpu-XXXX)
 PY=${PYTHON:-python}
 export DOLL_CACHE="$WORK/cache"
 gpus=$($PY -c "import torch; print(torch.cuda.device_count())")
-if [ "$gpus" -lt 1 ]; then echo "gpu.sh: no CUDA device; this suite is for a GPU server" >&2; exit 2; fi
+if [ "$DRY" = 1 ]; then
+  DEV=cpu; gpus=0
+  IG_ARGS="--arch resnet18 --image-size 32 --images 1 --steps 2 --classes 3 --targets 2 --skip-captum-batched"
+  TRAIN_ARGS="--arch resnet18 --encoder resnet18 --image-size 32 --batch-size 2 --steps 1 --warmup 0"
+  PIPE_ARGS="--arch resnet18 --image-size 32 --images 16 --members 1 --steps 1"
+else
+  if [ "$gpus" -lt 1 ]; then echo "gpu.sh: no CUDA device; this suite is for a GPU server (--dry-run runs it on the CPU at toy sizes)" >&2; exit 2; fi
+  DEV=cuda
+  IG_ARGS="--arch densenet121 --image-size 224 --images 16"
+  TRAIN_ARGS="--compile"
+  PIPE_ARGS="--images 2560 --members 3"
+fi
 echo "gpu.sh: $gpus GPU(s); work in $WORK" >&2
 
 part() {  # part NAME TIMEOUT_S COMMAND...: stdout of COMMAND -> $WORK/NAME.json, or a failure record
@@ -29,25 +43,29 @@ part() {  # part NAME TIMEOUT_S COMMAND...: stdout of COMMAND -> $WORK/NAME.json
   fi
 }
 
-part ig_vs_captum 150 $PY benchmarks/explain_speed.py --device cuda --arch densenet121 --image-size 224 --images 16
-part train_throughput 150 $PY benchmarks/train_throughput.py --device cuda --compile
+part ig_vs_captum 150 $PY benchmarks/explain_speed.py --device $DEV $IG_ARGS
+part train_throughput 150 $PY benchmarks/train_throughput.py --device $DEV $TRAIN_ARGS
 # explain end to end with nvidia-smi sampling the GPU's utilisation once a second
-nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 > "$WORK/util.csv" 2>/dev/null &
-SMI=$!
-part explain_pipeline 240 $PY benchmarks/explain_pipeline.py --device cuda --images 2560 --members 3 --work "$WORK/pipe"
-kill $SMI 2>/dev/null
+SMI=""
+if [ "$DRY" = 0 ]; then
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 > "$WORK/util.csv" 2>/dev/null &
+  SMI=$!
+fi
+part explain_pipeline 240 $PY benchmarks/explain_pipeline.py --device $DEV $PIPE_ARGS --work "$WORK/pipe"
+[ -n "$SMI" ] && kill $SMI 2>/dev/null
 if [ "$gpus" -ge 2 ]; then
   $PY -m doll_cli.main data phantom --out "$WORK/ddp_data" --n 2048 --size 224 --quiet >/dev/null 2>&1
   part ddp_2 150 bash -c "t0=\$(date +%s.%N); torchrun --nproc-per-node 2 -m doll_cli.main train-classifiers --root '$WORK/ddp_data' --out '$WORK/ddp_cls' --arch densenet121 --image-size 224 --members 1 --max-steps 100 --batch-size 32 --quiet >&2 && $PY -c \"import json,sys,time; print(json.dumps({'processes': 2, 'steps': 100, 'batch_per_process': 32, 'seconds': round(time.time() - float(sys.argv[1]), 1)}))\" \$t0"
 fi
 
-$PY - "$WORK" "$OUT" "$gpus" <<'PYEOF'
-import json, subprocess, sys, time
+$PY - "$WORK" "$OUT" "$gpus" "$DRY" <<'PYEOF'
+import json, shutil, subprocess, sys, time
 from pathlib import Path
-work, out, gpus = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-suite = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpus": gpus,
-         "gpu": subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                               capture_output=True, text=True).stdout.strip().splitlines()}
+work, out, gpus, dry = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+smi = shutil.which("nvidia-smi")
+suite = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpus": gpus, "dry_run": dry,
+         "gpu": subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True).stdout.strip().splitlines() if smi else []}
 for part in ("ig_vs_captum", "train_throughput", "explain_pipeline", "ddp_2"):
     f = work / f"{part}.json"
     if f.exists():

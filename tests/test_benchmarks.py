@@ -206,3 +206,23 @@ def test_train_throughput_tiny(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["network"] for r in rows] == ["classifier", "pretrain", "finetune"]
     assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_gpu_suite_dry_run(tmp_path):
+    """benchmarks/gpu.sh --dry-run: every part of the GPU suite at toy sizes on the CPU, so that
+    the suite does not rot between the rare sessions that have a GPU (about 15 s)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "suite.json"
+    env = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path))
+    subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), "--dry-run", str(out)], check=True, env=env,
+                   timeout=300, capture_output=True)
+    suite = json.loads(out.read_text())
+    assert suite["dry_run"] is True
+    for part in ("ig_vs_captum", "train_throughput", "explain_pipeline"):
+        assert not (isinstance(suite[part], dict) and suite[part].get("failed")), (part, suite[part])
