@@ -4,47 +4,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from doll.labels.rule import DEFAULT_RULE
+from doll.explain.settings import ExplainSettings
 from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, Typer, app, emit
+from doll_cli.options import settings_command
 
 labels_app = Typer(help="Inspect, merge, refine and export DoLL label files.", no_args_is_help=True)
 
 
-@app.command("explain")
-def explain(
-    classifiers: Path = typer.Option(Path("artifacts/classifiers"), "--classifiers", help="Output folder of `doll train-classifiers` (default: its default --out)."),
-    dataset: str = typer.Option("phantom", "--dataset", help="The data set to label (same classes as the classifiers)."),
-    root: Path = typer.Option(..., "--root", help="The folder you unpacked the data set into."),
-    out: Path = typer.Option(Path("artifacts/doll_labels.h5"), "--out", help="The DoLL label file to write (.h5)."),
-    method: str = typer.Option("ig", "--method", help="ig (Integrated Gradients), ig-smooth or gradcam."),
-    split: str = typer.Option("train", "--split", help="Which split to label: train, valid, test, or '' for all."),
-    steps: int = typer.Option(16, "--steps", help="IG integration steps (Gauss-Legendre)."),
-    baseline: str = typer.Option("zero", "--baseline", help="IG baseline: zero (black image), blur or mean."),
-    evidence: str = typer.Option("class", "--evidence", help="What a map explains: class (the class logit), abnormal (evidence against the normal class, No Finding or Normal: one map per image) or contrast (class logit minus the normal class's)."),
-    targets: str = typer.Option("positive", "--targets", help="Classes to explain per image: positive (its positive labels), predicted or all."),
-    target_threshold: float = typer.Option(0.5, "--target-threshold", min=0.0, max=1.0, help="Probability above which a class counts as predicted."),
-    classes: str = typer.Option("", "--classes", help="Comma-separated classes to explain (default: all but No Finding)."),
-    smooth: float = typer.Option(0.03, "--smooth", min=0.0, help="Gaussian smoothing sigma as a fraction of the image size."),
-    sign: str = typer.Option("positive", "--sign", help="Which evidence counts: positive (the positive part of the attributions) or absolute."),
-    label_rule: str = typer.Option(DEFAULT_RULE, "--label-rule", help="Saliency -> pixel label: otsu, quantile:Q or threshold:T."),
-    batch_size: int = typer.Option(0, "--batch-size", help="Interpolated images per forward pass (sets peak memory); 0: 256 on a GPU, 16 on the CPU."),
-    precision: str = typer.Option("auto", "--precision", help="IG arithmetic on a GPU: auto (float16 autocast, float32 where it overflows), fp16, bf16 or fp32. The CPU always uses float32."),
-    lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder (its model/ subfolder): saliency is kept inside the lung field it predicts."),
-    field_margin: float = typer.Option(0.01, "--field-margin", help="With a lung model: the field that multiplies saliency is its predicted lung mask dilated by this fraction of the image size."),
-    block: int = typer.Option(64, "--block", help="Images per resumable block (the unit of work shared among torchrun processes)."),
-    image_size: int = typer.Option(0, "--image-size", min=0, help="Image size (0: the classifiers' own)."),
-    device: str = DEVICE, seed: int = SEED, resume: bool = RESUME, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
-):
-    """Stage 2: explain every classifier with Integrated Gradients, ensemble and distil the maps into per-class saliency and pixel labels, all in one HDF5 file. Resumable."""
-    from doll.explain.run import explain as run
+def _run_explain(settings):
+    from doll.explain.run import explain
 
-    result = run(classifiers=str(classifiers), dataset=dataset, root=str(root), out=str(out), method=method,
-                 split=split, steps=steps, baseline=baseline, evidence=evidence, targets=targets, target_threshold=target_threshold,
-                 classes=classes, smooth=smooth, sign=sign, label_rule=label_rule, batch_size=batch_size, precision=precision, block=block, lung_model=str(lung_model) if lung_model else "", field_margin=field_margin, image_size=image_size,
-                 device=device, seed=seed, resume=resume, overwrite=overwrite, progress=not quiet)
+    return explain(settings)
+
+
+def _report_explain(result: dict, settings) -> None:
     emit(result, keys=("images", "targets", "seconds", "seconds_per_image", "completeness_rel_error",
                        "completeness_rel_error_by_member"),
-         footer=f"labels: {out}  metrics: {out}.metrics.json")
+         footer=f"labels: {settings.out}  metrics: {settings.out}.metrics.json")
+
+
+# doll explain: its options are ExplainSettings' fields (doll_cli.options)
+settings_command(app, "explain", ExplainSettings, _run_explain, report=_report_explain,
+                 doc="Stage 2: explain every classifier with Integrated Gradients, ensemble and distil the maps into "
+                     "per-class saliency and pixel labels, all in one HDF5 file. Resumable.")
 
 
 @app.command("evaluate-labels")

@@ -26,12 +26,12 @@ from doll.explain.base import (
 )
 from doll.explain.distill import distill, require_finite
 from doll.explain.ig import check_precision, default_batch_size
-from doll.labels.rule import DEFAULT_RULE, check_rule
+from doll.explain.settings import ExplainSettings
+from doll.labels.rule import check_rule
 from doll.labels.store import Blocks, PartsWriter, is_label_file, is_parts_folder, write_label_file
 from doll.models.ensemble import load_ensemble
 from doll.models.lung_field import (
     INPUT_MARGIN,
-    SALIENCY_MARGIN,
     check_field_margin,
     lung_field,
     lung_model_config,
@@ -48,7 +48,6 @@ from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.utils import (
     RUN_ONLY_SETTINGS,
-    RunOptions,
     Stopwatch,
     check_positive,
     prepare_out_file,
@@ -62,36 +61,6 @@ from doll.utils import (
 TARGET_MODES = ("positive", "predicted", "all")
 SIGNS = ("positive", "absolute")
 NOT_LOCALISED = NORMAL_CLASSES  # classes never explained unless --classes names them
-
-
-@dataclass
-class ExplainSettings(RunOptions):
-    classifiers: str = "artifacts/classifiers"
-    dataset: str = "phantom"
-    root: str = ""
-    out: str = "artifacts/doll_labels.h5"
-    split: str = "train"
-    method: str = "ig"
-    steps: int = 16
-    baseline: str = "zero"
-    evidence: str = "class"  # what a map explains: class, abnormal or contrast (see doll.explain.base)
-    targets: str = "positive"
-    target_threshold: float = 0.5
-    classes: str = ""  # comma-separated subset; default all but "No Finding"
-    sign: str = "positive"
-    smooth: float = 0.03
-    label_rule: str = DEFAULT_RULE
-    lung_model: str = ""  # a `doll finetune --task lung` model folder: restrict saliency to its lung field
-    field_margin: float = SALIENCY_MARGIN  # dilation of that field, as a fraction of the image size
-    batch_size: int = 0  # interpolated images per forward pass; 0: 256 on a GPU, 16 on the CPU
-    precision: str = "auto"  # IG on CUDA: auto (float16 autocast), fp16, bf16 or fp32
-    block: int = 64  # images per resumable block
-    image_size: int = 0  # 0: the classifiers' own size
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not str(self.root).strip():  # "" would be the current folder
-            raise DollError("--root is required: the folder you unpacked the data set into")
 
 
 def data_fingerprint(items, labels: np.ndarray) -> dict:

@@ -19,7 +19,7 @@ from doll.models.segmenter import load_segmenter
 from doll.utils import to_tensor
 
 INPUT_MARGIN = 0.04  # dilation of the lung mask that classifier inputs are faded with (x image size)
-SALIENCY_MARGIN = 0.01  # default dilation of the field that multiplies saliency (`explain --field-margin`)
+from doll.models.names import SALIENCY_MARGIN  # noqa: E402,F401 - the default dilation of the saliency field
 
 
 def lung_field(lung_mask: np.ndarray, margin: float = INPUT_MARGIN) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""The names of doll's networks, without torch (the CLI's settings and help read them):
-segmenter decoders (smp class names), encoders and the defaults."""
+"""The names of doll's networks and the model defaults the CLI shows, without torch (the
+CLI's settings and help read them): segmenter decoders (smp class names), encoders, the
+defaults, the lung field's default margin."""
 from __future__ import annotations
 
 DEFAULT_DECODER = "pspnet"
@@ -7,3 +8,4 @@ DEFAULT_ENCODER = "resnet34"
 DECODERS = {"pspnet": "PSPNet", "unet": "Unet", "unetplusplus": "UnetPlusPlus", "deeplabv3plus": "DeepLabV3Plus",
             "fpn": "FPN"}
 ENCODERS = ("resnet18", "resnet34", "resnet50", "densenet121")
+SALIENCY_MARGIN = 0.01  # default dilation of the field that multiplies saliency (`explain --field-margin`)
