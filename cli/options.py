@@ -27,6 +27,20 @@ def _annotation(field: dataclasses.Field):
     return _TYPES.get(kinds[0], str)
 
 
+def _flag_name(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _flag_parameters(field: dataclasses.Field) -> list[inspect.Parameter]:
+    """A str field shown as one flag per value (``flags=[(flag, value, help), ...]``): seg4cls's
+    ``pseudo`` is ``--pseudo`` or ``--boosted``."""
+    meta = field.metadata
+    return [inspect.Parameter(_flag_name(flag), inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                              default=typer.Option(False, flag, help=text, **({"rich_help_panel": meta["rich_help_panel"]}
+                                                                              if meta.get("rich_help_panel") else {})))
+            for flag, value, text in meta["flags"]]
+
+
 def _parameter(field: dataclasses.Field) -> inspect.Parameter:
     meta = field.metadata
     flag = meta.get("flag") or "--" + field.name.replace("_", "-")
@@ -47,12 +61,21 @@ def settings_command(app: typer.Typer, name: str, settings_cls: type, run: Calla
     ``option(...)`` (but ``skip``), then the shared options; ``run(settings)`` is the stage,
     ``report(result, settings)`` prints what it returned."""
     fields = {f.name: f for f in dataclasses.fields(settings_cls)}
-    own = [f for n, f in fields.items() if n not in SHARED and n not in skip and f.metadata.get("help")]
+    own = [f for n, f in fields.items() if n not in SHARED and n not in skip
+           and (f.metadata.get("help") or f.metadata.get("flags"))]
     shared = [fields[n] for n in SHARED if n in fields]
-    parameters = [_parameter(f) for f in own + shared]
+    parameters = [p for f in own + shared for p in (_flag_parameters(f) if f.metadata.get("flags") else [_parameter(f)])]
 
     def command(**given):
+        from doll.errors import DollError
+
         values = {}
+        for name, field in fields.items():  # flags standing for the values of one field
+            if field.metadata.get("flags"):
+                chosen = [value for flag, value, _ in field.metadata["flags"] if given.pop(_flag_name(flag), False)]
+                if len(chosen) > 1:
+                    raise DollError(field.metadata["conflict"])
+                values[name] = chosen[0] if chosen else field.default
         for key, value in given.items():
             field = fields[key]
             if field.metadata.get("invert"):

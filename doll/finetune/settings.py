@@ -3,7 +3,6 @@ initialisation, the image size, the label subset and the training budget. Every 
 module (``segment``, ``seg4cls``, ``mixed``) builds on these; none imports another."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,42 +23,8 @@ from doll.models.segmenter import (
     saved_decoder,
 )
 from doll.train.engine import EngineSettings
-from doll.utils import RunOptions, check_fraction, check_positive
-
-
-@dataclass
-class FinetuneSettings(RunOptions):
-    task: str = "jsrt"
-    dataset: str = "jsrt"
-    root: str = ""
-    init: str = "random"  # a `doll pretrain` folder, "random", or "imagenet:/path/to/weights"
-    out: str = "artifacts/finetune"
-    mode: str = "full"  # full | adapter | head
-    transfer: str = "all"  # with a pretrained --init: all (encoder and decoder) or encoder (a new decoder)
-    pretrained_lr: float = 1.0  # the pretrained layers' learning rate, as a multiple of --lr (full mode)
-    label_fraction: float = 1.0
-    decoder: str = DEFAULT_DECODER  # for random / imagenet init (a pretrain folder fixes its own)
-    encoder: str = DEFAULT_ENCODER  # for random / imagenet init (a pretrain folder fixes its own)
-    image_size: int = 0  # 0: the pretrained network's, the phantom's own, else 256
-    fold: int = 1
-    epochs: int = 0  # the budget in epochs (0: --max-steps, else the task's default budget)
-    max_steps: int = 0  # the budget in optimiser steps; wins over --epochs (0: --epochs' worth)
-    val_every: int = 0  # optimiser steps between evaluations (0: about ten per run)
-    batch_size: int = 8
-    lr: float = 1e-3
-    seeds: int = 1
-    strict: bool = False  # a mask not on its image's pixel grid is an error (else resized)
-    accumulate: int = 1
-    summarizer: str = "all"  # seg4cls: rule, linear, pool-linear, cnn-mask, embedding, comma-separated, or all
-    baselines: bool = True  # seg4cls: also train the plain classifier and the multitask net
-    pseudo: str = "none"  # seg4cls: none, pseudo (teacher -> student on pseudo-masks) or boosted
-    pooling: str = "max,amp-mlp"  # mixed: how classification logits come from the segmentation logits
-    num_workers: int = 0
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not str(self.root).strip():  # "" would be the current folder
-            raise DollError("--root is required: the folder you unpacked the data set into")
+from doll.finetune.options import FinetuneSettings  # noqa: F401 - doll.finetune.settings.FinetuneSettings
+from doll.utils import check_fraction, check_positive
 
 
 class TaskRunner:
