@@ -30,7 +30,8 @@ from doll.models.segmenter import DEFAULT_DECODER, DEFAULT_ENCODER
 from doll.outputs import is_doll_output, releases_outputs, safe_name
 from doll.study import report as study_report
 from doll.study import summary
-from doll.utils import RUN_ONLY_SETTINGS, RunOptions, check_positive, differing_keys, prepare_out_dir, read_json, \
+from doll.study.options import StudySettings
+from doll.utils import RUN_ONLY_SETTINGS, check_positive, differing_keys, prepare_out_dir, read_json, \
     resolve_paths, write_json
 
 TASKS = ("jsrt", "lung", "covid")  # seg4cls and mixed: not yet
@@ -38,38 +39,6 @@ TASKS = ("jsrt", "lung", "covid")  # seg4cls and mixed: not yet
 # The grid (inits, fractions, seeds, modes) may grow on --resume: new cells are added.
 SHARED = ("task", "dataset", "root", "fold", "max_steps", "val_every", "decoder", "encoder", "image_size",
           "batch_size", "lr", "seed")
-
-
-@dataclass
-class StudySettings(RunOptions):
-    task: str = "jsrt"
-    dataset: str = "jsrt"
-    root: str = ""
-    inits: str = "random"  # comma-separated: random, a `doll pretrain` folder, imagenet:FILE, or NAME=any of these
-    fractions: str = "0.02,0.1,1"  # comma-separated label fractions in (0, 1]
-    seeds: int = 3  # seeds --seed .. --seed + seeds - 1
-    modes: str = "full,adapter"  # comma-separated: full, adapter, head
-    max_steps: int = 600  # the budget of every cell, in optimiser steps
-    val_every: int = 0  # steps between evaluations (0: finetune's default, about ten per run)
-    decoder: str = DEFAULT_DECODER  # for random / imagenet inits (a pretrained folder brings its own)
-    encoder: str = DEFAULT_ENCODER  # for random / imagenet inits
-    image_size: int = 0  # 0: finetune's default
-    batch_size: int = 8
-    lr: float = 1e-3
-    fold: int = 1
-    reference: str = ""  # the init paired differences are taken against (default: the first)
-    devices: str = ""  # comma-separated devices, one cell per device at a time ("": --device)
-    bootstrap: int = 2000  # bootstrap resamples over test images
-    out: str = "artifacts/study"
-
-    def __post_init__(self):
-        for name in ("inits", "fractions", "modes", "devices"):  # the Python API may pass lists
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple)):
-                setattr(self, name, ",".join(str(v) for v in value))
-        super().__post_init__()
-        if not str(self.root).strip():
-            raise DollError("--root is required: the folder you unpacked the data set into")
 
 
 @dataclass

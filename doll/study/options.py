@@ -1,0 +1,47 @@
+"""``doll study``'s settings: each field is also its CLI option (declared once,
+:func:`doll.settings.option`). No torch here: the CLI builds its command from this class."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from doll.errors import DollError
+from doll.models.names import DEFAULT_DECODER, DEFAULT_ENCODER
+from doll.settings import RunOptions, option
+
+
+@dataclass
+class StudySettings(RunOptions):
+    task: str = option("jsrt", "jsrt (lungs, heart, clavicles), lung (lung fields) or covid (infection). seg4cls and "
+                       "mixed are not supported yet.")
+    dataset: str = option("jsrt", "jsrt, montgomery, shenzhen, qata, covidqu, folder, ...")
+    root: str = option("", "The folder you unpacked the data set into.", required=True, path=True)
+    inits: str = option("random", "Comma-separated arms: random, a `doll pretrain` folder, imagenet:/path/to/weights, "
+                        "or NAME=any of these. The first is the reference unless --reference.")
+    fractions: str = option("0.02,0.1,1", "Comma-separated fractions of the training masks, in (0, 1].")
+    seeds: int = option(3, "Paired seeds per cell: --seed .. --seed + N - 1. A seed draws the mask subset every init "
+                        "of that seed trains on.", min=1)
+    modes: str = option("full,adapter", "Comma-separated fine-tuning modes: full, adapter, head.")
+    max_steps: int = option(600, "The budget of every cell in optimiser steps.", min=1)
+    val_every: int = option(0, "Optimiser steps between evaluations (0: about ten per run).", min=0)
+    decoder: str = option(DEFAULT_DECODER, "Segmenter for random/imagenet inits (a pretrain folder brings its own): "
+                          "pspnet, unet, unetplusplus, deeplabv3plus or fpn.")
+    encoder: str = option(DEFAULT_ENCODER, "Encoder for random/imagenet inits (a pretrain folder brings its own).")
+    image_size: int = option(0, "Square image size (0: finetune's default).", min=0)
+    batch_size: int = option(8, "Images per batch.")
+    lr: float = option(1e-3, "Peak learning rate.")
+    fold: int = option(1, "JSRT: train on this official fold (1 or 2), test on the other.")
+    reference: str = option("", "The init (its name) paired differences are taken against (default: the first of "
+                            "--inits).")
+    devices: str = option("", "Comma-separated devices, e.g. cuda:0,cuda:1: one cell per device at a time (default: "
+                          "--device, one cell at a time).")
+    bootstrap: int = option(2000, "Bootstrap resamples over test images.", min=1)
+    out: str = option("artifacts/study", "Output folder: cells/, study.json, summary.md, report.html.", path=True)
+
+    def __post_init__(self):
+        for name in ("inits", "fractions", "modes", "devices"):  # the Python API may pass lists
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                setattr(self, name, ",".join(str(v) for v in value))
+        super().__post_init__()
+        if not str(self.root).strip():
+            raise DollError("--root is required: the folder you unpacked the data set into")
