@@ -19,7 +19,6 @@ user runs that unpickling on purpose, doll never does (docs/import-classifiers.m
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ from torch import nn
 from doll.data.base import CHEXPERT_CLASSES
 from doll.data.dataset import NORMALISATION
 from doll.errors import DollError
+from doll.models.ensemble import sha256_of
 from doll.models.checkpoint import read_config, read_weights_file, save_model
 from doll.schema import check_weights
 from doll.models.imported import (
@@ -106,14 +106,6 @@ class ImportSettings:
             raise DollError("--classes and --classes-file both name the classes; pass one of them")
         if 0 < self.image_size < 16:
             raise DollError(f"--image-size {self.image_size} is too small; use at least 16 (0: the network's own)")
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _note(message: str, notes: list[str], show: bool) -> None:

@@ -32,21 +32,9 @@ def line_chart(path: str | Path, series: dict[str, tuple[list, list]], *, xlabel
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8, loc="lower right")
+    _finish(ax, xlabel, ylabel, title, ylim, legend=bool(series))
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-    return path
+    return _save(fig, path)
 
 
 STRUCTURE_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#0082c8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
@@ -93,12 +81,19 @@ def mask_panels(path: str | Path, rows: list[dict], *, title: str) -> Path:
             ax.set_title(panel["title"], fontsize=8, wrap=True)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-    return path
+    return _save(fig, path)
+
+
+def _finish(ax, xlabel: str, ylabel: str, title: str, ylim, legend: bool) -> None:
+    """Labels, title, limits, grid and legend, the same on every chart."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8, loc="lower right")
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -139,14 +134,7 @@ def interval_chart(path: str | Path, series: dict[str, tuple[list, list, list, l
         ax.set_xticklabels([f"{t:g}" for t in sorted(ticks)])
         if logx:
             ax.minorticks_off()
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8, loc="lower right")
+    _finish(ax, xlabel, ylabel, title, ylim, legend=bool(series))
     fig.tight_layout()
     return _save(fig, path)
 
