@@ -30,7 +30,9 @@ def check_setting_values(settings) -> None:
         if isinstance(value, Path) and "str" in kinds:
             value = str(value)
             setattr(settings, name, value)
-        if isinstance(value, bool):
+        if isinstance(value, (list, tuple)):
+            ok = any(k.startswith(("list", "tuple")) for k in kinds)
+        elif isinstance(value, bool):
             ok = "bool" in kinds
         elif isinstance(value, int):
             ok = bool(kinds & {"int", "float"})

@@ -273,3 +273,16 @@ def test_a_stage_returning_releases_only_its_own_threads_locks(tmp_path):
     t.join()
     assert str(lock_file_of(tmp_path / "cell_b")) in held
     assert str(lock_file_of(tmp_path / "cell_a")) not in held
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"seed": -1}, r"--seed must be in \[0, 2\*\*32\)"),
+    ({"batch_size": "8"}, "--batch-size must be an integer"),
+    ({"threshold": float("nan")}, "--threshold must be a finite number"),
+])
+def test_predict_settings_are_checked_like_every_commands(kwargs, pattern):
+    """doll predict's settings (not a RunOptions) went unchecked: seed=-1 was accepted."""
+    from doll.predict.run import PredictSettings
+
+    with pytest.raises(DollError, match=pattern):
+        PredictSettings(model="m", inputs=["a.png"], out="o", **kwargs)

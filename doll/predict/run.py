@@ -40,6 +40,7 @@ from doll.utils import (
     atomic_path,
     check_inputs_apart,
     check_positive,
+    check_setting_values,
     prepare_out_dir,
     resolve_device,
     to_tensor,
@@ -77,6 +78,7 @@ class PredictSettings:
         if not self.inputs:
             raise DollError("--input names no image; give image files or folders of images")
         self.model, self.out, self.inputs = str(self.model), str(self.out), [str(p) for p in self.inputs]
+        check_setting_values(self)  # types, finite numbers, the seed's range: as every command's settings
         check_positive(batch_size=self.batch_size)
         if not 0 < self.threshold < 1:
             raise DollError(f"--threshold must be a probability in (0, 1), got {self.threshold}")
