@@ -464,10 +464,9 @@ def check_inputs_apart(out: str | Path, inputs: dict[str, str | Path | None]) ->
     Checked before anything is created or removed."""
     out_r = resolved(out, "--out")
     for option, value in inputs.items():
-        if value is None or str(value) in ("", "random") or (isinstance(value, str) and ":" in value
-                                                               and not Path(value).exists()):
+        value = "" if value is None else str(value).removeprefix("imagenet:")  # imagenet:FILE is a file too
+        if value in ("", "random") or (":" in value and not Path(value).exists()):  # not a path
             continue
-        value = str(value).removeprefix("imagenet:")
         in_r = resolved(value, option)
         if out_r == in_r or in_r in out_r.parents:
             raise DollError(f"--out {out} is inside {option} {value}; doll never writes inside its inputs: choose an "

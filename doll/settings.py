@@ -30,6 +30,9 @@ def check_setting_values(settings) -> None:
         if isinstance(value, Path) and "str" in kinds:
             value = str(value)
             setattr(settings, name, value)
+        if field.metadata.get("required") and isinstance(value, str) and not value.strip():  # "" would be "."
+            text = field.metadata["help"].rstrip(".")
+            raise DollError(f"{_option(name)} is required: {text[0].lower() + text[1:]}")
         if isinstance(value, (list, tuple)):
             ok = any(k.startswith(("list", "tuple")) for k in kinds)
         elif isinstance(value, bool):
@@ -68,6 +71,32 @@ def option(default, help: str, **cli):
     ``rich_help_panel``, ``invert`` (a bool shown as its negation: ``progress`` is ``--quiet``).
     The CLI's commands are generated from these (``doll_cli.options.settings_command``)."""
     return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+# Options several stages share, declared once (their help is the same in every command).
+def root_option():
+    return option("", "The folder you unpacked the data set into.", required=True, path=True)
+
+
+def max_steps_option():
+    return option(0, "The training budget in optimiser steps; replaces --epochs (0: --epochs' worth). Recorded with "
+                  "the images seen and wall time in metrics.json.", min=0)
+
+
+def val_every_option():
+    return option(0, "Optimiser steps between evaluations and checkpoints (0: about ten per run).", min=0)
+
+
+def accumulate_option():
+    return option(1, "Gradient accumulation steps (effective batch = batch size x this).")
+
+
+def patience_option():
+    return option(0, "Stop early after this many evaluations without a better validation score (0: never).", min=0)
+
+
+def num_workers_option():
+    return option(0, "Data loader worker processes.", min=0)
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -286,3 +286,14 @@ def test_predict_settings_are_checked_like_every_commands(kwargs, pattern):
 
     with pytest.raises(DollError, match=pattern):
         PredictSettings(model="m", inputs=["a.png"], out="o", **kwargs)
+
+
+def test_an_imagenet_weights_file_inside_out_is_refused(tmp_path):
+    """--init imagenet:FILE names a file like any input: an --out around it is refused (the check
+    skipped every value with a ':' before the prefix was taken off, so it never saw these)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "r18.pth").write_bytes(b"weights")
+    with pytest.raises(DollError, match="holds --init"):
+        prepare_out_dir(out, overwrite=True, inputs={"--init": f"imagenet:{out / 'r18.pth'}"})
+    assert (out / "r18.pth").read_bytes() == b"weights"

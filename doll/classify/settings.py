@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from doll.errors import DollError
-from doll.settings import RunOptions, option
+from doll.settings import (
+    RunOptions,
+    accumulate_option,
+    max_steps_option,
+    num_workers_option,
+    option,
+    patience_option,
+    root_option,
+    val_every_option,
+)
 
 
 @dataclass
 class ClassifierSettings(RunOptions):
     dataset: str = option("phantom", "Data set with image labels: chexpert, nih, phantom, covidqu, folder, ...")
-    root: str = option("", "The folder you unpacked the data set into.", required=True, path=True)
+    root: str = root_option()
     out: str = option("artifacts/classifiers", "Output folder (one member_<i>/ folder per classifier).", path=True)
     arch: str = option("resnet18", "resnet18, resnet34, resnet50, densenet121 or efficientnet_b0; several, "
                        "comma-separated, are cycled over the members.")
@@ -22,9 +30,8 @@ class ClassifierSettings(RunOptions):
     members: int = option(2, "Number of classifiers in the ensemble (seeds seed, seed+1, ...).")
     image_size: int = option(64, "Images are resized to this square size.")
     epochs: int = option(8, "Training epochs per member.")
-    max_steps: int = option(0, "The training budget in optimiser steps; replaces --epochs (0: --epochs' worth). "
-                            "Recorded with the images seen and wall time in metrics.json.", min=0)
-    val_every: int = option(0, "Optimiser steps between evaluations and checkpoints (0: about ten per run).", min=0)
+    max_steps: int = max_steps_option()
+    val_every: int = val_every_option()
     batch_size: int = option(32, "Images per batch (lower it if the GPU runs out of memory).")
     lr: float = option(2e-3, "Peak learning rate (AdamW, warm-up then cosine).")
     uncertain: str = option("ignore", "Uncertain (-1) labels: ignore (left out of the loss), zeros, ones or lsr.")
@@ -32,9 +39,8 @@ class ClassifierSettings(RunOptions):
     views: str = option("frontal", "CheXpert views: frontal, lateral or all.")
     valid_fraction: float = option(0.0, "Carve this fraction of patients from train as validation (0: the data set's "
                                    "own validation split, or 10 % of the train patients when it has none).")
-    accumulate: int = option(1, "Gradient accumulation steps (effective batch = batch size x this).")
-    patience: int = option(0, "Stop early after this many evaluations without a better validation score (0: never).",
-                           min=0)
+    accumulate: int = accumulate_option()
+    patience: int = patience_option()
     lung_model: str = option("", "A `doll finetune --task lung` model folder (its model/ subfolder): the classifiers "
                              "see only the lung field it predicts, so they cannot learn shortcuts outside it; `doll "
                              "explain` masks their inputs the same way.", path=True)
@@ -44,9 +50,5 @@ class ClassifierSettings(RunOptions):
                                "evidence, not only its most telling spot; their IG labels cover more of a lesion (0: "
                                "off). Several, comma-separated, are cycled over the members (0,0.5: every other "
                                "member).")
-    num_workers: int = option(0, "Data loader worker processes.", min=0)
+    num_workers: int = num_workers_option()
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not str(self.root).strip():  # "" would be the current folder
-            raise DollError("--root is required: the folder you unpacked the data set into")

@@ -21,7 +21,6 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 from doll.data.base import CHEXPERT_CLASSES, FINDINGS, JSRT_STRUCTURES
 from doll.errors import DollError
 from doll.outputs import record_written, releases_outputs
-from doll.utils import prepare_out_dir
+from doll.utils import atomic_path, prepare_out_dir
 
 PHANTOM_VERSION = 1
 CHEXPERT_DIRNAME = "CheXpert-v1.0-phantom"
@@ -759,10 +758,8 @@ def _write_csv(path: Path, header: list[str], rows: list[list]):
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     w.writerows(rows)
-    record_written(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # listed in the manifest; a killed run leaves no stray file
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
 
 
 @dataclass
@@ -970,8 +967,6 @@ def make_phantoms(out, n=200, size=64, seed=0, n_anatomy=None, noise=0.05, uncer
            "valid_fraction": valid_fraction, "n_anatomy": n_anatomy,
            "classes": CHEXPERT_CLASSES, "structures": JSRT_STRUCTURES, "findings": FINDINGS,
            "chexpert_dir": CHEXPERT_DIRNAME, "summary": summary}
-    record_written(meta_path)
-    tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, meta_path)
+    with atomic_path(meta_path) as tmp:  # written last: a folder without it is an unfinished run
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from doll.errors import DollError
 from doll.labels.rule import DEFAULT_RULE
 from doll.models.names import SALIENCY_MARGIN
-from doll.settings import RunOptions, option
+from doll.settings import RunOptions, option, root_option
 
 
 @dataclass
@@ -15,7 +14,7 @@ class ExplainSettings(RunOptions):
     classifiers: str = option("artifacts/classifiers", "Output folder of `doll train-classifiers` (default: its "
                               "default --out).", path=True)
     dataset: str = option("phantom", "The data set to label (same classes as the classifiers).")
-    root: str = option("", "The folder you unpacked the data set into.", required=True, path=True)
+    root: str = root_option()
     out: str = option("artifacts/doll_labels.h5", "The DoLL label file to write (.h5).", path=True)
     method: str = option("ig", "ig (Integrated Gradients), ig-smooth or gradcam.")
     split: str = option("train", "Which split to label: train, valid, test, or '' for all.")
@@ -43,7 +42,3 @@ class ExplainSettings(RunOptions):
     block: int = option(64, "Images per resumable block (the unit of work shared among torchrun processes).")
     image_size: int = option(0, "Image size (0: the classifiers' own).", min=0)
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not str(self.root).strip():  # "" would be the current folder
-            raise DollError("--root is required: the folder you unpacked the data set into")

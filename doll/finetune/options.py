@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from doll.errors import DollError
 from doll.models.names import DEFAULT_DECODER, DEFAULT_ENCODER
-from doll.settings import RunOptions, option
+from doll.settings import RunOptions, accumulate_option, num_workers_option, option, root_option, val_every_option
 
 TASK_PANEL = "Only for --task seg4cls or mixed"
 INIT_PANEL = "Only with a pretrained --init"
@@ -18,7 +17,7 @@ class FinetuneSettings(RunOptions):
     task: str = option("jsrt", "jsrt (lungs, heart, clavicles), lung (lung fields), covid (infection), seg4cls "
                        "(segmentation for classification) or mixed (a few masks + image labels, alternating).")
     dataset: str = option("jsrt", "jsrt, montgomery, shenzhen, qata, covidqu, folder, ...")
-    root: str = option("", "The folder you unpacked the data set into.", required=True, path=True)
+    root: str = root_option()
     # a `doll pretrain` folder, "random", or "imagenet:/path/to/weights"
     init: str = option("random", "A `doll pretrain` output folder, random, or imagenet:/path/to/local/weights.")
     out: str = option("artifacts/finetune", "Output folder.", path=True)
@@ -41,7 +40,7 @@ class FinetuneSettings(RunOptions):
     max_steps: int = option(0, "The budget in optimiser steps (0: --epochs converted to steps, else the task's "
                             "default: 600 steps for jsrt / lung / covid, 20 epochs for seg4cls / mixed). Recorded "
                             "with the images seen and wall time in metrics.json.", min=0)
-    val_every: int = option(0, "Optimiser steps between evaluations and checkpoints (0: about ten per run).", min=0)
+    val_every: int = val_every_option()
     batch_size: int = option(8, "Images per batch.")
     lr: float = option(1e-3, "Peak learning rate.")
     seeds: int = option(1, "Repeat with this many seeds and report mean and std.")
@@ -58,13 +57,9 @@ class FinetuneSettings(RunOptions):
         conflict="--pseudo and --boosted are two ways to train the student; choose one")
     pooling: str = option("max,amp-mlp", "mixed: class logits from the segmentation logits by max, amp-mlp (8x8 max "
                           "pool + MLP) or both.", rich_help_panel=TASK_PANEL)
-    accumulate: int = option(1, "Gradient accumulation steps (effective batch = batch size x this).")
+    accumulate: int = accumulate_option()
     # a mask not on its image's pixel grid is an error (else resized)
     strict: bool = option(False, "Refuse masks that are neither their image's size nor that size divided by a whole "
                           "number (default: resize them).")
-    num_workers: int = option(0, "Data loader worker processes.", min=0)
+    num_workers: int = num_workers_option()
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not str(self.root).strip():  # "" would be the current folder
-            raise DollError("--root is required: the folder you unpacked the data set into")

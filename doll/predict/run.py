@@ -127,7 +127,7 @@ def predict(settings: PredictSettings | None = None, **kwargs) -> dict:
     size, norm, structures = cfg["image_size"], cfg["normalisation"], list(cfg["classes"])
     folders = unique_names(structures, "structure")
     names = output_names(files)
-    inputs = {"--model": s.model, "--model ": cfg["folder"], **{f"--input {p}": p for p in s.inputs}}
+    inputs = {"--model": s.model, "--model's segmenter": cfg["folder"], **{f"--input {p}": p for p in s.inputs}}
     check_inputs_apart(s.out, inputs)
 
     # every image read before anything is written: a bad input is an error with no output

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from doll.models.names import DEFAULT_DECODER, DEFAULT_ENCODER
-from doll.settings import RunOptions, option
+from doll.settings import (
+    RunOptions,
+    accumulate_option,
+    max_steps_option,
+    num_workers_option,
+    option,
+    patience_option,
+    val_every_option,
+)
 
 
 @dataclass
@@ -21,9 +29,8 @@ class PretrainSettings(RunOptions):
                           "deeplabv3plus or fpn.")
     encoder: str = option(DEFAULT_ENCODER, "Encoder: resnet18, resnet34, resnet50 or densenet121.")
     epochs: int = option(10, "Training epochs.")
-    max_steps: int = option(0, "The training budget in optimiser steps; replaces --epochs (0: --epochs' worth). "
-                            "Recorded with the images seen and wall time in metrics.json.", min=0)
-    val_every: int = option(0, "Optimiser steps between evaluations and checkpoints (0: about ten per run).", min=0)
+    max_steps: int = max_steps_option()
+    val_every: int = val_every_option()
     batch_size: int = option(16, "Images per batch.")
     lr: float = option(1e-3, "Peak learning rate.")
     label_rule: str = option("", "Override the file's rule: otsu, quantile:Q or threshold:T.")
@@ -34,7 +41,6 @@ class PretrainSettings(RunOptions):
     aux_weight: float = option(0.2, "With --aux: weight of the image-label loss of that head.", min=0.0)
     val_fraction: float = option(0.1, "Fraction of the patients (seeded) whose rows are held out for validation "
                                  "(rows, when the data set the labels came from cannot be opened here).")
-    accumulate: int = option(1, "Gradient accumulation steps (effective batch = batch size x this).")
-    patience: int = option(0, "Stop early after this many evaluations without a better validation score (0: never).",
-                           min=0)
-    num_workers: int = option(0, "Data loader worker processes.", min=0)
+    accumulate: int = accumulate_option()
+    patience: int = patience_option()
+    num_workers: int = num_workers_option()

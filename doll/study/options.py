@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from doll.errors import DollError
 from doll.models.names import DEFAULT_DECODER, DEFAULT_ENCODER
-from doll.settings import RunOptions, option
+from doll.settings import RunOptions, option, root_option
 
 
 @dataclass
@@ -14,7 +13,7 @@ class StudySettings(RunOptions):
     task: str = option("jsrt", "jsrt (lungs, heart, clavicles), lung (lung fields) or covid (infection). seg4cls and "
                        "mixed are not supported yet.")
     dataset: str = option("jsrt", "jsrt, montgomery, shenzhen, qata, covidqu, folder, ...")
-    root: str = option("", "The folder you unpacked the data set into.", required=True, path=True)
+    root: str = root_option()
     inits: str = option("random", "Comma-separated arms: random, a `doll pretrain` folder, imagenet:/path/to/weights, "
                         "or NAME=any of these. The first is the reference unless --reference.")
     fractions: str = option("0.02,0.1,1", "Comma-separated fractions of the training masks, in (0, 1].")
@@ -43,5 +42,3 @@ class StudySettings(RunOptions):
             if isinstance(value, (list, tuple)):
                 setattr(self, name, ",".join(str(v) for v in value))
         super().__post_init__()
-        if not str(self.root).strip():
-            raise DollError("--root is required: the folder you unpacked the data set into")
