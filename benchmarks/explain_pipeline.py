@@ -3,7 +3,7 @@
 ``explain_speed.py`` times the IG engine alone; this script times the command a user
 runs: phantoms at ``--image-size`` in the CheXpert layout, an ensemble of ``--members``
 classifiers trained for ``--epochs`` (weights do not change the cost of IG, so one epoch
-is enough), then ``doll.explain.run.explain`` with the defaults a CheXpert run would use
+is enough), then ``doll.explanation.run.explain`` with the defaults a CheXpert run would use
 (``--targets positive``, ``--steps``). It prints one JSON object: the run's
 ``seconds_by_phase`` (``attribute`` is the IG engine, GPU included; ``distill`` and
 ``write_blocks`` run in the writer thread; ``wait_for_writer`` and ``assemble`` are CPU
@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 from explain_speed import compare_to_baseline  # the sibling script (its folder is on sys.path when run as a script)
 
-from doll.classify.train import train_classifiers
+from doll.classification.train import train_classifiers
 from doll.data.phantom import make_phantoms
-from doll.explain.run import ExplainSettings, explain
+from doll.explanation.run import ExplainSettings, explain
 from doll.models.classifier import CLASSIFIER_ARCHS
 
 CHEXPERT_FRONTAL = 191_027  # frontal training images (chexpert_train.csv shipped with torchxrayvision)
@@ -75,7 +75,7 @@ def phantom_ensemble(work: Path, *, size: int, images: int, arch: str, members: 
 
 
 def explain_settings(p: argparse.ArgumentParser, items: list[str], own: tuple[str, ...]) -> dict:
-    """``--set KEY=VALUE`` items as keyword arguments of ``doll.explain.run.explain`` (KEY: a
+    """``--set KEY=VALUE`` items as keyword arguments of ``doll.explanation.run.explain`` (KEY: a
     field of ExplainSettings that the script does not set itself); a bad one is a usage error."""
     fields = {f.name: f for f in dataclasses.fields(ExplainSettings)}
     settings = {}

@@ -4,7 +4,7 @@ One classifier (``build_classifier``, random init, eval mode), the same seeded i
 (uniform noise in [0, 1] normalised with the dataset's MEAN/STD, like real images), the
 same targets (the first ``--targets`` classes for every image), the same number of steps
 and the same quadrature (Gauss-Legendre; ``method="gausslegendre"`` in Captum) and the
-same ``zero`` baseline (``doll.explain.ig.make_baseline``). Three ways, each timed after
+same ``zero`` baseline (``doll.explanation.ig.make_baseline``). Three ways, each timed after
 one untimed warm-up (on CUDA the same inputs, on the CPU the first image):
 
 * ``doll``: one ``IntegratedGradients.attribute`` call over all images and targets;
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from doll.data.dataset import MEAN, STD
-from doll.explain.ig import PRECISIONS, IntegratedGradients, default_batch_size, make_baseline
+from doll.explanation.ig import PRECISIONS, IntegratedGradients, default_batch_size, make_baseline
 from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier
 from doll.utils import resolve_device
 

@@ -38,8 +38,8 @@ from explain_pipeline import json_main, phantom_ensemble  # the sibling script (
 
 from doll.data import labels_of, load_split
 from doll.data.dataset import to_tensor
-from doll.explain.base import EVIDENCE, NORMAL_CLASSES, EvidenceOutput, normal_class
-from doll.explain.ig import BASELINES, IntegratedGradients, make_baseline
+from doll.explanation.base import EVIDENCE, NORMAL_CLASSES, EvidenceOutput, normal_class
+from doll.explanation.ig import BASELINES, IntegratedGradients, make_baseline
 from doll.models.ensemble import load_ensemble
 from doll.models.lung_field import mask_images, predict_lung_fields
 from doll.utils import resolve_device

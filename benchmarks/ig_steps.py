@@ -2,7 +2,7 @@
 
 IG's cost is linear in ``--steps`` (every step is a forward and a backward pass per
 target), so the step count is the biggest lever on the GPU-hours of a labelling run. This
-script runs ``doll.explain.run.explain`` once per step count on the same classifiers and
+script runs ``doll.explanation.run.explain`` once per step count on the same classifiers and
 images and compares every run with the one at the most steps (the reference):
 
 * ``completeness_rel_error``: IG's own check, |sum IG - (f(x) - f(b))| / |f(x) - f(b)|
@@ -25,7 +25,7 @@ images and compares every run with the one at the most steps (the reference):
     python benchmarks/ig_steps.py --steps 2,4,8,16 --evaluate --work /tmp/steps
 
 ``--set KEY=VALUE`` passes any other ``doll explain`` setting (the names of
-``doll.explain.run.ExplainSettings``). One JSON object goes to stdout.
+``doll.explanation.run.ExplainSettings``). One JSON object goes to stdout.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 from explain_pipeline import explain_settings, json_main, phantom_ensemble  # the sibling script (its folder is on sys.path when run as a script)
 
-from doll.explain.distill import apply_rule
-from doll.explain.run import explain
+from doll.explanation.distill import apply_rule
+from doll.explanation.run import explain
 from doll.labels.evaluate import evaluate_labels
 from doll.labels.store import LabelFile
 

@@ -1,6 +1,6 @@
 """Integrated Gradients: how to batch targets and which arithmetic, measured (GPU first).
 
-The design study behind ``doll.explain.ig``: one classifier (``build_classifier``, random
+The design study behind ``doll.explanation.ig``: one classifier (``build_classifier``, random
 init, eval mode, 14 classes), N seeded noise images, the first T classes of each as targets
 (T = 3 and 14), 16 Gauss-Legendre steps, zero baseline. Three ways to get T maps per image:
 
@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from doll.explain.ig import gauss_legendre
+from doll.explanation.ig import gauss_legendre
 from doll.models.classifier import build_classifier
 
 dev = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")

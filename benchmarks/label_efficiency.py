@@ -1,10 +1,10 @@
 """Label efficiency as a paired experiment: fine-tuning IoU vs the fraction of labelled masks,
 every arm with the same budget in optimiser steps, several seeds, paired differences.
 
-**Replaced by ``doll study``** (doll/study/, docs/study.md): the same design as a library
+**Replaced by ``doll study``** (doll/studies/, docs/study.md): the same design as a library
 stage and command, with resumable cells, parallel devices, study.json, summary.md and a
 report.html. This script stays for the tables in docs/results.md that it made (and reads
-their folders: ``--report --rescan``); its statistics are doll's (``doll.study.stats``,
+their folders: ``--report --rescan``); its statistics are doll's (``doll.studies.stats``,
 re-exported by ``paired_stats.py``). New studies: ``doll study``.
 
 Cells are init x mode x fraction x seed. Every cell is one ``doll finetune`` run (one seed)
@@ -192,7 +192,7 @@ def default_reference(arms: list[Arm], given: str = "") -> str | None:
 def phantom_setup(out: Path, seed: int, device: str) -> tuple[str, str]:
     """doll demo's full plan up to pretraining, under ``out``; steps already done are skipped."""
     import doll
-    from doll.demo import FULL as plan
+    from doll.demonstration import FULL as plan
 
     out.mkdir(parents=True, exist_ok=True)
     data, cls, labels, pre = out / "phantoms", out / "classifiers", out / "doll_labels.h5", out / "pretrain"
@@ -237,7 +237,7 @@ def effective_val_every(val_every: int, max_steps: int) -> int:
 def settings_differences(folder: Path, want, max_steps: int) -> list[str]:
     """What in the run in ``folder`` (its config.json) differs from the settings ``want``
     (a FinetuneSettings) this benchmark would run the cell with."""
-    from doll.finetune.settings import image_size, init_is_folder
+    from doll.finetuning.settings import image_size, init_is_folder
     from doll.utils import RUN_ONLY_SETTINGS, differing_keys, read_json
 
     config = folder / "config.json"
@@ -661,7 +661,7 @@ def main(argv=None) -> dict:
         return main_report(a)
     import doll
     from doll.errors import DollError
-    from doll.finetune.settings import FinetuneSettings, check_settings, image_size, init_is_folder
+    from doll.finetuning.settings import FinetuneSettings, check_settings, image_size, init_is_folder
     from doll.models.checkpoint import read_config
     from doll.models.segmenter import DEFAULT_DECODER, saved_decoder
     from doll.outputs import OutputInUse

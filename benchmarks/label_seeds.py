@@ -32,7 +32,7 @@ from pathlib import Path
 
 from explain_pipeline import explain_settings, json_main, phantom_ensemble  # sibling script (its folder is on sys.path)
 
-from doll.explain.run import explain
+from doll.explanation.run import explain
 from doll.labels.evaluate import evaluate_labels
 
 OWN = ("classifiers", "dataset", "root", "split", "out", "overwrite", "resume", "progress")

@@ -8,7 +8,7 @@ For each seed ``--seed .. --seed+N-1`` one ``doll finetune --task seg4cls`` run 
 ``--mixed-fractions`` (``--pooling``), all with the same ``--max-steps``, ``--batch-size``,
 ``--image-size``, ``--encoder`` and ``--init``. Inside one run every network (segmenter,
 classifier, multitask; segmentation only, alternating max / amp-mlp) trains ``--max-steps``
-optimiser steps (``doll.finetune.settings.engine_settings``); the seed draws the mask subset
+optimiser steps (``doll.finetuning.settings.engine_settings``); the seed draws the mask subset
 (and the initialisation), which all methods of one run share: they form a pair. Layout::
 
     OUT/seg4cls_<fraction:g>/seed_<s>/   one `doll finetune --task seg4cls` output
@@ -317,7 +317,7 @@ def main(argv=None) -> dict:
         return main_report(a)
     import doll
     from doll.errors import DollError
-    from doll.finetune.settings import FinetuneSettings, check_settings, image_size
+    from doll.finetuning.settings import FinetuneSettings, check_settings, image_size
     from doll.utils import resolve_paths
 
     out = Path(a.out)

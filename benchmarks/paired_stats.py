@@ -1,6 +1,6 @@
-"""The paired statistics now live in doll: :mod:`doll.study.stats` (``doll study``). This
+"""The paired statistics now live in doll: :mod:`doll.studies.stats` (``doll study``). This
 module re-exports them for the benchmarks that still import ``paired_stats``."""
-from doll.study.stats import (  # noqa: F401
+from doll.studies.stats import (  # noqa: F401
     T975,
     Z975,
     bootstrap_paired,

@@ -182,7 +182,7 @@ EXPLAIN = r"""
 import shutil
 from pathlib import Path
 from doll.data import labels_of, load_split
-from doll.explain.distill import distill
+from doll.explanation.distill import distill
 from doll.labels.store import Blocks, PartsWriter, write_label_file
 fmt, arr = load_split("chexpert", A["root"], None, A["size"], progress=False)
 raw = labels_of(arr, len(fmt.classes))
@@ -274,7 +274,7 @@ done(n=n, seconds=write_s, cpu_s=write_cpu, bytes_per_image=int(full.stat().st_s
 
 LABELS_READ = r"""
 from doll.labels.store import LabelFile
-from doll.pretrain.train import LabelRows
+from doll.pretraining.train import LabelRows
 with LabelFile(A["labels"]) as lf:
     rows = LabelRows(lf, np.flatnonzero(lf.done), "otsu", False)
 n = len(rows.rows)
@@ -292,7 +292,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from doll.data.dataset import ArrayDataset
 from doll.data.labels import apply_policy
 from doll.labels.store import LabelFile
-from doll.pretrain.train import LabelRows
+from doll.pretraining.train import LabelRows
 torch.set_num_threads(1)
 with LabelFile(A["labels"]) as lf:
     data = LabelRows(lf, np.flatnonzero(lf.done), "otsu", False)

@@ -23,7 +23,7 @@ def import_(
     quiet: bool = typer.Option(False, "--quiet", help="Print the result only, without notes."),
 ):
     """Add a classifier you already have (torchvision, timm or torchxrayvision weights) to a doll classifier ensemble folder, for doll explain --classifiers. Prints how its outputs map onto the classes."""
-    from doll.classify.importer import import_classifier as run
+    from doll.classification.importer import import_classifier as run
 
     result = run(source=source, arch=arch, weights=str(weights), out=str(out), classes=classes,
                  classes_file=str(classes_file) if classes_file else "", image_size=image_size,

@@ -1,13 +1,13 @@
 """`doll train-classifiers`: its options are ClassifierSettings' fields (doll_cli.options)."""
 from __future__ import annotations
 
-from doll.classify.settings import ClassifierSettings
+from doll.classification.settings import ClassifierSettings
 from doll_cli.main import app, emit
 from doll_cli.options import settings_command
 
 
 def _run(settings):
-    from doll.classify.train import train_classifiers
+    from doll.classification.train import train_classifiers
 
     return train_classifiers(settings)
 

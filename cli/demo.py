@@ -14,6 +14,6 @@ def demo(
     device: str = DEVICE, seed: int = SEED, quiet: bool = QUIET,
 ):
     """Run the whole DoLL pipeline on built-in synthetic phantoms (no download) and write report.json and report.html: classifiers -> IG labels -> pretraining -> fine-tuning from DoLL init vs random init."""
-    from doll.demo import demo as run
+    from doll.demonstration import demo as run
 
     run(out=str(out), quick=quick, seed=seed, device=device, progress=not quiet)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from doll.explain.settings import ExplainSettings
+from doll.explanation.settings import ExplainSettings
 from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, Typer, app, emit
 from doll_cli.options import settings_command
 
@@ -12,7 +12,7 @@ labels_app = Typer(help="Inspect, merge, refine and export DoLL label files.", n
 
 
 def _run_explain(settings):
-    from doll.explain.run import explain
+    from doll.explanation.run import explain
 
     return explain(settings)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 
 import typer
-from doll.finetune.options import FinetuneSettings
+from doll.finetuning.options import FinetuneSettings
 from doll_cli.main import app, emit
 from doll_cli.options import settings_command
 
 
 def _run(settings):
-    from doll.finetune.run import finetune
+    from doll.finetuning.run import finetune
 
     return finetune(settings)
 

@@ -18,7 +18,7 @@ def predict(
     more_inputs: list[Path] = typer.Argument(None, hidden=True, show_default=False, metavar="PATH"),
 ):
     """Apply a doll segmenter to your images with the preprocessing it was trained with: a mask per structure at each image's own size, overlays and a CSV of areas."""
-    from doll.predict.run import predict as run
+    from doll.prediction.run import predict as run
 
     result = run(model=str(model), inputs=[str(p) for p in [*inputs, *(more_inputs or [])]], out=str(out),
                  batch_size=batch_size, threshold=threshold, device=device, seed=seed, overwrite=overwrite,

@@ -1,13 +1,13 @@
 """`doll pretrain`: its options are PretrainSettings' fields (doll_cli.options)."""
 from __future__ import annotations
 
-from doll.pretrain.settings import PretrainSettings
+from doll.pretraining.settings import PretrainSettings
 from doll_cli.main import app, emit
 from doll_cli.options import settings_command
 
 
 def _run(settings):
-    from doll.pretrain.train import pretrain
+    from doll.pretraining.train import pretrain
 
     return pretrain(settings)
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import typer
-from doll.study.options import StudySettings
+from doll.studies.options import StudySettings
 from doll_cli.main import app
 from doll_cli.options import settings_command
 
 
 def _run(settings):
-    from doll.study.run import study
+    from doll.studies.run import study
 
     return study(settings)
 

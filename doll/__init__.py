@@ -18,60 +18,39 @@ the settings dataclass) and returning the metrics it writes::
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
+# doll.<name> -> the module defining it. No API name is also a module's name (the stage
+# packages are nouns: doll.explanation holds doll.explain), so nothing shadows a function.
 _API = {
     "make_phantoms": "doll.data.phantom",
     "check_dataset": "doll.data.check",
     "open_dataset": "doll.data.registry",
-    "train_classifiers": "doll.classify.train",
-    "import_classifier": "doll.classify.importer",
-    "explain": "doll.explain.run",
+    "train_classifiers": "doll.classification.train",
+    "import_classifier": "doll.classification.importer",
+    "explain": "doll.explanation.run",
     "evaluate_labels": "doll.labels.evaluate",
     "show_labels": "doll.report.overlay",
-    "pretrain": "doll.pretrain.train",
-    "finetune": "doll.finetune.run",
-    "study": "doll.study.run",
-    "predict": "doll.predict.run",
-    "load_segmenter": "doll.predict.model",
-    "demo": "doll.demo",
+    "pretrain": "doll.pretraining.train",
+    "finetune": "doll.finetuning.run",
+    "study": "doll.studies.run",
+    "predict": "doll.prediction.run",
+    "load_segmenter": "doll.prediction.model",
+    "demo": "doll.demonstration",
 }
 
 
-def _api_function(name: str, module: str) -> property:
-    """``doll.<name>``: the function ``<module>.<name>``, imported on first use (``import doll``
-    stays fast; torch loads then). Several of these names are also subpackages or modules
-    (``doll.explain``, ``doll.pretrain``, ``doll.demo``): importing one makes Python bind it as
-    an attribute of ``doll``, over the function. That binding is kept aside here, so the
-    name stays the function; the module is reached by importing it (``from doll.explain
-    import run``, ``importlib.import_module("doll.demo")``). A value set on purpose (a
-    monkeypatched function) is returned as set."""
-
-    def get(package):
-        value = package.__dict__.get(name)
-        if value is None or isinstance(value, types.ModuleType):
-            return getattr(importlib.import_module(module), name)
-        return value
-
-    def set_(package, value):
-        package.__dict__[name] = value
-
-    def delete(package):
-        package.__dict__.pop(name, None)
-
-    return property(get, set_, delete, doc=f"{module}.{name}")
+def __getattr__(name: str):
+    """``doll.<name>``: the function, imported on first use (``import doll`` stays fast; torch
+    loads then)."""
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'doll' has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
-    """The class of the module ``doll``: its API names are data descriptors, which the import
-    system's ``setattr(doll, "explain", <module doll.explain>)`` cannot replace."""
+def __dir__():
+    return sorted([*globals(), *_API])
 
-
-for _name, _module in _API.items():
-    setattr(_Package, _name, _api_function(_name, _module))
-sys.modules[__name__].__class__ = _Package  # the one place: every subpackage stays a plain module
 
 __all__ = ["__version__", *_API]

@@ -93,7 +93,7 @@ def assert_ig_matches_captum(model, x, targets, baseline: str = "zero", steps: i
     import numpy as np
     from captum.attr import IntegratedGradients as CaptumIG
 
-    from doll.explain.ig import IntegratedGradients, make_baseline
+    from doll.explanation.ig import IntegratedGradients, make_baseline
 
     ours = IntegratedGradients(steps=steps, baseline=baseline, batch_size=10).attribute(model, x, targets)
     b = make_baseline(x, baseline)

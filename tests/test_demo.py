@@ -9,7 +9,7 @@ from conftest import cli
 def test_demo_writes_report_json_and_html(tmp_path, monkeypatch):
     from importlib import import_module
 
-    demo = import_module("doll.demo")  # the module: `doll.demo` is the function
+    demo = import_module("doll.demonstration")
 
     tiny = demo.DemoPlan(n=40, size=32, members=1, cls_epochs=1, steps=2, encoder="resnet18", pretrain_epochs=1,
                          finetune_epochs=1, label_fraction=0.5)

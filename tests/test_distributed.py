@@ -51,7 +51,7 @@ def test_two_process_training_and_explaining(pipeline, tmp_path):
     assert json.loads((pre / "metrics.json").read_text())["history"][-1]["epoch"] == 1
     # explaining: the shards of 2 processes join into the same file as 1 process makes
     ref = tmp_path / "one.h5"
-    from doll.explain.run import explain
+    from doll.explanation.run import explain
 
     explain(classifiers=str(pipeline["classifiers"]), dataset="phantom", root=str(pipeline["phantom"]),
             out=str(ref), steps=4, block=8, device="cpu", progress=False)

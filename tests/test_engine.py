@@ -19,7 +19,7 @@ from doll.models.checkpoint import load_train_state, read_config
 
 TRAIN = """
 import sys
-from doll.classify.train import train_classifiers
+from doll.classification.train import train_classifiers
 train_classifiers(dataset="phantom", root=sys.argv[1], out=sys.argv[2], members=1, epochs=4, image_size=32,
                   batch_size=16, device="cpu", progress=False, resume=len(sys.argv) > 3)
 """
@@ -112,7 +112,7 @@ def test_hide_and_seek_blacks_out_whole_grid_cells_and_nothing_else():
 
 
 def test_hide_values_are_cycled_over_the_members_like_archs():
-    from doll.classify.train import member_hides
+    from doll.classification.train import member_hides
 
     assert member_hides(0.5, 3) == [0.5, 0.5, 0.5]
     assert member_hides("0,0.5", 4) == [0.0, 0.5, 0.0, 0.5]
@@ -194,7 +194,7 @@ def test_a_replaced_head_is_initialised_like_a_new_models_head():
 def test_damaged_weights_are_a_clear_error(tmp_path):
     from doll.models.checkpoint import load_into, save_model
     from doll.models.segmenter import build_segmenter
-    from doll.finetune.settings import load_imagenet_encoder
+    from doll.finetuning.settings import load_imagenet_encoder
 
     model = build_segmenter("pspnet", "resnet18", 2)
     save_model(tmp_path / "ck", model, {"kind": "segmenter"})
@@ -210,7 +210,7 @@ def test_damaged_weights_are_a_clear_error(tmp_path):
 
 
 def test_seg4cls_and_mixed_pass_accumulate_to_the_engine():
-    from doll.finetune.settings import FinetuneSettings, engine_settings
+    from doll.finetuning.settings import FinetuneSettings, engine_settings
 
     assert engine_settings(FinetuneSettings(task="seg4cls", root="data", accumulate=4), 8).accumulate == 4
 
@@ -279,7 +279,7 @@ def test_classifier_from_torchvision_weights(tmp_path, arch):
 def test_train_classifiers_init_per_member(phantom, tmp_path):
     import torchvision
 
-    from doll.classify.train import train_classifiers
+    from doll.classification.train import train_classifiers
 
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     out = tmp_path / "cls"

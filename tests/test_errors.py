@@ -201,7 +201,7 @@ def test_cuda_without_gpu(capsys, phantom, tmp_path):
 def test_out_of_memory_and_disk_full_messages(capsys, phantom, tmp_path, monkeypatch):
     import torch
 
-    import doll.classify.train as stage
+    import doll.classification.train as stage
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -300,7 +300,7 @@ def test_data_check_exit_codes_and_ctrl_c(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("doll.data.check.check_dataset", interrupted)
     code, err = cli_exit(capsys, "data", "check", "--dataset", "phantom", "--root", tmp_path / "ph", "--quiet")
     assert code == 130 and err.strip().endswith("error: interrupted")  # data check has no --resume
-    monkeypatch.setattr("doll.classify.train.train_classifiers", interrupted)
+    monkeypatch.setattr("doll.classification.train.train_classifiers", interrupted)
     code, err = cli_exit(capsys, "train-classifiers", "--dataset", "phantom", "--root", tmp_path / "ph", "--quiet")
     assert code == 130 and "error: interrupted; rerun with --resume" in err
 
@@ -364,7 +364,7 @@ def test_paths_options_and_reruns_caught_before_anything_is_written(capsys, pipe
     # a demo stopped part-way can be run again
     from importlib import import_module
 
-    demo = import_module("doll.demo")  # the module: `doll.demo` is the function
+    demo = import_module("doll.demonstration")
 
     def stop(*args, **kwargs):
         raise DollError("stopped")
@@ -388,23 +388,24 @@ def test_phantom_rerun_needs_overwrite(capsys, tmp_path):
     cli("data", "phantom", "--out", tmp_path / "ph", "--n", 4, "--size", 32, "--n-anatomy", 1, "--overwrite", "--quiet")
 
 
-def test_python_api_names_stay_callable_after_their_subpackages_are_imported():
+def test_python_api_names_are_functions_and_no_module_shadows_them():
+    """No API name is also a subpackage's or module's name (issue 35: the module-class patch
+    that kept them apart is gone); importing every stage package leaves the names functions."""
+    import importlib
+    import pkgutil
     import sys
     import types
 
     import doll
-    import doll.demo
-    import doll.explain.run  # Python binds the name doll.explain to the subpackage: doll keeps the function
-    import doll.pretrain.train  # noqa: F401
 
+    modules = {m.name for m in pkgutil.walk_packages(doll.__path__, "doll.")}
+    assert not {f"doll.{name}" for name in doll.__all__} & modules
+    for name in ("doll.demonstration", "doll.explanation.run", "doll.pretraining.train", "doll.studies.run"):
+        importlib.import_module(name)
+    assert type(doll) is types.ModuleType
     for name in doll.__all__[1:]:
         function = getattr(doll, name)
         assert isinstance(function, types.FunctionType), name
         assert function is getattr(sys.modules[doll._API[name]], name), name
-    for name in ("doll.explain", "doll.pretrain", "doll.demo"):  # plain modules, not callable ones
-        assert type(sys.modules[name]) is types.ModuleType, name
-    from doll.explain import run  # the subpackage is reached by importing it
-
-    assert run.explain is doll.explain
     with pytest.raises(DollError, match="--classifiers /nowhere does not exist"):
         doll.explain(classifiers="/nowhere", root="/nowhere", out="/tmp/x.h5")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from doll.errors import DollError
-from doll.explain.distill import distill
+from doll.explanation.distill import distill
 from doll.labels.rule import apply_rule
-from doll.explain.ig import IntegratedGradients
+from doll.explanation.ig import IntegratedGradients
 from doll.models.classifier import build_classifier
 
 
@@ -25,7 +25,7 @@ def test_ig_matches_captum(baseline):
 def test_evidence_outputs():
     """--evidence abnormal explains minus the normal logit, contrast the class logit minus it (IG is linear in
     the output, so the maps are the same differences of the plain class maps)."""
-    from doll.explain.base import EvidenceOutput, normal_class
+    from doll.explanation.base import EvidenceOutput, normal_class
 
     torch.manual_seed(0)
     model = build_classifier("resnet18", 3).eval()
@@ -124,7 +124,7 @@ def explain_recording_writes(run, **kwargs) -> list[str]:
 
 @pytest.mark.parametrize("method", ["ig", "ig-smooth"])
 def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp_path, method):
-    from doll.explain import run
+    from doll.explanation import run
 
     args = dict(classifiers=str(pipeline["classifiers"]), dataset="phantom", root=str(pipeline["phantom"]),
                 steps=4, block=16, progress=False, method=method)
@@ -174,7 +174,7 @@ def test_explain_resume_after_interrupted_run_gives_identical_file(pipeline, tmp
 def test_explain_resume_on_changed_data_or_unknown_blocks_is_refused(pipeline, tmp_path):
     import shutil
 
-    from doll.explain import run
+    from doll.explanation import run
 
     root = tmp_path / "phantom"
     shutil.copytree(pipeline["phantom"], root)
@@ -212,13 +212,13 @@ def test_explain_kill9_then_resume_gives_identical_file(pipeline, tmp_path):
     import sys
     import time
 
-    from doll.explain import run
+    from doll.explanation import run
 
     args = dict(classifiers=str(pipeline["classifiers"]), dataset="phantom", root=str(pipeline["phantom"]),
                 steps=16, block=2, progress=False)  # many small blocks: the kill lands mid-run
     run.explain(**args, out=str(tmp_path / "ref.h5"))
     cut = tmp_path / "cut.h5"
-    code = f"from doll.explain.run import explain; explain(**{args!r}, out={str(cut)!r})"
+    code = f"from doll.explanation.run import explain; explain(**{args!r}, out={str(cut)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "cut.h5.parts"

@@ -85,4 +85,4 @@ def test_own_explainer_that_is_not_one(plugins, pipeline, tmp_path, capsys):
     code, err = cli_exit(capsys, "explain", "--method", "my_formats:HospitalExport", "--classifiers",
                          pipeline["classifiers"], "--dataset", "phantom", "--root", pipeline["phantom"],
                          "--out", tmp_path / "l.h5")
-    assert code == 2 and "is not a subclass of doll.explain.base.Explainer" in err, err
+    assert code == 2 and "is not a subclass of doll.explanation.base.Explainer" in err, err

@@ -543,8 +543,8 @@ def test_strict_accepts_masks_on_a_subsampled_grid(tmp_path):
 
 
 def test_finetune_holds_out_patients_when_no_split_has_masks(tmp_path):
-    from doll.finetune.segment import load_task_data
-    from doll.finetune.settings import FinetuneSettings
+    from doll.finetuning.segment import load_task_data
+    from doll.finetuning.settings import FinetuneSettings
 
     root = montgomery_fixture(tmp_path)  # everything is "train"; 4 images have lung masks
     names, train, test, split = load_task_data(FinetuneSettings(task="lung", dataset="montgomery", root=str(root),
@@ -555,7 +555,7 @@ def test_finetune_holds_out_patients_when_no_split_has_masks(tmp_path):
 
 
 def test_train_classifiers_validates_on_carved_patients_when_a_set_has_no_valid_split(tmp_path):
-    from doll.classify.train import train_classifiers
+    from doll.classification.train import train_classifiers
 
     root = nih_fixture(tmp_path / "nih")  # train_val_list / test_list: no valid split
     for i in range(5, 25):  # more patients, so that 10 % of them is at least one

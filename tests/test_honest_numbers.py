@@ -53,7 +53,7 @@ def test_explainers_report_progress_per_batch_of_images():
     """explain's bar moves per batch of images (it moved once per 64-image block before)."""
     import torch
 
-    from doll.explain.base import make_explainer
+    from doll.explanation.base import make_explainer
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     images = torch.randn(6, 1, 4, 4)
@@ -67,7 +67,7 @@ def test_explainers_report_progress_per_batch_of_images():
 
 
 def test_a_large_completeness_error_is_warned_with_the_steps_that_fix_it():
-    from doll.explain.run import completeness_warning
+    from doll.explanation.run import completeness_warning
 
     assert completeness_warning({"median": 0.05, "p90": 0.1, "max": 0.3}, 16) == ""
     warning = completeness_warning({"median": 0.36, "p90": 1.33, "max": 300.0}, 8)  # issue 34's figures at --steps 8

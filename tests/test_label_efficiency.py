@@ -290,7 +290,7 @@ def test_a_cell_run_before_a_setting_existed_counts_as_run_with_its_default(tmp_
     """A finished cell whose config.json predates a finetune setting (e.g. --pretrained-lr)
     ran with that setting's default: it is reused, not refused as 'other settings'; a stored
     value that differs is still a difference."""
-    from doll.finetune.settings import FinetuneSettings
+    from doll.finetuning.settings import FinetuneSettings
 
     le = load_bench()
     want = FinetuneSettings(task="lung", dataset="covidqu", root=str(tmp_path), image_size=32, max_steps=10,

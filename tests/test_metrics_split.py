@@ -93,9 +93,9 @@ def test_finetune_and_seg4cls_hold_out_the_same_patients(tmp_path):
     from test_formats import montgomery_fixture
 
     from doll.data.phantom import make_phantoms
-    from doll.finetune.seg4cls.data import VAL_FRACTION, load_parts
-    from doll.finetune.segment import HOLDOUT_FRACTION, load_task_data
-    from doll.finetune.settings import FinetuneSettings
+    from doll.finetuning.seg4cls.data import VAL_FRACTION, load_parts
+    from doll.finetuning.segment import HOLDOUT_FRACTION, load_task_data
+    from doll.finetuning.settings import FinetuneSettings
 
     assert VAL_FRACTION == HOLDOUT_FRACTION
     phantom = tmp_path / "phantom"

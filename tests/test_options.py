@@ -25,23 +25,23 @@ from doll.errors import DollError
 # there is none ("module:name", imported lazily). Every command must be listed here or
 # in NO_SETTINGS.
 SETTINGS = {
-    "demo": "doll.demo:demo",
-    "train-classifiers": "doll.classify.train:ClassifierSettings",
-    "explain": "doll.explain.run:ExplainSettings",
+    "demo": "doll.demonstration:demo",
+    "train-classifiers": "doll.classification.train:ClassifierSettings",
+    "explain": "doll.explanation.run:ExplainSettings",
     "evaluate-labels": "doll.labels.evaluate:evaluate_labels",
     "show": "doll.report.overlay:show_labels",
-    "pretrain": "doll.pretrain.train:PretrainSettings",
-    # stage 4 moves to doll/finetune/ (issue 26, part 2): then "doll.finetune.settings:FinetuneSettings"
-    "finetune": "doll.finetune.settings:FinetuneSettings",
-    "study": "doll.study.run:StudySettings",
-    "predict": "doll.predict.run:PredictSettings",
+    "pretrain": "doll.pretraining.train:PretrainSettings",
+    # stage 4 moves to doll/finetuning/ (issue 26, part 2): then "doll.finetuning.settings:FinetuneSettings"
+    "finetune": "doll.finetuning.settings:FinetuneSettings",
+    "study": "doll.studies.run:StudySettings",
+    "predict": "doll.prediction.run:PredictSettings",
     "data phantom": "doll.data.phantom:make_phantoms",
     "data check": "doll.data.check:check_dataset",
     "labels info": "doll.labels.tools:info",
     "labels merge": "doll.labels.tools:merge",
     "labels refine": "doll.labels.tools:refine",
     "labels export": "doll.labels.tools:export",
-    "classifiers import": "doll.classify.importer:ImportSettings",
+    "classifiers import": "doll.classification.importer:ImportSettings",
 }
 NO_SETTINGS: dict[str, str] = {}  # command -> why it has no Python counterpart
 
@@ -71,7 +71,7 @@ PENDING = {
     ("data phantom", "overwrite: the CLI defaults to False, the API to True"):
         "doll/data/phantom.py: make_phantoms replaces an earlier set unless told not to, the command refuses "
         "one; the demo relies on replacing (it reruns into its own folder), so the fix is overwrite=False in "
-        "make_phantoms and overwrite=True in doll/demo.py's call",
+        "make_phantoms and overwrite=True in doll/demonstration.py's call",
 }
 
 

@@ -225,7 +225,7 @@ def test_files_get_the_umask_mode(tmp_path):
     ({"epochs": None}, "--epochs must be an integer"),
 ])
 def test_finetune_settings_are_checked_in_the_settings_layer(kwargs, pattern):
-    from doll.finetune.settings import FinetuneSettings
+    from doll.finetuning.settings import FinetuneSettings
 
     with pytest.raises(DollError, match=pattern):
         FinetuneSettings(**{"root": "somewhere", **kwargs})
@@ -282,7 +282,7 @@ def test_a_stage_returning_releases_only_its_own_threads_locks(tmp_path):
 ])
 def test_predict_settings_are_checked_like_every_commands(kwargs, pattern):
     """doll predict's settings (not a RunOptions) went unchecked: seed=-1 was accepted."""
-    from doll.predict.run import PredictSettings
+    from doll.prediction.run import PredictSettings
 
     with pytest.raises(DollError, match=pattern):
         PredictSettings(model="m", inputs=["a.png"], out="o", **kwargs)

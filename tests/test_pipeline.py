@@ -256,7 +256,7 @@ def test_finetune_covid_task_reports_positives_and_false_positive_area(phantom, 
     assert 0 <= m["positives_mean_iou"] <= 1 and 0 <= m["negatives_false_positive_area"] <= 1
     assert m["runs"][0]["positives"]["n"] + m["runs"][0]["negatives"]["n"] == m["n_test"]
     # the scoring itself, on known predictions: exact masks on positives, one row of pixels on negatives
-    from doll.finetune import segment as ft
+    from doll.finetuning import segment as ft
 
     def known_predictions(model, task, dataset, batch_size, device, *a, **k):
         truth = np.asarray(dataset.masks) > 0
@@ -306,7 +306,7 @@ def test_pretrain_targets_keep_absent_classes_empty_even_when_explained(tmp_path
 
     from doll.labels.rule import apply_rule
     from doll.labels import store
-    from doll.pretrain.train import LabelRows
+    from doll.pretraining.train import LabelRows
 
     rng = np.random.default_rng(0)
     n = 4
@@ -351,7 +351,7 @@ def test_pretrain_validation_holds_out_whole_patients(pipeline, tmp_path):
     import h5py
 
     from doll.labels.store import LabelFile
-    from doll.pretrain.train import row_patients
+    from doll.pretraining.train import row_patients
 
     assert read(pipeline["pretrain"] / "metrics.json")["validation_split_by"] == "patients"
     with LabelFile(pipeline["labels"]) as lf:
@@ -371,7 +371,7 @@ def test_pretrain_reads_label_rows_on_demand(tmp_path):
     import tracemalloc
 
     from doll.labels import store
-    from doll.pretrain.train import LabelRows
+    from doll.pretraining.train import LabelRows
 
     n, c, size = 200, 4, 64
     rng = np.random.default_rng(0)
@@ -394,7 +394,7 @@ def test_pretrain_reads_label_rows_on_demand(tmp_path):
 
 def test_validation_iou_is_reduced_per_image_on_the_device():
     """SegmentationTask.scored keeps (N, C) sums, not masks; metrics gives the IoU of the whole masks."""
-    from doll.pretrain.train import SegmentationTask
+    from doll.pretraining.train import SegmentationTask
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 3, 16, 16, generator=g)

@@ -52,8 +52,8 @@ def models(tmp_path_factory) -> dict:
 
 def finetune_test_split(anatomy: Path):
     """The test images and masks exactly as `doll finetune --task jsrt` loads them."""
-    from doll.finetune.segment import load_task_data
-    from doll.finetune.settings import FinetuneSettings
+    from doll.finetuning.segment import load_task_data
+    from doll.finetuning.settings import FinetuneSettings
 
     s = FinetuneSettings(task="jsrt", dataset="jsrt", root=str(anatomy), progress=False)
     names, _, (images, masks, items), _ = load_task_data(s, SIZE)
@@ -63,7 +63,7 @@ def finetune_test_split(anatomy: Path):
 def evaluation_masks(folder: Path, images: np.ndarray, n_classes: int) -> np.ndarray:
     """The model's masks through finetune's evaluation code path (its loader, task and predict_all)."""
     from doll.data.dataset import ArrayDataset
-    from doll.finetune.segment import WholeMaskTask
+    from doll.finetuning.segment import WholeMaskTask
     from doll.models.segmenter import drop_aux_head, load_segmenter
     from doll.train.engine import predict_all
 
@@ -80,7 +80,7 @@ def written_masks(out: Path, folders: list[str], stems: list[str]) -> np.ndarray
 
 @pytest.mark.parametrize("which", ["full", "adapter", "pretrain"])
 def test_predict_gives_the_training_code_s_masks(models, tmp_path, which):
-    from doll.finetune.segment import per_image_iou
+    from doll.finetuning.segment import per_image_iou
 
     names, images, truth, files = finetune_test_split(models["anatomy"])
     out = tmp_path / "pred"

@@ -267,7 +267,7 @@ def test_unwritable_out_is_one_error_line(pipeline, tmp_path, capsys, monkeypatc
               "--out", tmp_path / "locked_away" / "l.h5")
     monkeypatch.undo()
 
-    import doll.classify.train as stage
+    import doll.classification.train as stage
 
     def read_only(*a, **k):
         raise OSError(30, "Read-only file system", str(tmp_path / "o" / "metrics.json"))

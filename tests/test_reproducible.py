@@ -37,7 +37,7 @@ def history(folder):
 
 
 def test_pretrain_same_seed_same_weights(pipeline, tmp_path):
-    from doll.pretrain.train import pretrain
+    from doll.pretraining.train import pretrain
 
     a, b = twice(pretrain, tmp_path, labels=str(pipeline["labels"]), encoder="resnet18", epochs=1, batch_size=8)
     same_weights(a, b)
@@ -45,8 +45,8 @@ def test_pretrain_same_seed_same_weights(pipeline, tmp_path):
 
 
 def test_train_classifiers_and_explain_same_seed_same_output(phantom, tmp_path):
-    from doll.classify.train import train_classifiers
-    from doll.explain.run import explain
+    from doll.classification.train import train_classifiers
+    from doll.explanation.run import explain
 
     a, b = twice(train_classifiers, tmp_path, dataset="phantom", root=str(phantom), members=1, epochs=1,
                  image_size=SIZE, batch_size=16)
@@ -62,7 +62,7 @@ def test_train_classifiers_and_explain_same_seed_same_output(phantom, tmp_path):
 
 
 def test_finetune_same_seed_same_weights(pipeline, tmp_path):
-    from doll.finetune.run import finetune
+    from doll.finetuning.run import finetune
 
     a, b = twice(finetune, tmp_path, task="jsrt", dataset="jsrt", root=str(pipeline["phantom"] / "anatomy"),
                  init=str(pipeline["pretrain"]), label_fraction=0.5, epochs=1, batch_size=4)

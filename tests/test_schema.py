@@ -202,7 +202,7 @@ def killed(made, phantom, tmp_path_factory):
     """`doll explain` killed while it assembled the label file: every block in <file>.parts, no file."""
     import importlib
 
-    run = importlib.import_module("doll.explain.run")  # `doll.explain` is also the API function
+    run = importlib.import_module("doll.explanation.run")
     out = tmp_path_factory.mktemp("killed") / "labels.h5"
 
     def killed_here(*args, **kwargs):

@@ -9,9 +9,9 @@ import pytest
 from doll.data.phantom import make_phantoms
 from doll.errors import DollError
 from doll.data.base import class_structure_pairs
-from doll.finetune.seg4cls.data import pseudo_masks
-from doll.finetune.seg4cls.evaluate import conditioned_recall
-from doll.finetune.seg4cls.summarizers import (
+from doll.finetuning.seg4cls.data import pseudo_masks
+from doll.finetuning.seg4cls.evaluate import conditioned_recall
+from doll.finetuning.seg4cls.summarizers import (
     SUMMARIZERS,
     apply_summary_rule,
     fit_summary_rule,
@@ -157,8 +157,8 @@ def test_trained_summarizers_and_recall_on_blobs():
 
 
 def test_bad_summarizer_choice(phantom, tmp_path):
-    from doll.finetune.settings import FinetuneSettings
-    from doll.finetune.seg4cls.run import seg4cls
+    from doll.finetuning.settings import FinetuneSettings
+    from doll.finetuning.seg4cls.run import seg4cls
 
     s = FinetuneSettings(task="seg4cls", dataset="phantom", root=str(phantom), out=str(tmp_path / "o"))
     s.summarizer = "magic"
@@ -229,7 +229,7 @@ def test_cli_semi_supervised_student(phantom, cache, tmp_path, flag):
 def test_alternating_task_alternates_across_epochs():
     import torch
 
-    from doll.finetune.mixed import AlternatingTask, SegToClass
+    from doll.finetuning.mixed import AlternatingTask, SegToClass
 
     class Data:
         epoch = 0
@@ -311,8 +311,8 @@ def test_mixed_evaluates_on_valid_when_test_has_no_masks(tmp_path, monkeypatch):
     """COVID-QU-Ex ships Test without masks: mixed training scores segmentation on Val."""
     from test_formats import covidqu_fixture
 
-    from doll.finetune.settings import FinetuneSettings
-    from doll.finetune.seg4cls.data import load_parts
+    from doll.finetuning.settings import FinetuneSettings
+    from doll.finetuning.seg4cls.data import load_parts
 
     root = covidqu_fixture(tmp_path / "cq")
     s = FinetuneSettings(task="mixed", dataset="covidqu", root=str(root), progress=False)

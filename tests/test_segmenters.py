@@ -94,7 +94,7 @@ def test_finetune_refuses_an_image_size_its_network_cannot_take_before_writing(p
 
 
 def test_transfer_encoder_keeps_the_pretrained_encoder_under_a_new_decoder(pipeline, phantom):
-    from doll.finetune.settings import FinetuneSettings, build_model
+    from doll.finetuning.settings import FinetuneSettings, build_model
 
     pre, _ = load_segmenter(pipeline["pretrain"])
     common = {"task": "jsrt", "dataset": "jsrt", "root": str(phantom / "anatomy"), "init": str(pipeline["pretrain"])}
@@ -106,7 +106,7 @@ def test_transfer_encoder_keeps_the_pretrained_encoder_under_a_new_decoder(pipel
     changed = [k for k, v in pre.decoder.state_dict().items() if not torch.equal(enc_only.decoder.state_dict()[k], v)]
     assert changed and all(torch.equal(whole.decoder.state_dict()[k], v) for k, v in pre.decoder.state_dict().items())
     with pytest.raises(DollError, match="--transfer"):
-        from doll.finetune.settings import check_settings
+        from doll.finetuning.settings import check_settings
         check_settings(FinetuneSettings(**{**common, "init": "random"}, transfer="encoder"))
 
 

@@ -97,12 +97,12 @@ def test_study_on_the_phantoms(phantom, pipeline, tmp_path, capsys):
 def test_the_api_name():
     import doll
 
-    assert doll.study.__module__ == "doll.study.run" and callable(doll.study)
+    assert doll.study.__module__ == "doll.studies.run" and callable(doll.study)
 
 
 def test_run_cells_keeps_one_cell_per_device():
     """The scheduler over --devices, without GPUs: every cell runs once, never two on one device."""
-    from doll.study.run import run_cells
+    from doll.studies.run import run_cells
 
     busy, seen, lock = set(), [], threading.Lock()
     overlap = []
@@ -135,7 +135,7 @@ def test_run_cells_keeps_one_cell_per_device():
 
 
 def test_study_refuses_bad_grids(tmp_path):
-    from doll.study.run import StudySettings, plan
+    from doll.studies.run import StudySettings, plan
 
     def grid(**kw):
         return plan(StudySettings(root=str(tmp_path), **kw))
@@ -153,7 +153,7 @@ def test_study_refuses_bad_grids(tmp_path):
 def test_a_cell_from_before_a_new_finetune_setting_counts_as_run_with_its_default(tmp_path):
     """A finished cell whose config.json lacks a newer finetune setting ran with its default:
     reused, not refused; a stored value that differs is refused, naming it."""
-    from doll.study.run import Cell, Init, StudySettings, cell_settings, finished
+    from doll.studies.run import Cell, Init, StudySettings, cell_settings, finished
 
     s = StudySettings(root=str(tmp_path), max_steps=4, image_size=32, encoder="resnet18")
     want = cell_settings(s, Cell("random_full_f1_s0", Init("random", "random"), "full", 1.0, 0), tmp_path)
@@ -176,7 +176,7 @@ def test_covid_tables_on_made_up_cells(tmp_path):
     others) get their own tables and paired differences; the report draws its figures."""
     import numpy as np
 
-    from doll.study import report, summary
+    from doll.studies import report, summary
 
     cells = []
     for init, gain in (("random", 0.0), ("doll", 0.05)):

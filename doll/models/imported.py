@@ -13,7 +13,7 @@ keeps its own input convention and its own outputs; :class:`ImportedClassifier` 
   gets the constant logit :data:`UNMAPPED_LOGIT` (probability ~0, attributions exactly 0).
 
 The folder's ``config.json`` says all of it under ``doll.source`` (written by ``doll
-classifiers import``, :mod:`doll.classify.importer`; checked by :class:`doll.schema.ImportSource`);
+classifiers import``, :mod:`doll.classification.importer`; checked by :class:`doll.schema.ImportSource`);
 :func:`classifier_from_config` builds the network of any classifier folder from its doll
 section: doll's own (``doll train-classifiers``) or an imported one, by one registry entry
 per library (:data:`SOURCES`). The library is looked up in that registry by name: nothing a
@@ -79,7 +79,7 @@ TXV_ARCHS = ("densenet121", "resnet50", "resnet101")
 def _txv(arch: str, outputs: int, in_channels: int) -> nn.Module:
     """torchxrayvision's classifiers: its DenseNet is torchvision's densenet121 (the same
     layers and weight names, no dropout) and its ResNet a torchvision resnet50/101, each
-    with a one-channel first convolution (``doll.classify.importer`` checks the DenseNet
+    with a one-channel first convolution (``doll.classification.importer`` checks the DenseNet
     against torchxrayvision's own class when it imports one)."""
     if arch not in TXV_ARCHS:
         raise DollError(f"--arch {arch!r} is not a torchxrayvision classifier; choose one of {', '.join(TXV_ARCHS)}")

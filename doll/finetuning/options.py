@@ -1,6 +1,6 @@
 """``doll finetune``'s settings: each field is also its CLI option (declared once,
 :func:`doll.settings.option`). No torch here: the CLI builds its command from this class;
-the helpers that use them are in :mod:`doll.finetune.settings`."""
+the helpers that use them are in :mod:`doll.finetuning.settings`."""
 from __future__ import annotations
 
 from dataclasses import dataclass

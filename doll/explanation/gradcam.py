@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 
-from doll.explain.base import Explainer
+from doll.explanation.base import Explainer
 
 
 def _last_conv_block(model: torch.nn.Module) -> torch.nn.Module:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from doll.finetune.seg4cls.models import MaskCNN, PerClassLinear
+from doll.finetuning.seg4cls.models import MaskCNN, PerClassLinear
 from doll.train.losses import masked_bce
 
 SUMMARIZERS = ("rule", "linear", "pool-linear", "cnn-mask", "embedding")

@@ -20,7 +20,7 @@ from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.tasks import ClassificationTask
 from doll.train.metrics import auroc_per_class
-from doll.classify.settings import ClassifierSettings  # noqa: F401 - doll.classify.train.ClassifierSettings
+from doll.classification.settings import ClassifierSettings  # noqa: F401 - doll.classification.train.ClassifierSettings
 from doll.utils import (
     check_positive,
     prepare_out_dir,

@@ -10,22 +10,22 @@ import torch
 
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.errors import DollError
-from doll.finetune.seg4cls.data import load_parts, pseudo_masks
-from doll.finetune.seg4cls.evaluate import (
+from doll.finetuning.seg4cls.data import load_parts, pseudo_masks
+from doll.finetuning.seg4cls.evaluate import (
     conditioned_recall,
     masked_aurocs,
     robust_pneumothorax,
     segmenter_iou,
 )
-from doll.finetune.seg4cls.models import MultitaskTask, ProbSegTask, YNet
-from doll.finetune.seg4cls.summarizers import (
+from doll.finetuning.seg4cls.models import MultitaskTask, ProbSegTask, YNet
+from doll.finetuning.seg4cls.summarizers import (
     SUMMARIZERS,
     apply_summary_rule,
     balanced_accuracy,
     fit_summary_rule,
     train_summarizer,
 )
-from doll.finetune.settings import (
+from doll.finetuning.settings import (
     finetune_inputs,
     FinetuneSettings,
     TaskRunner,

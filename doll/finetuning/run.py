@@ -5,16 +5,16 @@ A new task is one module with a ``TaskRunner`` subclass plus one row here (loade
 from __future__ import annotations
 
 from doll.errors import DollError
-from doll.finetune.settings import FinetuneSettings, TaskRunner, check_settings
+from doll.finetuning.settings import FinetuneSettings, TaskRunner, check_settings
 from doll.outputs import releases_outputs
 from doll.utils import load_class, resolve_paths
 
 TASKS = {
-    "jsrt": "doll.finetune.segment:Segment",
-    "lung": "doll.finetune.segment:Segment",
-    "covid": "doll.finetune.segment:Segment",
-    "seg4cls": "doll.finetune.seg4cls.run:Seg4Cls",
-    "mixed": "doll.finetune.mixed:Mixed",
+    "jsrt": "doll.finetuning.segment:Segment",
+    "lung": "doll.finetuning.segment:Segment",
+    "covid": "doll.finetuning.segment:Segment",
+    "seg4cls": "doll.finetuning.seg4cls.run:Seg4Cls",
+    "mixed": "doll.finetuning.mixed:Mixed",
 }
 
 

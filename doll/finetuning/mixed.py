@@ -41,10 +41,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from doll.data.dataset import NORMALISATION, ArrayDataset
-from doll.finetune.seg4cls.data import load_parts
-from doll.finetune.seg4cls.evaluate import masked_aurocs
-from doll.finetune.seg4cls.models import ProbSegTask
-from doll.finetune.settings import (
+from doll.finetuning.seg4cls.data import load_parts
+from doll.finetuning.seg4cls.evaluate import masked_aurocs
+from doll.finetuning.seg4cls.models import ProbSegTask
+from doll.finetuning.settings import (
     finetune_inputs,
     FinetuneSettings,
     TaskRunner,

@@ -1,8 +1,8 @@
 """``doll study``: the paired label-efficiency study.
 
-Every cell (init x fraction x seed x mode) is one ``doll.finetune`` run with the same step
+Every cell (init x fraction x seed x mode) is one ``doll.finetune`` call with the same step
 budget in ``OUT/cells/<init>_<mode>_f<fraction>_s<seed>/``. The seed draws the mask subset
-(``doll.finetune.settings.label_subset``) and the new layers' initialisation, so the cells of
+(``doll.finetuning.settings.label_subset``) and the new layers' initialisation, so the cells of
 one seed, mode and fraction trained every init on the same masks: they form a pair. The first
 init is the reference unless ``reference`` names another.
 
@@ -10,7 +10,7 @@ A finished cell (its metrics.json trained the whole budget, its config.json hold
 settings) is reused, never retrained; ``resume`` continues a killed study at its next
 unfinished cell. Cells run one at a time, or one per device at a time over ``devices``
 (threads). Then the study writes ``study.json``, ``summary.md`` and ``report.html``
-(``doll.study.report``).
+(``doll.studies.report``).
 """
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from doll.errors import DollError
-from doll.finetune.run import finetune
-from doll.finetune.settings import FinetuneSettings, check_settings, init_is_folder
+from doll.finetuning.run import finetune
+from doll.finetuning.settings import FinetuneSettings, check_settings, init_is_folder
 from doll.models.adapters import MODES
 from doll.models.segmenter import DEFAULT_DECODER, DEFAULT_ENCODER
 from doll.outputs import is_doll_output, releases_outputs, safe_name
-from doll.study import report as study_report
-from doll.study import summary
-from doll.study.options import StudySettings
+from doll.studies import report as study_report
+from doll.studies import summary
+from doll.studies.options import StudySettings
 from doll.utils import RUN_ONLY_SETTINGS, check_positive, differing_keys, prepare_out_dir, read_json, \
     resolve_paths, write_json
 

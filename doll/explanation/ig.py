@@ -32,7 +32,7 @@ import torch
 
 from doll.data.dataset import MEAN, STD
 from doll.errors import DollError
-from doll.explain.base import Attribution, Explainer
+from doll.explanation.base import Attribution, Explainer
 
 BASELINES = ("zero", "blur", "mean")
 

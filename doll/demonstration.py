@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from doll.classify.train import train_classifiers
+from doll.classification.train import train_classifiers
 from doll.data.phantom import make_phantoms
-from doll.explain.run import explain
+from doll.explanation.run import explain
 from doll.labels.evaluate import evaluate_labels
 from doll.outputs import releases_outputs
-from doll.pretrain.train import pretrain
+from doll.pretraining.train import pretrain
 from doll.report.html import write_report
-from doll.finetune.run import finetune
+from doll.finetuning.run import finetune
 from doll.train.metrics import bootstrap_interval
 from doll.utils import prepare_out_dir, write_json
 

@@ -33,8 +33,8 @@ from tqdm import tqdm
 from doll.data.images import normalise, preprocess, read_raw
 from doll.errors import DollError
 from doll.outputs import releases_outputs
-from doll.predict.inputs import gather, output_names
-from doll.predict.model import load_segmenter
+from doll.prediction.inputs import gather, output_names
+from doll.prediction.model import load_segmenter
 from doll.train.engine import amp_dtype
 from doll.utils import (
     atomic_path,

@@ -23,12 +23,12 @@ from doll.models.segmenter import (
     saved_decoder,
 )
 from doll.train.engine import EngineSettings
-from doll.finetune.options import FinetuneSettings  # noqa: F401 - doll.finetune.settings.FinetuneSettings
+from doll.finetuning.options import FinetuneSettings  # noqa: F401 - doll.finetuning.settings.FinetuneSettings
 from doll.utils import check_fraction, check_positive
 
 
 class TaskRunner:
-    """One stage-4 task: a subclass in its own module and one row in ``doll.finetune.run.TASKS``.
+    """One stage-4 task: a subclass in its own module and one row in ``doll.finetuning.run.TASKS``.
     ``run`` gets checked settings (``check_settings``) and does the rest: it prepares
     ``s.out``, trains, scores and writes ``metrics.json``; it returns what it wrote."""
 

@@ -7,7 +7,7 @@ from doll.data import labels_of, open_dataset, split_arrays
 from doll.data.base import class_structure_pairs
 from doll.data.splits import hold_out
 from doll.errors import DollError
-from doll.finetune.settings import FinetuneSettings
+from doll.finetuning.settings import FinetuneSettings
 from doll.train import distributed as dist
 
 VAL_FRACTION = 0.2

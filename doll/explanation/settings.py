@@ -20,7 +20,7 @@ class ExplainSettings(RunOptions):
     split: str = option("train", "Which split to label: train, valid, test, or '' for all.")
     steps: int = option(16, "IG integration steps (Gauss-Legendre).")
     baseline: str = option("zero", "IG baseline: zero (black image), blur or mean.")
-    # what a map explains (see doll.explain.base)
+    # what a map explains (see doll.explanation.base)
     evidence: str = option("class", "What a map explains: class (the class logit), abnormal (evidence against the "
                            "normal class, No Finding or Normal: one map per image) or contrast (class logit minus the "
                            "normal class's).")

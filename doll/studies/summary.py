@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from doll.study import stats
+from doll.studies import stats
 
 BUDGET_POINTS = (0.1, 0.25, 0.5)  # IoU after these fractions of the step budget
 # finetune's numbers a cell carries; the covid ones exist on --task covid only

@@ -35,7 +35,7 @@ from doll.data import JSRT_STRUCTURES, load_arrays, open_dataset
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.splits import hold_out, patient_of
 from doll.errors import DollError
-from doll.finetune.settings import (
+from doll.finetuning.settings import (
     init_is_folder,
     finetune_inputs,
     FinetuneSettings,

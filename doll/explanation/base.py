@@ -24,9 +24,9 @@ from doll.errors import DollError
 from doll.utils import load_class
 
 METHODS = {
-    "ig": "doll.explain.ig:IntegratedGradients",
-    "ig-smooth": "doll.explain.ig:SmoothIntegratedGradients",
-    "gradcam": "doll.explain.gradcam:GradCam",
+    "ig": "doll.explanation.ig:IntegratedGradients",
+    "ig-smooth": "doll.explanation.ig:SmoothIntegratedGradients",
+    "gradcam": "doll.explanation.gradcam:GradCam",
 }
 
 

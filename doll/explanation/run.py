@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from doll.data import labels_of, load_split
 from doll.errors import DollError
-from doll.explain.base import (
+from doll.explanation.base import (
     NORMAL_CLASSES,
     EvidenceOutput,
     check_evidence,
@@ -24,9 +24,9 @@ from doll.explain.base import (
     make_explainer,
     normal_class,
 )
-from doll.explain.distill import distill, require_finite
-from doll.explain.ig import check_precision, default_batch_size
-from doll.explain.settings import ExplainSettings
+from doll.explanation.distill import distill, require_finite
+from doll.explanation.ig import check_precision, default_batch_size
+from doll.explanation.settings import ExplainSettings
 from doll.labels.rule import check_rule
 from doll.labels.store import Blocks, PartsWriter, is_label_file, is_parts_folder, write_label_file
 from doll.models.ensemble import load_ensemble
