@@ -1,35 +1,36 @@
-"""Paired comparison of two arms from two ``label_efficiency.py`` outputs (or one).
+"""Paired comparison of two arms from two study outputs (or one): a reader of their JSON.
 
-``label_efficiency.py`` pairs the arms of one run (one network, several inits). Comparisons
-across its runs (U-Net against PSPNet, encoder-only against whole-network transfer) pair
-the cells that share mode, label fraction and seed: the seed draws the mask subset, so
-such cells trained on the same masks. Prints one markdown row per (mode, fraction):
-both arms' final mean IoU (mean ± sd over seeds), the paired difference B − A and its 95 %
-t-interval over seeds; ``--json`` prints the rows as JSON instead.
+``doll study`` pairs the inits of one study against its reference (study.json's
+``comparisons``). Comparisons across studies (U-Net against PSPNet, encoder-only against
+whole-network transfer) pair the cells that share mode, label fraction and seed: the seed
+draws the mask subset, so such cells trained on the same masks. OUT is a ``doll study``
+folder (study.json) or one that ``label_efficiency.py`` wrote before it ran doll study
+(label_efficiency.json, e.g. docs/results/le_*). Prints one markdown row per (mode,
+fraction): both arms' final metric (mean ± sd over seeds), the paired difference B − A and
+its 95 % t-interval over seeds (``doll.studies.stats``); ``--json`` prints the rows as JSON.
 
     python benchmarks/compare_arms.py le_phantom:random le_phantom_unet:random
-    python benchmarks/compare_arms.py le_phantom:doll le_phantom_enc:doll --metric mean_iou
+    python benchmarks/compare_arms.py le_covid:random le_covid:doll --metric negatives_false_positive_area
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import paired_stats as ps  # noqa: E402  (benchmarks/ is not a package)
+from doll.studies import stats
+
+FILES = ("study.json", "label_efficiency.json")  # doll study's, the old script's
 
 
 def cells(spec: str, metric: str) -> tuple[str, dict]:
     """``OUT:ARM`` -> (label, {(mode, fraction, seed): metric})."""
     out, sep, arm = spec.rpartition(":")
     if not sep or not out or not arm:
-        raise SystemExit(f"compare_arms: expected OUT:ARM (a label_efficiency.py --out folder and an arm name), "
-                         f"got {spec!r}")
-    path = Path(out) / "label_efficiency.json"
-    if not path.is_file():
-        raise SystemExit(f"compare_arms: {path} does not exist; run benchmarks/label_efficiency.py --out {out}")
+        raise SystemExit(f"compare_arms: expected OUT:ARM (a study's --out folder and an init's name), got {spec!r}")
+    path = next((Path(out) / f for f in FILES if (Path(out) / f).is_file()), None)
+    if path is None:
+        raise SystemExit(f"compare_arms: {out} holds neither {' nor '.join(FILES)}; run `doll study --out {out}`")
     doc = json.loads(path.read_text())
     found = {(c["mode"], float(c["fraction"]), int(c["seed"])): c[metric] for c in doc.get("cells", [])
              if c.get("init") == arm and c.get(metric) is not None}
@@ -46,9 +47,8 @@ def compare(a: dict, b: dict) -> list[dict]:
     for mode, frac in sorted({(m, f) for m, f, _ in a.keys() & b.keys()}):
         seeds = sorted(s for m, f, s in a.keys() & b.keys() if (m, f) == (mode, frac))
         va, vb = [a[mode, frac, s] for s in seeds], [b[mode, frac, s] for s in seeds]
-        diffs = [y - x for x, y in zip(va, vb)]
-        rows.append({"mode": mode, "fraction": frac, "seeds": seeds, "a": ps.mean_sd(va), "b": ps.mean_sd(vb),
-                     "diff": ps.t_interval(diffs)})
+        rows.append({"mode": mode, "fraction": frac, "seeds": seeds, "a": stats.mean_sd(va), "b": stats.mean_sd(vb),
+                     "diff": stats.t_interval([y - x for x, y in zip(va, vb)])})
     return rows
 
 

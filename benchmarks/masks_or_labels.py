@@ -3,6 +3,12 @@ against a classifier at few masks (``--task seg4cls``), and alternating mask / i
 training against segmentation only (``--task mixed``), every network with the same budget
 in optimiser steps, several seeds, paired differences over seeds.
 
+``doll study`` (docs/study.md) refuses ``--task seg4cls|mixed`` for now; this script is what
+``doll study --task seg4cls`` (and ``mixed``) will become. Until then it keeps its own runs
+and tables, with doll's statistics (``doll.studies.stats``) and settings: a flag left out
+takes ``doll finetune``'s default, except ``--max-steps``, which every run needs (seg4cls
+and mixed default to a budget in epochs).
+
 For each seed ``--seed .. --seed+N-1`` one ``doll finetune --task seg4cls`` run at
 ``--seg4cls-fraction`` (``--summarizer``) and one ``--task mixed`` run at each of
 ``--mixed-fractions`` (``--pooling``), all with the same ``--max-steps``, ``--batch-size``,
@@ -37,23 +43,22 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import paired_stats as ps
-from label_efficiency import (
-    effective_val_every,
-    floats,
-    fmt,
-    fmt_interval,
-    log,
-    settings_differences,
-)
+from doll.studies import stats as ps
+from doll.studies.report import _f as fmt  # the study tables' number formats
+from doll.studies.report import _iv as fmt_interval
 
 NAME = "masks_or_labels.json"
 REFERENCE_C = "classifier"  # claim (c): classifier − method
 REFERENCE_D = "segmentation_only"  # claim (d): method − segmentation only
-NETWORKS = {"seg4cls": ("segmenter", "classifier", "multitask"), "mixed": ("segmentation_only",)}
+# the flags that are doll finetune settings of the same name (left out: finetune's default)
+FINETUNE_FLAGS = ("init", "encoder", "image_size", "val_every", "batch_size", "lr", "summarizer", "pooling")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,18 +66,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="phantom")
     p.add_argument("--root", default="", help="the data set's folder")
     p.add_argument("--seg4cls-fraction", type=float, default=0.1, help="the mask fraction of --task seg4cls (0.1)")
-    p.add_argument("--mixed-fractions", type=floats, default=floats("0.05,0.1"),
+    p.add_argument("--mixed-fractions", default="0.05,0.1",
                    help="comma-separated mask fractions of --task mixed (0.05,0.1)")
-    p.add_argument("--summarizer", default="all", help="seg4cls summarizers (default all)")
-    p.add_argument("--pooling", default="max,amp-mlp", help="mixed poolings (default max,amp-mlp)")
-    p.add_argument("--init", default="random")
-    p.add_argument("--encoder", default="resnet18")
-    p.add_argument("--image-size", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=300, help="optimiser steps of every network (default 300)")
-    p.add_argument("--val-every", type=int, default=0,
-                   help="optimiser steps between evaluations (0: finetune's default, about ten per network)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-steps", type=int, default=None, help="optimiser steps of every network (required)")
+    for flag, kind in (("--init", str), ("--encoder", str), ("--image-size", int), ("--val-every", int),
+                       ("--batch-size", int), ("--lr", float), ("--summarizer", str), ("--pooling", str)):
+        p.add_argument(flag, type=kind, default=None, help="as doll finetune's (default: doll finetune's)")
     p.add_argument("--seeds", type=int, default=3, help="seeds: --seed .. --seed+N-1 (default 3)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--device", default="auto")
@@ -82,13 +81,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.argv = list(sys.argv if argv is None else [sys.argv[0], *argv])
     if a.report:
         return a
-    if not a.root:
-        p.error("--root is required")
+    if not a.root or a.max_steps is None:
+        p.error("--root and --max-steps are required")
     if not 0 < a.seg4cls_fraction <= 1:
         p.error("--seg4cls-fraction must be in (0, 1]")
-    if a.seeds < 1 or a.max_steps < 1 or a.batch_size < 1 or a.val_every < 0:
-        p.error("--seeds, --max-steps and --batch-size must be positive, --val-every >= 0")
+    if a.seeds < 1 or a.max_steps < 1:
+        p.error("--seeds and --max-steps must be positive")
     return a
+
+
+def other_settings(folder: Path, want) -> list[str]:
+    """The settings (names) in which the run in ``folder`` (its config.json) differs from
+    ``want`` (a FinetuneSettings), as ``doll study`` compares a finished cell; a setting newer
+    than the run counts as run with its default."""
+    from doll.utils import RUN_ONLY_SETTINGS, differing_keys, read_json
+
+    if not (folder / "config.json").is_file():
+        return ["config.json missing"]
+    stored = {**{f.name: f.default for f in fields(want) if f.default is not MISSING}, **read_json(folder / "config.json")}
+    given = json.loads(json.dumps(asdict(want)))
+    return differing_keys(stored, given, [k for k in given if k not in RUN_ONLY_SETTINGS])
 
 
 # --------------------------------------------------------------------------- the runs
@@ -247,9 +259,11 @@ def report(doc: dict) -> str:
     s, summary = doc.get("settings") or {}, doc.get("summary") or {}
     runs = doc.get("runs") or []
     seconds = sum(r.get("seconds") or 0 for r in runs)
+    every = s.get("val_every_used") or s.get("val_every")  # val_every_used: the JSON before 2026-12-06
+    evaluated = f"evaluated every {every}" if every else "evaluated about ten times"
     lines = [(f"Masks or labels: {s.get('dataset', '?')} ({s.get('root', '?')}), init {s.get('init', '?')}, "
               f"{s.get('encoder', '?')}, {s.get('image_size_used') or s.get('image_size') or '?'} px, "
-              f"{s.get('max_steps', '?')} optimiser steps per network (evaluated every {s.get('val_every_used', '?')}), "
+              f"{s.get('max_steps', '?')} optimiser steps per network ({evaluated}), "
               f"batch {s.get('batch_size', '?')}, "
               f"lr {s.get('lr', '?')}, seeds {s.get('seeds', '?')}; {len(runs)} finished runs "
               f"({seconds:.0f} s of training and scoring)."), ""]
@@ -318,35 +332,40 @@ def main(argv=None) -> dict:
     import doll
     from doll.errors import DollError
     from doll.finetuning.settings import FinetuneSettings, check_settings, image_size
+    from doll.studies.run import parse_fractions
     from doll.utils import resolve_paths
 
+    try:
+        mixed_fractions = parse_fractions(a.mixed_fractions)
+    except DollError as exc:
+        raise SystemExit(f"masks_or_labels: --mixed-fractions: {exc}") from None
+    given = {k: getattr(a, k) for k in FINETUNE_FLAGS if getattr(a, k) is not None}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(a.seed, a.seed + a.seeds))
     plan = [x for seed in seeds for x in [(seed, "seg4cls", a.seg4cls_fraction),
-                                         *((seed, "mixed", f) for f in a.mixed_fractions)]]
+                                         *((seed, "mixed", f) for f in mixed_fractions)]]
 
     def settings_for(task: str, fraction: float, seed: int) -> FinetuneSettings:
-        extra = {"summarizer": a.summarizer} if task == "seg4cls" else {"pooling": a.pooling}
-        s = FinetuneSettings(task=task, dataset=a.dataset, root=a.root, init=a.init, encoder=a.encoder,
-                             image_size=a.image_size, max_steps=a.max_steps, val_every=a.val_every,
-                             batch_size=a.batch_size, lr=a.lr,
+        own = {k: v for k, v in given.items() if k != ("pooling" if task == "seg4cls" else "summarizer")}
+        s = FinetuneSettings(task=task, dataset=a.dataset, root=a.root, max_steps=a.max_steps,
                              label_fraction=fraction, seed=seed, device=a.device,
-                             out=str(run_dir(out, task, fraction, seed)), overwrite=True, progress=False, **extra)
+                             out=str(run_dir(out, task, fraction, seed)), overwrite=True, progress=False, **own)
         resolve_paths(s, "root", "init")
         return s
 
     for task in ("seg4cls", "mixed"):  # refuse bad settings before anything runs
         try:
-            check_settings(settings_for(task, plan[0][2] if task == "seg4cls" else a.mixed_fractions[0], seeds[0]))
+            check_settings(settings_for(task, plan[0][2] if task == "seg4cls" else mixed_fractions[0], seeds[0]))
         except DollError as exc:
             raise SystemExit(f"masks_or_labels: --task {task}: {exc}") from None
     first = settings_for("seg4cls", a.seg4cls_fraction, seeds[0])
-    settings = {"dataset": a.dataset, "root": first.root, "init": first.init, "encoder": a.encoder,
-                "image_size": a.image_size, "image_size_used": image_size(first), "max_steps": a.max_steps,
-                "val_every": a.val_every, "val_every_used": effective_val_every(a.val_every, a.max_steps),
-                "batch_size": a.batch_size, "lr": a.lr, "seeds": seeds, "seg4cls_fraction": a.seg4cls_fraction,
-                "summarizer": a.summarizer, "mixed_fractions": a.mixed_fractions, "pooling": a.pooling,
+    mixed = settings_for("mixed", mixed_fractions[0], seeds[0])
+    settings = {"dataset": a.dataset, "root": first.root, "init": first.init, "encoder": first.encoder,
+                "image_size": first.image_size, "image_size_used": image_size(first), "max_steps": a.max_steps,
+                "val_every": first.val_every, "batch_size": first.batch_size, "lr": first.lr, "seeds": seeds,
+                "seg4cls_fraction": a.seg4cls_fraction, "summarizer": first.summarizer,
+                "mixed_fractions": mixed_fractions, "pooling": mixed.pooling,
                 "device": a.device, "budget": "every network of a run trains --max-steps optimiser steps",
                 "order": "seed, then seg4cls and the mixed fractions (the methods of a pair share one run)"}
 
@@ -354,7 +373,7 @@ def main(argv=None) -> dict:
         folder = run_dir(out, task, fraction, seed)
         done = finished(folder, task, a.max_steps)
         if done is not None:
-            diff = settings_differences(folder, settings_for(task, fraction, seed), a.max_steps)
+            diff = other_settings(folder, settings_for(task, fraction, seed))
             if diff:
                 raise SystemExit(f"masks_or_labels: {folder} holds a finished run with other settings "
                                  f"({'; '.join(diff)}); remove it or choose another --out")

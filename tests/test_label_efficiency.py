@@ -1,24 +1,23 @@
-"""benchmarks/label_efficiency.py as a paired experiment: a tiny two-arm run (random init and
-the session's pretrained network), resumability, the report; and its statistics
-(benchmarks/paired_stats.py) on made-up numbers."""
+"""benchmarks/label_efficiency.py, a thin wrapper of `doll study`: its flags mapped onto doll
+study's settings, the flags it refuses, a tiny three-arm run through doll study; the reader
+benchmarks/compare_arms.py; and the statistics both use (doll.studies.stats) on made-up
+numbers."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import doll
+from doll.studies import stats as ps
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPT = BENCH / "label_efficiency.py"
 sys.path.insert(0, str(BENCH))
-import paired_stats as ps  # noqa: E402
 
 
 # ------------------------------------------------------------------ the statistics
@@ -97,235 +96,126 @@ def test_curve_efficiency():
 def load_bench():
     spec = importlib.util.spec_from_file_location("label_efficiency_bench", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclass looks the module up
     spec.loader.exec_module(mod)
     return mod
 
 
-def made_up_cell(init, seed, final, curve, per_image, positives=None):
-    cell = {"init": init, "mode": "full", "fraction": 0.05, "seed": seed, "n_train": 6, "n_test": len(per_image),
-            "test_split": "test", "mean_iou": final, "curve": [{"step": s, "val_iou": v} for s, v in curve],
-            "per_image_iou": np.asarray(per_image, float)}
-    if positives is not None:
-        cell["positives_mean_iou"], cell["test_positive"] = positives
-    return cell
+# ------------------------------------------------------------------ the wrapper
 
 
-def test_summary_on_made_up_cells():
-    le = load_bench()
-    cells = []
-    for seed, (r, d) in enumerate([(0.50, 0.60), (0.55, 0.62), (0.52, 0.58)]):
-        cells.append(made_up_cell("random", seed, r, [(10, 0.1), (25, 0.3), (50, 0.45), (100, r)],
-                                  [[r - 0.1], [r + 0.1]], positives=(r - 0.1, [True, False])))
-        cells.append(made_up_cell("doll", seed, d, [(10, 0.4), (25, r), (50, 0.57), (100, d)],
-                                  [[d - 0.1], [d + 0.1]], positives=(d - 0.1, [True, False])))
-    summary = le.summarize(cells, "random", 100, resamples=500, boot_seed=0)
-    by = {e["init"]: e for e in summary}
-    ref, arm = by["random"]["mean_iou"], by["doll"]["mean_iou"]
-    assert ref["paired"] is None and by["random"]["is_reference"]
-    p = arm["paired"]
-    assert p["per_seed"] == pytest.approx([0.10, 0.07, 0.06]) and p["mean"] == pytest.approx(0.23 / 3)
-    assert p["t_interval"] == pytest.approx(ps.t_interval([0.10, 0.07, 0.06])["interval"])
-    assert p["bootstrap_interval"][0] <= p["mean"] <= p["bootstrap_interval"][1]
-    assert arm["final"]["mean"] == pytest.approx(0.60) and arm["final"]["sd"] == pytest.approx(0.02)
-    at = {x["budget_fraction"]: x for x in arm["efficiency"]["iou_at"]}
-    assert at[0.1]["mean"] == pytest.approx(0.4) and at[0.25]["steps"] == [25, 25, 25]
-    assert at[0.5]["mean"] == pytest.approx(0.57)
-    to = arm["efficiency"]["steps_to_reference"]
-    assert to["per_seed"] == [25, 25, 25] and to["median"] == 25 and to["reached"] == 3
-    assert ref["efficiency"]["steps_to_reference"]["per_seed"] == [100, 100, 100]
-    pos = by["doll"]["positives_mean_iou"]
-    assert pos["paired"]["mean"] == pytest.approx(0.23 / 3) and pos["paired"]["t_interval"]
-    assert pos["paired"]["bootstrap_interval"] is not None and pos["efficiency"] is None
-    for c in cells:  # a finetune that does not record which test images are positive: no bootstrap for them
-        del c["test_positive"]
-    pos = {e["init"]: e for e in le.summarize(cells, "random", 100, resamples=500)}["doll"]["positives_mean_iou"]
-    assert pos["paired"]["t_interval"] and pos["paired"]["bootstrap_interval"] is None
-    assert "positive" in pos["paired"]["bootstrap_note"]
-    text = le.report({"settings": {"task": "covid", "max_steps": 100}, "cells": cells, "summary": summary})
-    assert "(b) Paired difference" in text and "+0.077" in text and "positive" in text
-
-
-# ------------------------------------------------------------------ the benchmark, end to end
-
-
-def run(le, capsys, *args) -> tuple[str, str]:
-    """The benchmark in-process (a subprocess would spend most of this test importing torch):
-    (stdout, stderr)."""
-    capsys.readouterr()
-    le.main([str(x) for x in args])
-    got = capsys.readouterr()
-    return got.out, got.err
-
-
-def test_label_efficiency_paired(tmp_path, pipeline, capsys):
-    le = load_bench()
-    doll.make_phantoms(tmp_path / "ph", n=40, size=32, progress=False)
-    out = tmp_path / "le"
-    args = ["--root", tmp_path / "ph" / "anatomy", "--inits", f"random,pre={pipeline['pretrain']}",
-            "--modes", "full", "--fractions", "0.25,1.0", "--seeds", 2, "--seed", 5, "--max-steps", 3,
-            "--val-every", 1, "--image-size", 32, "--encoder", "resnet18", "--device", "cpu",
-            "--bootstrap", 200, "--out", out]
-    first, _ = run(le, capsys, *args)
-    doc = json.loads((out / "label_efficiency.json").read_text())
-    cells = doc["cells"]
-    assert len(cells) == 8
-    assert {(c["init"], c["fraction"], c["seed"]) for c in cells} == {
-        (i, f, s) for i in ("random", "pre") for f in (0.25, 1.0) for s in (5, 6)}
-    for c in cells:
-        assert c["steps"] == 3 and c["max_steps"] == 3 and c["mode"] == "full"
-        assert [p["step"] for p in c["curve"]] == [1, 2, 3]
-        assert c["curve"][-1]["test_iou"] == pytest.approx(c["mean_iou"], abs=1e-9)
-        assert (out / f"{c['init']}_full_{c['fraction']:g}" / f"seed_{c['seed']}" / "metrics.json").is_file()
-        assert "per_image_iou" not in c
-    by = {(c["init"], c["fraction"], c["seed"]): c for c in cells}
-    for f in (0.25, 1.0):  # the arms of a seed share the mask subset
-        for s in (5, 6):
-            assert by[("random", f, s)]["n_train"] == by[("pre", f, s)]["n_train"]
-    assert by[("random", 0.25, 5)]["n_train"] < by[("random", 1.0, 5)]["n_train"]
-    assert doc["settings"]["reference"] == "random" and doc["settings"]["max_steps"] == 3
-    summary = {(e["init"], e["fraction"]): e for e in doc["summary"]}
-    assert set(summary) == {(i, f) for i in ("random", "pre") for f in (0.25, 1.0)}
-    for f in (0.25, 1.0):
-        e = summary[("pre", f)]
-        assert e["n_seeds"] == 2 and e["seeds"] == [5, 6]
-        block = e["mean_iou"]
-        p = block["paired"]
-        diffs = [by[("pre", f, s)]["mean_iou"] - by[("random", f, s)]["mean_iou"] for s in (5, 6)]
-        assert p["reference"] == "random" and p["n_pairs"] == 2 and p["per_seed"] == pytest.approx(diffs)
-        assert p["mean"] == pytest.approx(np.mean(diffs))
-        lo, hi = p["t_interval"]
-        assert lo <= p["mean"] <= hi
-        blo, bhi = p["bootstrap_interval"]
-        assert blo - 1e-4 <= p["bootstrap"]["estimate"] <= bhi + 1e-4
-        assert p["bootstrap"]["estimate"] == pytest.approx(p["mean"], abs=1e-4)  # per-image IoUs are rounded
-        eff = block["efficiency"]
-        assert [x["budget_fraction"] for x in eff["iou_at"]] == [0.1, 0.25, 0.5]
-        assert [x["steps"] for x in eff["iou_at"]] == [[1, 1], [1, 1], [2, 2]]
-        to = eff["steps_to_reference"]
-        assert to["reference"] == "random" and len(to["per_seed"]) == 2 and "median" in to
-        assert summary[("random", f)]["mean_iou"]["paired"] is None
-    lines = [json.loads(ln) for ln in first.splitlines() if ln.strip()]
-    assert [(c["init"], c["fraction"], c["seed"]) for c in lines] == [
-        (c["init"], c["fraction"], c["seed"]) for c in cells]
-
-    # the same command again: every cell is finished, none is trained again
-    t = time.time()
-    again, err = run(le, capsys, *args)
-    assert time.time() - t < 10
-    assert again == first
-    assert "training" not in err and err.count("not run again") == 8
-    assert json.loads((out / "label_efficiency.json").read_text())["summary"] == doc["summary"]
-
-    report, _ = run(le, capsys, "--report", "--out", out)
-    assert "(a) Final mean IoU" in report and "(b) Paired difference" in report and "(c) Training efficiency" in report
-    assert "| full | 0.25 |" in report and "| pre | random | 2 |" in report
-    rescanned, _ = run(le, capsys, "--report", "--rescan", "--out", out)
-    assert rescanned.split("\n", 1)[1] == report.split("\n", 1)[1]  # the tables, from the folders alone
-
-    # finished runs made with other settings are neither reused nor deleted: refused before anything is written
-    before = (out / "label_efficiency.json").read_bytes()
-    with pytest.raises(SystemExit, match=r"other settings \(lr\)"):
-        le.main([str(x) for x in args] + ["--lr", "0.01"])
-    assert (out / "label_efficiency.json").read_bytes() == before
-
-    if importlib.util.find_spec("matplotlib") is not None:
-        assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_compare_arms_pairs_cells_across_outputs_by_mode_fraction_and_seed(tmp_path, capsys):
-    """benchmarks/compare_arms.py: only cells with the same mode, fraction and seed form pairs."""
-    import compare_arms
-
-    def write(out, decoder, values):
-        cells = [{"init": "random", "mode": m, "fraction": f, "seed": s, "mean_iou": v} for (m, f, s), v in values.items()]
-        (tmp_path / out).mkdir()
-        (tmp_path / out / "label_efficiency.json").write_text(json.dumps({"settings": {"decoder": decoder}, "cells": cells}))
-
-    write("a", "pspnet", {("full", 0.05, 0): 0.60, ("full", 0.05, 1): 0.64, ("full", 0.05, 2): 0.62,
-                          ("adapter", 0.05, 0): 0.5})
-    write("b", "unet", {("full", 0.05, 0): 0.70, ("full", 0.05, 1): 0.76, ("full", 0.05, 3): 0.99})
-    rows = compare_arms.main([f"{tmp_path / 'a'}:random", f"{tmp_path / 'b'}:random"])
-    assert len(rows) == 1 and rows[0]["seeds"] == [0, 1]  # seed 2, seed 3 and the adapter cell have no partner
-    assert rows[0]["diff"]["mean"] == pytest.approx(0.11) and rows[0]["diff"]["interval"] is not None
-    assert "| full | 0.05 | 2 | 0.620 ± 0.028 | 0.730 ± 0.042 | +0.110 |" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="no finished cell of arm 'doll'"):
-        compare_arms.main([f"{tmp_path / 'a'}:doll", f"{tmp_path / 'b'}:random"])
-
-
-def test_a_cell_another_process_is_writing_is_skipped_not_a_crash(tmp_path, capsys):
-    """Two instances of the benchmark on one --out share its cells: a cell whose output lock
-    another writer holds is skipped (it crashed with 'in use' before)."""
-    import threading
-
-    from doll.outputs import lock_output, release_outputs
+def test_the_quoted_flags_map_onto_doll_study(pipeline, tmp_path):
+    """A docs/results.md command: `doll` is --pretrained's folder, the reference is the first
+    random arm, the random arm gets the pretrained folder's network and size, every flag left
+    out is doll study's default, and the study always resumes."""
+    from doll.models.checkpoint import read_config
+    from doll.studies.options import StudySettings
 
     le = load_bench()
-    doll.make_phantoms(tmp_path / "ph", n=40, size=32, progress=False)
-    out = tmp_path / "le"
-    taken, done = threading.Event(), threading.Event()
-
-    def other_writer():  # another thread counts as another writer
-        lock_output(out / "random_full_1" / "seed_0")
-        taken.set()
-        done.wait(120)
-        release_outputs()
-
-    t = threading.Thread(target=other_writer)
-    t.start()
-    taken.wait(30)
-    try:
-        _, err = run(le, capsys, "--root", tmp_path / "ph" / "anatomy", "--inits", "random", "--modes", "full",
-                     "--fractions", "1.0", "--seeds", 2, "--max-steps", 1, "--image-size", 32, "--encoder",
-                     "resnet18", "--device", "cpu", "--bootstrap", 100, "--out", out)
-    finally:
-        done.set()
-        t.join()
-    doc = json.loads((out / "label_efficiency.json").read_text())
-    assert doc["skipped"] == ["random_full_1/seed_0"] and [c["seed"] for c in doc["cells"]] == [1]
-    assert "is in use by" in err
+    pre = str(pipeline["pretrain"])
+    s = le.study_settings(le.parse_args(["--task", "covid", "--dataset", "covidqu", "--root", str(tmp_path),
+                                         "--batch-size", "8", "--max-steps", "300", "--val-every", "60", "--seeds", "3",
+                                         "--inits", "short=" + pre + ",random,doll", "--pretrained", pre,
+                                         "--modes", "full", "--fractions", "0.05", "--out", "le_covid"]))
+    config = read_config(pre, kind="segmenter")["doll"]
+    assert s.inits == f"short={pre},random,doll={pre}" and s.reference == "random"
+    assert (s.task, s.dataset, s.root, s.batch_size, s.max_steps, s.val_every, s.seeds, s.modes, s.fractions,
+            s.out) == ("covid", "covidqu", str(tmp_path), 8, 300, 60, 3, "full", "0.05", "le_covid")
+    assert (s.encoder, s.image_size) == (config["encoder"], config["image_size"]) and s.decoder == "pspnet"
+    defaults = StudySettings(root=".")
+    assert (s.lr, s.fold, s.seed, s.bootstrap, s.device) == (defaults.lr, defaults.fold, defaults.seed,
+                                                             defaults.bootstrap, defaults.device)
+    assert s.resume and not s.overwrite
+    plain = le.study_settings(le.parse_args(["--root", str(tmp_path), "--inits", "a=random,b=random",
+                                             "--first-seed", "4"]))
+    assert plain.reference == "a" and plain.seed == 4 and plain.encoder == defaults.encoder
+    assert plain.max_steps == defaults.max_steps and plain.fractions == defaults.fractions
 
 
-def test_a_cell_run_before_a_setting_existed_counts_as_run_with_its_default(tmp_path):
-    """A finished cell whose config.json predates a finetune setting (e.g. --pretrained-lr)
-    ran with that setting's default: it is reused, not refused as 'other settings'; a stored
-    value that differs is still a difference."""
-    from doll.finetuning.settings import FinetuneSettings
-
+@pytest.mark.parametrize("args, words", [
+    (["--epochs", "25"], "--max-steps N"),
+    (["--phantom"], "doll demo --out D"),
+    (["--transfer", "encoder"], "doll finetune --init FOLDER --transfer encoder"),
+    (["--pretrained-lr", "0.1"], "git worktree add"),
+    (["--rescan", "--report"], "the same command again"),
+    (["--bootstrap-seed", "3"], "with --seed"),
+    (["--busy-seconds", "0"], "locks each cell"),
+])
+def test_what_doll_study_lacks_is_refused_with_the_alternative(args, words, capsys):
     le = load_bench()
-    want = FinetuneSettings(task="lung", dataset="covidqu", root=str(tmp_path), image_size=32, max_steps=10,
-                            encoder="resnet18")
-    stored = {**json.loads(json.dumps(__import__("dataclasses").asdict(want))), "image_size_used": 32}
-    del stored["pretrained_lr"]
-    (tmp_path / "config.json").write_text(json.dumps(stored))
-    assert le.settings_differences(tmp_path, want, 10) == []
-    (tmp_path / "config.json").write_text(json.dumps({**stored, "pretrained_lr": 0.1}))
-    assert le.settings_differences(tmp_path, want, 10) == ["pretrained_lr"]
+    with pytest.raises(SystemExit):
+        le.parse_args(["--root", "r", *args])
+    assert words in capsys.readouterr().err
 
 
-def test_an_imagenet_weight_file_is_an_arm(tmp_path, capsys):
-    """Issue 28: a user's local ImageNet weights (`--inits random,imagenet:FILE`) form an arm
-    paired with random init; the file is loaded into the encoder, never downloaded."""
+def test_three_arms_through_doll_study(pipeline, tmp_path, capsys):
+    """random, the session's pretrained network and a local ImageNet weight file (loaded into
+    the encoder, never downloaded), one fraction and seed: doll study's cells and tables; the
+    same command again trains nothing; --report prints summary.md; a folder of the script's
+    former layout is refused."""
     import torch
     import torchvision
 
     from doll.models.checkpoint import load_state
 
     le = load_bench()
-    doll.make_phantoms(tmp_path / "ph", n=24, size=32, progress=False)
     torch.manual_seed(3)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
     out = tmp_path / "le"
-    run(le, capsys, "--root", tmp_path / "ph" / "anatomy", "--inits", f"random,imagenet:{tmp_path / 'r18.pth'}",
-        "--modes", "full", "--fractions", "1.0", "--seeds", 1, "--max-steps", 2, "--val-every", 2,
-        "--image-size", 32, "--encoder", "resnet18", "--device", "cpu", "--bootstrap", 100, "--out", out)
-    cells = {c["init"]: c for c in json.loads((out / "label_efficiency.json").read_text())["cells"]}
-    assert set(cells) == {"random", "imagenet"} and cells["imagenet"]["steps"] == 2
-    assert cells["imagenet"]["init_spec"] == f"imagenet:{tmp_path / 'r18.pth'}"
-    assert cells["imagenet"]["n_train"] == cells["random"]["n_train"]
-    config = json.loads((out / "imagenet_full_1" / "seed_0" / "config.json").read_text())
-    assert config["init"] == f"imagenet:{tmp_path / 'r18.pth'}"
+    args = ["--task", "jsrt", "--root", str(pipeline["phantom"] / "anatomy"), "--inits",
+            f"random,doll,imagenet:{tmp_path / 'r18.pth'}", "--pretrained", str(pipeline["pretrain"]),
+            "--modes", "full", "--fractions", "1.0", "--seeds", "1", "--max-steps", "2", "--val-every", "2",
+            "--device", "cpu", "--bootstrap", "100", "--quiet", "--out", str(out)]
+    doc = le.main(args)
+    printed = capsys.readouterr()
+    assert "running doll study --task jsrt" in printed.err
+    assert printed.out == (out / "summary.md").read_text()
+    cells = {c["init"]: c for c in doc["cells"]}
+    assert set(cells) == {"random", "doll", "imagenet"} and doc["reference"] == "random"
+    assert all(c["steps"] == 2 for c in cells.values())
+    assert cells["imagenet"]["train_ids"] == cells["random"]["train_ids"]
+    assert {c["init"] for c in doc["comparisons"]} == {"doll", "imagenet"}
     given = torch.load(tmp_path / "r18.pth", weights_only=True)["conv1.weight"].sum(dim=1, keepdim=True)
-    trained = {arm: load_state(out / f"{arm}_full_1" / "seed_0" / "model")["encoder.conv1.weight"]
+    trained = {arm: load_state(out / "cells" / cells[arm]["name"] / "model")["encoder.conv1.weight"]
                for arm in ("imagenet", "random")}
     assert (trained["imagenet"] - given).abs().max() < 0.02 < (trained["random"] - given).abs().max()
+
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("metrics.json")}
+    again = le.main(args)
+    assert again["n_trained_now"] == 0 and {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    capsys.readouterr()
+    le.main(["--report", "--out", str(out)])
+    assert capsys.readouterr().out == (out / "summary.md").read_text()
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "label_efficiency.json").write_text("{}")
+    with pytest.raises(SystemExit, match="before it ran doll study"):
+        le.main([*args[:-1], str(old)])
+    with pytest.raises(SystemExit, match="git worktree add"):
+        le.main(["--report", "--out", str(old)])
+
+
+# ------------------------------------------------------------------ compare_arms.py
+
+
+def test_compare_arms_pairs_cells_across_outputs_by_mode_fraction_and_seed(tmp_path, capsys):
+    """benchmarks/compare_arms.py: only cells with the same mode, fraction and seed form pairs,
+    across a doll study output (study.json) and one of the former script (label_efficiency.json)."""
+    import compare_arms
+
+    def write(out, name, decoder, values):
+        cells = [{"init": "random", "mode": m, "fraction": f, "seed": s, "mean_iou": v} for (m, f, s), v in values.items()]
+        (tmp_path / out).mkdir()
+        (tmp_path / out / name).write_text(json.dumps({"settings": {"decoder": decoder}, "cells": cells}))
+
+    write("a", "label_efficiency.json", "pspnet", {("full", 0.05, 0): 0.60, ("full", 0.05, 1): 0.64,
+                                                   ("full", 0.05, 2): 0.62, ("adapter", 0.05, 0): 0.5})
+    write("b", "study.json", "unet", {("full", 0.05, 0): 0.70, ("full", 0.05, 1): 0.76, ("full", 0.05, 3): 0.99})
+    rows = compare_arms.main([f"{tmp_path / 'a'}:random", f"{tmp_path / 'b'}:random"])
+    assert len(rows) == 1 and rows[0]["seeds"] == [0, 1]  # seed 2, seed 3 and the adapter cell have no partner
+    assert rows[0]["diff"]["mean"] == pytest.approx(0.11) and rows[0]["diff"]["interval"] is not None
+    assert "| full | 0.05 | 2 | 0.620 ± 0.028 | 0.730 ± 0.042 | +0.110 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no finished cell of arm 'doll'"):
+        compare_arms.main([f"{tmp_path / 'a'}:doll", f"{tmp_path / 'b'}:random"])
+    with pytest.raises(SystemExit, match="neither study.json nor label_efficiency.json"):
+        compare_arms.main([f"{tmp_path}:random", f"{tmp_path / 'b'}:random"])

@@ -34,7 +34,7 @@ def test_masks_or_labels_tiny(tmp_path, capsys, monkeypatch):
     doll.make_phantoms(tmp_path / "ph", n=40, size=32, progress=False)
     out = tmp_path / "mol"
     env = dict(os.environ, DOLL_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    args = ["--root", str(tmp_path / "ph"), "--image-size", "32", "--max-steps", "2", "--val-every", "2",
+    args = ["--root", str(tmp_path / "ph"), "--encoder", "resnet18", "--image-size", "32", "--max-steps", "2", "--val-every", "2",
             "--batch-size", "4", "--seeds", "2", "--seed", "3", "--summarizer", "rule,linear", "--mixed-fractions", "0.1",
             "--pooling", "max", "--device", "cpu", "--out", str(out)]
     first = run(*args, env=env)
