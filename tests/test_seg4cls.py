@@ -158,12 +158,13 @@ def test_trained_summarizers_and_recall_on_blobs():
 
 def test_bad_summarizer_choice(phantom, tmp_path):
     from doll.finetuning.settings import FinetuneSettings
-    from doll.finetuning.seg4cls.run import seg4cls
+    from doll.finetuning.seg4cls.run import Seg4Cls
 
     s = FinetuneSettings(task="seg4cls", dataset="phantom", root=str(phantom), out=str(tmp_path / "o"))
     s.summarizer = "magic"
     with pytest.raises(DollError, match="summarizer"):
-        seg4cls(s)
+        Seg4Cls().run(s)
+    assert not (tmp_path / "o").exists()
 
 
 def test_embedding_summarizer_learns_from_features():

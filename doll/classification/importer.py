@@ -381,6 +381,57 @@ def _check_against_txv(xrv, net: nn.Module) -> None:
                            f"(largest difference {float((a - b).abs().max()):.3g}); report it")
 
 
+def _txv_mapping(xrv, s: ImportSettings, state: dict, op, txv_name: str | None, classes: list[str], by_hand: dict,
+                 source: dict, weights: Path):
+    """A torchxrayvision classifier's outputs mapped onto doll's classes by name, with its
+    operating points as logit shifts; records them in ``source``. Returns (state, outputs,
+    class_map, unmapped, logit shifts, native image size)."""
+    source["library_version"] = xrv.__version__
+    if all(k.startswith("model.") for k in state):  # the state dict of xrv.models.ResNet (its torchvision net)
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    outputs = _txv_outputs(xrv, s.arch)
+    known = xrv.models.model_urls.get(txv_name, {}) if txv_name else {}
+    if op is None and known.get("op_threshs") is not None:
+        op = torch.tensor([float(v) for v in known["op_threshs"]])
+    trained = [True] * len(outputs)
+    if known.get("labels"):
+        trained = [bool(label) for label in known["labels"]]
+    if op is not None:
+        op = op.double().flatten()
+        if len(op) != len(outputs):
+            raise DollError(f"--weights {weights}: op_threshs has {len(op)} values, not one per output "
+                            f"({len(outputs)}); is it a torchxrayvision {s.arch} state dict?")
+        trained = [t and bool(torch.isfinite(v)) for t, v in zip(trained, op)]  # NaN: an output never trained
+    class_map, why = txv_class_map(classes, outputs, trained, by_hand)
+    shift = {}
+    if op is not None:
+        for c, o in class_map.items():
+            t = float(op[outputs.index(o)]) if o is not None else math.nan
+            if 0 < t < 1:  # its operating point becomes probability 0.5: sigmoid(logit - logit(t))
+                shift[c] = -math.log(t / (1 - t))
+        source["operating_points"] = {o: float(v) for o, v in zip(outputs, op) if math.isfinite(float(v))}
+    if txv_name:
+        source["txv_weights"] = txv_name
+    native = int(known.get("input_resolution") or TXV_NATIVE_SIZE[s.arch])
+    return state, outputs, class_map, why, shift, native
+
+
+def _check_against_members(existing: list, out: Path, sha: str, s: ImportSettings, class_map: dict, size: int,
+                           notes: list[str]) -> None:
+    """Refuse an import the ensemble in ``out`` already holds, or one into lung-field-only
+    classifiers; note a size that differs from the first member's."""
+    for d, cfg in existing:
+        if cfg.get("lung_model"):
+            raise DollError(f"the classifiers in {out} were trained with --lung-model (they see the lung field only, "
+                            f"as {d.name} says); an imported classifier saw whole images: import into another --out")
+        theirs = cfg.get("source") or {}
+        if theirs.get("weights_sha256") == sha and cfg.get("arch") == s.arch and theirs.get("class_map") == class_map:
+            raise DollError(f"{d} already holds this classifier (the same weights, arch and classes); nothing imported")
+    if existing and existing[0][1]["image_size"] != size:
+        _note(f"{existing[0][0].name} in {out} is {existing[0][1]['image_size']} px, this one {size} px: doll explain "
+              f"runs every member at {existing[0][0].name}'s size unless given --image-size", notes, s.progress)
+
+
 @releases_outputs
 def import_classifier(settings: ImportSettings | None = None, **kwargs) -> dict:
     """Add a classifier from torchvision, timm or torchxrayvision to the ensemble folder ``out``
@@ -406,34 +457,9 @@ def import_classifier(settings: ImportSettings | None = None, **kwargs) -> dict:
 
     source: dict = {"library": s.source, "library_version": None, "weights": str(weights), "weights_sha256": sha}
     if s.source == "txv":
-        source["library_version"] = xrv.__version__
-        if all(k.startswith("model.") for k in state):  # the state dict of xrv.models.ResNet (its torchvision net)
-            state = {k.removeprefix("model."): v for k, v in state.items()}
-        outputs = _txv_outputs(xrv, s.arch)
-        known = xrv.models.model_urls.get(txv_name, {}) if txv_name else {}
-        if op is None and known.get("op_threshs") is not None:
-            op = torch.tensor([float(v) for v in known["op_threshs"]])
-        trained = [True] * len(outputs)
-        if known.get("labels"):
-            trained = [bool(label) for label in known["labels"]]
-        if op is not None:
-            op = op.double().flatten()
-            if len(op) != len(outputs):
-                raise DollError(f"--weights {weights}: op_threshs has {len(op)} values, not one per output "
-                                f"({len(outputs)}); is it a torchxrayvision {s.arch} state dict?")
-            trained = [t and bool(torch.isfinite(v)) for t, v in zip(trained, op)]  # NaN: an output never trained
-        class_map, why = txv_class_map(classes, outputs, trained, by_hand)
-        shift = {}
-        if op is not None:
-            for c, o in class_map.items():
-                t = float(op[outputs.index(o)]) if o is not None else math.nan
-                if 0 < t < 1:  # its operating point becomes probability 0.5: sigmoid(logit - logit(t))
-                    shift[c] = -math.log(t / (1 - t))
-            source["operating_points"] = {o: float(v) for o, v in zip(outputs, op) if math.isfinite(float(v))}
+        state, outputs, class_map, why, shift, native = _txv_mapping(xrv, s, state, op, txv_name, classes, by_hand,
+                                                                     source, weights)
         in_channels = 1
-        if txv_name:
-            source["txv_weights"] = txv_name
-        native = int(known.get("input_resolution") or TXV_NATIVE_SIZE[s.arch])
     else:
         lib = require_library("timm") if s.source == "timm" else None
         import torchvision
@@ -475,16 +501,7 @@ def import_classifier(settings: ImportSettings | None = None, **kwargs) -> dict:
     if size != native:
         _note(f"the {s.source} {s.arch} weights expect {native} px images; at --image-size {size} its predictions may "
               f"mean little", notes, s.progress)
-    for d, cfg in existing:
-        if cfg.get("lung_model"):
-            raise DollError(f"the classifiers in {out} were trained with --lung-model (they see the lung field only, "
-                            f"as {d.name} says); an imported classifier saw whole images: import into another --out")
-        theirs = cfg.get("source") or {}
-        if theirs.get("weights_sha256") == sha and cfg.get("arch") == s.arch and theirs.get("class_map") == class_map:
-            raise DollError(f"{d} already holds this classifier (the same weights, arch and classes); nothing imported")
-    if existing and existing[0][1]["image_size"] != size:
-        _note(f"{existing[0][0].name} in {out} is {existing[0][1]['image_size']} px, this one {size} px: doll explain "
-              f"runs every member at {existing[0][0].name}'s size unless given --image-size", notes, s.progress)
+    _check_against_members(existing, out, sha, s, class_map, size, notes)
 
     out = open_ensemble(out, weights)
     folder = _next_member(out)

@@ -30,9 +30,9 @@ epoch: a learning curve (nothing is selected on it), as the DoLL paper plots.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -44,10 +44,9 @@ from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.finetuning.seg4cls.data import load_parts
 from doll.finetuning.seg4cls.evaluate import masked_aurocs
 from doll.finetuning.seg4cls.models import ProbSegTask
+from doll.finetuning.tasks import TaskRunner
 from doll.finetuning.settings import (
-    finetune_inputs,
     FinetuneSettings,
-    TaskRunner,
     build_model,
     check_single_seed_run,
     choices,
@@ -56,16 +55,12 @@ from doll.finetuning.settings import (
     label_subset,
 )
 from doll.models.adapters import set_mode
-from doll.models.segmenter import smp_config
+from doll.models.segmenter import checkpoint_config, smp_config
 from doll.train import distributed as dist
 from doll.train.engine import Engine, batches_per_epoch, predict_all
 from doll.train.losses import masked_bce, multilabel_seg_loss
 from doll.train.metrics import mean_over_images, per_image_scores
 from doll.train.tasks import SegmentationTask
-from doll.utils import (
-    prepare_out_dir,
-    write_json,
-)
 
 POOLINGS = ("max", "amp-mlp")
 
@@ -153,31 +148,35 @@ def segmentation_scores(prob: np.ndarray, test, names: list[str]) -> dict:
 
 
 class Mixed(TaskRunner):
-    """``--task mixed``."""
+    """``--task mixed``: one seed; segmentation on a few masks alone against alternating
+    segmentation / classification batches through the segmentation output."""
 
-    def run(self, s: FinetuneSettings) -> dict:
-        return mixed(s)
+    default_epochs = 20
+    reads = ("pooling",)
+
+    def prepare(self, s: FinetuneSettings, device) -> SimpleNamespace:
+        check_single_seed_run(s)
+        poolings = choices(s.pooling, POOLINGS, "--pooling")
+        size = image_size(s)
+        names, sources, train, _val, test, test_split, _ = load_parts(s, size, need_val=False, test_needs_masks=True)
+        return SimpleNamespace(poolings=poolings, size=size, names=names, sources=sources, train=train, test=test,
+                               test_split=test_split)
+
+    def config(self, s: FinetuneSettings, p) -> dict:
+        return {"poolings": p.poolings, "image_size_used": p.size, "classes": p.names, "mask_structures": p.sources,
+                "test_split": p.test_split}
+
+    def train(self, s: FinetuneSettings, p, out: Path) -> dict:
+        return mixed(s, p, out)
 
 
-def mixed(s: FinetuneSettings) -> dict:
-    check_single_seed_run(s)
-    poolings = choices(s.pooling, POOLINGS, "--pooling")
-    t0 = time.time()
-    size = image_size(s)
-    names, sources, train, _val, test, test_split, _ = load_parts(s, size, need_val=False, test_needs_masks=True)
+def mixed(s: FinetuneSettings, p, out: Path) -> dict:
+    poolings, size, names, train, test, test_split = p.poolings, p.size, p.names, p.train, p.test, p.test_split
     C, n, bs = len(names), len(train), s.batch_size
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s), command="finetune",
-                          inputs=finetune_inputs(s)) if dist.is_main() \
-        else Path(s.out)
-    if dist.is_main():
-        write_json(out / "config.json", {"command": "finetune", **asdict(s), "poolings": poolings, "image_size_used": size,
-                                         "classes": names, "mask_structures": sources, "test_split": test_split})
     subset = label_subset(n, s.label_fraction, s.seed)
     k = len(subset)
     seg_len = max(2, n // 2)  # as many segmentation samples per epoch as the alternating runs see
     seg_cycle = np.resize(subset, max(seg_len, k))
-    ck = {"kind": "segmenter", "stage": "finetune", "task": "mixed", "classes": names, "mode": s.mode,
-          "in_channels": 1, "image_size": size, "normalisation": NORMALISATION, "run": {"command": "finetune", **asdict(s)}}
     test_set = ArrayDataset(test.images)
     curve_set = ArrayDataset(test.images, masks=test.masks, valid=test.mask_ok)  # scored each epoch, never selected on
     methods, scores = {}, {}
@@ -188,6 +187,8 @@ def mixed(s: FinetuneSettings) -> dict:
     # -- segmentation only, on the mask subset
     torch.manual_seed(s.seed)
     model, init_info = build_model(s, C)
+    ck = {**checkpoint_config(model, init_info["encoder"], names, size, "finetune", NORMALISATION, task="mixed",
+                              mode=s.mode), "run": {"command": "finetune", **asdict(s)}}
     params = set_mode(model, s.mode, size)
     seg_task = ProbSegTask(names, background_weight=1.0, dice_weight=0.5)
     engine = Engine(model, seg_task, engine_settings(s, min(bs, len(seg_cycle))), out / "segmentation_only",
@@ -228,8 +229,5 @@ def mixed(s: FinetuneSettings) -> dict:
               "mean_iou": {m: v["segmentation"]["iou"] for m, v in methods.items()},
               "mean_f1": {m: v["segmentation"]["f1"] for m, v in methods.items()},
               "mean_auroc": {m: v["mean_auroc"] for m, v in methods.items()},
-              "trainable_params": params.get("trainable_params"), "methods": methods,
-              "seconds": round(time.time() - t0, 2)}
-    if dist.is_main():
-        write_json(out / "metrics.json", result)
+              "trainable_params": params.get("trainable_params"), "methods": methods}
     return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from doll.models.names import DEFAULT_DECODER, DEFAULT_ENCODER
+from doll.models.names import DECODERS, DEFAULT_DECODER, DEFAULT_ENCODER, one_of
 from doll.settings import RunOptions, accumulate_option, num_workers_option, option, root_option, val_every_option
 
 TASK_PANEL = "Only for --task seg4cls or mixed"
@@ -30,7 +30,7 @@ class FinetuneSettings(RunOptions):
                        "head only).")
     label_fraction: float = option(1.0, "Fraction of the training masks to use, in (0, 1] (at least one image).")
     decoder: str = option(DEFAULT_DECODER, "Segmenter for random/imagenet init (a pretrain folder brings its own): "
-                          "pspnet, unet, unetplusplus, deeplabv3plus or fpn.")
+                          f"{one_of(DECODERS)}.")
     encoder: str = option(DEFAULT_ENCODER, "Encoder for random/imagenet init (a pretrain folder brings its own).")
     image_size: int = option(0, "Square image size (0: the pretrained network's, else 256).", min=0)
     fold: int = option(1, "JSRT: train on this official fold (1 or 2), test on the other.")

@@ -24,24 +24,8 @@ from doll.models.segmenter import (
 )
 from doll.train.engine import EngineSettings
 from doll.finetuning.options import FinetuneSettings  # noqa: F401 - doll.finetuning.settings.FinetuneSettings
+from doll.finetuning.tasks import check_task_options, task_class
 from doll.utils import check_fraction, check_positive
-
-
-class TaskRunner:
-    """One stage-4 task: a subclass in its own module and one row in ``doll.finetuning.run.TASKS``.
-    ``run`` gets checked settings (``check_settings``) and does the rest: it prepares
-    ``s.out``, trains, scores and writes ``metrics.json``; it returns what it wrote."""
-
-    def run(self, s: FinetuneSettings) -> dict:
-        raise NotImplementedError
-
-
-# options that only some tasks read: (default, tasks, the flag)
-TASK_ONLY_OPTIONS = {"summarizer": ("all", ("seg4cls",), "--summarizer"),
-                     "pseudo": ("none", ("seg4cls",), "--pseudo / --boosted"),
-                     "baselines": (True, ("seg4cls",), "--no-baselines"),
-                     "pooling": ("max,amp-mlp", ("mixed",), "--pooling"),
-                     "pretrained_lr": (1.0, ("jsrt", "lung", "covid"), "--pretrained-lr")}
 
 
 TRANSFERS = ("all", "encoder")
@@ -50,12 +34,6 @@ TRANSFERS = ("all", "encoder")
 def init_is_folder(init: str) -> bool:
     """Whether ``--init`` names a `doll pretrain` (or finetune) folder rather than random / imagenet:FILE."""
     return init != "random" and not init.startswith("imagenet:")
-
-
-def finetune_inputs(s: FinetuneSettings) -> dict:
-    """The inputs a fine-tuning run reads, which its --out may not be, hold or lie inside,
-    and which --resume fingerprints: the data set and the --init folder or weights file."""
-    return {"--root": s.root, "--init": None if s.init == "random" else s.init}
 
 
 def check_init(init: str) -> None:
@@ -67,11 +45,9 @@ def check_init(init: str) -> None:
 
 
 def check_settings(s: FinetuneSettings) -> None:
-    """Refuse, before anything is written, options this task would ignore, unknown
-    --mode / --decoder / --encoder, bad numbers, and an --image-size the network cannot take."""
-    for name, (default, tasks, flag) in TASK_ONLY_OPTIONS.items():
-        if getattr(s, name) != default and s.task not in tasks:
-            raise DollError(f"{flag} applies to --task {' / '.join(tasks)} only, not --task {s.task}")
+    """Refuse, before anything is written, an unknown --task, options this task would ignore,
+    unknown --mode / --decoder / --encoder, bad numbers, and an --image-size the network cannot take."""
+    check_task_options(s, task_class(s.task))
     if s.mode not in MODES:
         raise DollError(f"unknown --mode {s.mode!r}; choose one of {', '.join(MODES)}")
     if s.transfer not in TRANSFERS:
@@ -133,21 +109,15 @@ def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:k])
 
 
-# The budget when neither --epochs nor --max-steps is given. jsrt / lung / covid: 600
-# optimiser steps, enough for a few-mask run to converge (docs/results.md, "Budgets": on
-# the real anatomy set 5 % of the masks went from 0.32 mean IoU at 20 steps to 0.82 at
-# 600); seg4cls and mixed train several networks on all image labels: 20 epochs.
-DEFAULT_STEPS = 600
-DEFAULT_EPOCHS = 20
-
-
 def budget(s: FinetuneSettings) -> tuple[int, int]:
-    """(epochs, max_steps) for the engine: --max-steps, else --epochs, else the task's default."""
+    """(epochs, max_steps) for the engine: --max-steps, else --epochs, else the task's default
+    (its ``default_steps``, else its ``default_epochs``)."""
     if s.max_steps:
         return max(s.epochs, 1), s.max_steps
     if s.epochs:
         return s.epochs, 0
-    return (1, DEFAULT_STEPS) if s.task in ("jsrt", "lung", "covid") else (DEFAULT_EPOCHS, 0)
+    runner = task_class(s.task)
+    return (1, runner.default_steps) if runner.default_steps else (runner.default_epochs, 0)
 
 
 def engine_settings(s: FinetuneSettings, batch_size: int, monitor: str = "step", eval_split: str = "val") -> EngineSettings:

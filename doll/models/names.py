@@ -9,3 +9,9 @@ DECODERS = {"pspnet": "PSPNet", "unet": "Unet", "unetplusplus": "UnetPlusPlus", 
             "fpn": "FPN"}
 ENCODERS = ("resnet18", "resnet34", "resnet50", "densenet121")
 SALIENCY_MARGIN = 0.01  # default dilation of the field that multiplies saliency (`explain --field-margin`)
+
+
+def one_of(names) -> str:
+    """``a, b or c``: a help text's list of choices, written from the registry it comes from."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

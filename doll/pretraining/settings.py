@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from doll.models.names import DEFAULT_DECODER, DEFAULT_ENCODER
+from doll.models.names import DEFAULT_DECODER, DEFAULT_ENCODER, ENCODERS, one_of
 from doll.settings import (
     RunOptions,
     accumulate_option,
@@ -27,7 +27,7 @@ class PretrainSettings(RunOptions):
                       "segmentation_models_pytorch.from_pretrained).", path=True)
     decoder: str = option(DEFAULT_DECODER, "Segmenter: pspnet (the method's network), unet, unetplusplus, "
                           "deeplabv3plus or fpn.")
-    encoder: str = option(DEFAULT_ENCODER, "Encoder: resnet18, resnet34, resnet50 or densenet121.")
+    encoder: str = option(DEFAULT_ENCODER, f"Encoder: {one_of(ENCODERS)}.")
     epochs: int = option(10, "Training epochs.")
     max_steps: int = max_steps_option()
     val_every: int = val_every_option()

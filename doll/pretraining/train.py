@@ -11,8 +11,9 @@ of the file's rows is the validation slice (loss and IoU against its pseudo labe
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -27,8 +28,6 @@ from doll.labels.rule import apply_rule, check_rule
 from doll.labels.store import LabelFile, read_rows
 from doll.models.checkpoint import SEEN_IDS_FILE
 from doll.models.segmenter import (
-    DEFAULT_DECODER,
-    DEFAULT_ENCODER,
     build_segmenter,
     check_decoder,
     check_encoder,
@@ -39,16 +38,10 @@ from doll.models.segmenter import (
 from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
+from doll.train.stage import Stage
 from doll.train.tasks import SegmentationTask
 from doll.pretraining.settings import PretrainSettings  # noqa: F401 - doll.pretraining.train.PretrainSettings
-from doll.utils import (
-    atomic_path,
-    check_positive,
-    prepare_out_dir,
-    resolve_device,
-    resolve_paths,
-    write_json,
-)
+from doll.utils import atomic_path, check_positive, resolve_paths
 
 
 class LabelRows:
@@ -127,6 +120,63 @@ def row_patients(lf: LabelFile, dataset: str = "") -> tuple[list[str], str]:
     return [patient.get(p, p) for p in paths], "patients"
 
 
+class Pretrain(Stage):
+    """Stage 3 on the run skeleton: the label file read and checked before --out is made."""
+
+    command = "pretrain"
+    run_config = False  # --out holds the network's config.json (its "run" records the settings)
+
+    def inputs(self, s: PretrainSettings) -> dict:
+        return {"--labels": s.labels}
+
+    def prepare(self, s: PretrainSettings, device) -> SimpleNamespace:
+        with LabelFile(s.labels) as lf:
+            lf.require_readable()  # a damaged row is refused before --out is touched, not when a batch draws it
+            rule = check_rule(s.label_rule or lf.label_rule)
+            done = np.flatnonzero(lf.done)
+            data = LabelRows(lf, done, rule, s.soft)
+            info = lf.info()
+            patients, val_unit = row_patients(lf, s.dataset)
+            patients = [patients[i] for i in done]
+            seen_ids = [lf.paths()[i] for i in done]
+        check_image_size(s.decoder, s.encoder, int(data.shape[-1]), option=f"{s.labels} holds images of")
+        return SimpleNamespace(rule=rule, data=data, info=info, patients=patients, val_unit=val_unit,
+                               seen_ids=seen_ids)
+
+    def train(self, s: PretrainSettings, p, out: Path) -> dict:
+        data = p.data
+        names, size = data.names, data.shape[-1]
+        torch.manual_seed(s.seed)  # the initial weights: the same --seed gives the same run
+        model = build_segmenter(s.decoder, s.encoder, len(names), aux=s.aux)
+        y, w = apply_policy(data.labels, "ignore", "ignore")
+        held = hold_out(p.patients, s.val_fraction, s.seed)  # patient-level: no patient on both sides
+        is_val = np.array([q in held for q in p.patients], bool)
+        n_val = int(is_val.sum())
+        train_set = ArrayDataset(data.images, y, w, masks=data.masks, valid=data.valid, augment=True, seed=s.seed,
+                                 indices=np.flatnonzero(~is_val))
+        val_set = ArrayDataset(data.images, y, w, masks=data.masks, valid=data.valid,
+                               indices=np.flatnonzero(is_val)) if n_val else None
+        task = SegmentationTask(names, s.background_weight, s.dice_weight, s.aux_weight if s.aux else 0.0)
+        es = EngineSettings(epochs=s.epochs, max_steps=s.max_steps, val_every=s.val_every, batch_size=s.batch_size,
+                            lr=s.lr, seed=s.seed, device=s.device, num_workers=s.num_workers,
+                            monitor="val_iou" if n_val else "train_loss", monitor_mode="max" if n_val else "min",
+                            progress=s.progress, accumulate=s.accumulate, patience=s.patience)
+        ck = {**checkpoint_config(model, s.encoder, names, size, "pretrain", NORMALISATION, label_rule=p.rule,
+                                  soft=s.soft, aux=s.aux),
+              "labels": {"path": str(s.labels), "method": p.info["method"], "rows": p.info["rows"]},
+              "run": {"command": "pretrain", **asdict(s)}}
+        engine = Engine(model, task, es, out, ck, smp_config(model))
+        metrics = engine.fit(train_set, val_set, resume=s.resume)
+        if dist.is_main():
+            # the images this network saw: `doll finetune --init` warns when its test images are among them
+            with atomic_path(out / SEEN_IDS_FILE) as tmp:
+                tmp.write_text("".join(f"{i}\n" for i in p.seen_ids), encoding="utf-8")
+        return {"command": "pretrain", "finished": True, "classes": names, "label_rule": p.rule,
+                "n_train": len(train_set), "n_val": n_val, "validation_split_by": p.val_unit,
+                "best_step": metrics["best_step"],
+                "val_iou": metrics["best"].get("val_iou"), "history": metrics["history"]}
+
+
 @releases_outputs
 def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     s = settings or PretrainSettings(**kwargs)
@@ -134,53 +184,6 @@ def pretrain(settings: PretrainSettings | None = None, **kwargs) -> dict:
     check_positive(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr)
     check_decoder(s.decoder)
     check_encoder(s.encoder)
-    dist.init(resolve_device(s.device))  # join torchrun's process group before any file is written
     if not 0 <= s.val_fraction < 1:
         raise DollError(f"--val-fraction must be in [0, 1), got {s.val_fraction}")
-    t0 = time.time()
-    with LabelFile(s.labels) as lf:
-        lf.require_readable()  # a damaged row is refused before --out is touched, not when a batch draws it
-        rule = check_rule(s.label_rule or lf.label_rule)
-        done = np.flatnonzero(lf.done)
-        data = LabelRows(lf, done, rule, s.soft)
-        names, image_labels, size = data.names, data.labels, data.shape[-1]
-        info = lf.info()
-        patients, val_unit = row_patients(lf, s.dataset)
-        patients = [patients[i] for i in done]
-        seen_ids = [lf.paths()[i] for i in done]
-    check_image_size(s.decoder, s.encoder, int(size), option=f"{s.labels} holds images of")
-    torch.manual_seed(s.seed)  # the initial weights: the same --seed gives the same run
-    model = build_segmenter(s.decoder, s.encoder, len(names), aux=s.aux)
-    y, w = apply_policy(image_labels, "ignore", "ignore")
-    out = prepare_out_dir(s.out, resume=s.resume, overwrite=s.overwrite, settings=asdict(s), command="pretrain",
-                          inputs={"--labels": s.labels}) if dist.is_main() else None
-    dist.barrier()
-    held = hold_out(patients, s.val_fraction, s.seed)  # patient-level: no patient on both sides
-    is_val = np.array([p in held for p in patients], bool)
-    n_val = int(is_val.sum())
-    train_set = ArrayDataset(data.images, y, w, masks=data.masks, valid=data.valid, augment=True, seed=s.seed,
-                             indices=np.flatnonzero(~is_val))
-    val_set = ArrayDataset(data.images, y, w, masks=data.masks, valid=data.valid,
-                           indices=np.flatnonzero(is_val)) if n_val else None
-    task = SegmentationTask(names, s.background_weight, s.dice_weight, s.aux_weight if s.aux else 0.0)
-    es = EngineSettings(epochs=s.epochs, max_steps=s.max_steps, val_every=s.val_every, batch_size=s.batch_size, lr=s.lr, seed=s.seed, device=s.device,
-                        num_workers=s.num_workers, monitor="val_iou" if n_val else "train_loss",
-                        monitor_mode="max" if n_val else "min", progress=s.progress,
-                        accumulate=s.accumulate, patience=s.patience)
-    ck = {**checkpoint_config(model, s.encoder, names, size, "pretrain", NORMALISATION, label_rule=rule,
-                              soft=s.soft, aux=s.aux),
-          "labels": {"path": str(s.labels), "method": info["method"], "rows": info["rows"]},
-          "run": {"command": "pretrain", **asdict(s)}}
-    engine = Engine(model, task, es, out or s.out, ck, smp_config(model))
-    metrics = engine.fit(train_set, val_set, resume=s.resume)
-    result = {"command": "pretrain", "finished": True, "classes": names, "label_rule": rule,
-              "n_train": len(train_set), "n_val": n_val, "validation_split_by": val_unit,
-              "best_step": metrics["best_step"],
-              "val_iou": metrics["best"].get("val_iou"), "history": metrics["history"],
-              "seconds": round(time.time() - t0, 2)}
-    if dist.is_main():
-        # the images this network saw: `doll finetune --init` warns when its test images are among them
-        with atomic_path(engine.out / SEEN_IDS_FILE) as tmp:
-            tmp.write_text("".join(f"{i}\n" for i in seen_ids), encoding="utf-8")
-        write_json(engine.out / "metrics.json", result)
-    return result
+    return Pretrain().run(s)

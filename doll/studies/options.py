@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from doll.models.names import DEFAULT_DECODER, DEFAULT_ENCODER
+from doll.models.names import DECODERS, DEFAULT_DECODER, DEFAULT_ENCODER, one_of
 from doll.settings import RunOptions, option, root_option
 
 
@@ -23,7 +23,7 @@ class StudySettings(RunOptions):
     max_steps: int = option(600, "The budget of every cell in optimiser steps.", min=1)
     val_every: int = option(0, "Optimiser steps between evaluations (0: about ten per run).", min=0)
     decoder: str = option(DEFAULT_DECODER, "Segmenter for random/imagenet inits (a pretrain folder brings its own): "
-                          "pspnet, unet, unetplusplus, deeplabv3plus or fpn.")
+                          f"{one_of(DECODERS)}.")
     encoder: str = option(DEFAULT_ENCODER, "Encoder for random/imagenet inits (a pretrain folder brings its own).")
     image_size: int = option(0, "Square image size (0: finetune's default).", min=0)
     batch_size: int = option(8, "Images per batch.")

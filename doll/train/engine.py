@@ -198,12 +198,7 @@ class Engine:
         s, out = self.s, self.out
         metrics_file = out / "metrics.json"
         if resume and metrics_file.exists() and read_json(metrics_file).get("finished"):
-            if (out / LAST).exists():  # leave the model as a finished fit leaves it: the last step's weights
-                ck = load_train_state(out / LAST)
-                restore_model(self.model, ck, out / LAST)
-                if "step" in ck["state"]:  # a state saved by a doll that counted epochs: its metrics.json
-                    return self._metrics(ck["state"], True)  # metrics.json may since hold the calling stage's result
-            return read_json(metrics_file)
+            return self._finished(metrics_file)
         ws = dist.world_size() if dist.active() else 1
         sampler = DistributedSampler(train_set, num_replicas=ws, rank=dist.rank() if ws > 1 else 0,
                                      shuffle=True, seed=s.seed, drop_last=False)
@@ -219,19 +214,7 @@ class Engine:
         torch.manual_seed(s.seed)
         random.seed(s.seed)
         if resume and (out / LAST).exists():
-            ck = load_train_state(out / LAST)  # checked: keys, types, progress (doll.schema)
-            restore_train_state(ck, out / LAST, self.model, opt, sched, self.scaler if self.scaler.is_enabled() else None)
-            if torch.is_tensor(ck.get("rng_cuda")) and ck["rng_cuda"].numel() and self.device.type == "cuda":
-                torch.cuda.set_rng_state(ck["rng_cuda"], self.device)  # dropout on this rank's GPU draws from it
-            random.setstate(ck["rng_python"])
-            state = _upgrade_state(ck["state"], steps_per_epoch, total)
-            if state["max_steps"] != total:
-                raise DollError(f"{out} was started with a budget of {state['max_steps']} steps, this command asks "
-                                f"for {total}; resume with the same --epochs / --max-steps / --batch-size")
-            if state["batch"] >= n_batches:  # a position no epoch of this run has: resuming there would never end
-                raise DollError(f"{out / LAST}: state.batch is {state['batch']}; expected fewer than the {n_batches} "
-                                "batches of an epoch, resume with the first run's --batch-size or start again with "
-                                "--overwrite")
+            state = self._resume(opt, sched, steps_per_epoch, total, n_batches)
         model = self._ddp()
         start = time.time()
         main = dist.is_main()
@@ -300,6 +283,34 @@ class Engine:
             write_json(metrics_file, metrics)
         dist.barrier()
         return metrics
+
+    def _finished(self, metrics_file: Path) -> dict:
+        """--resume of a finished fit: the model as the fit left it (the last step's weights), its metrics."""
+        last = self.out / LAST
+        if last.exists():
+            ck = load_train_state(last)
+            restore_model(self.model, ck, last)
+            if "step" in ck["state"]:  # a state saved by a doll that counted epochs: its metrics.json
+                return self._metrics(ck["state"], True)  # metrics.json may since hold the calling stage's result
+        return read_json(metrics_file)
+
+    def _resume(self, opt, sched, steps_per_epoch: int, total: int, n_batches: int) -> dict:
+        """Weights, optimiser, schedule, scaler and random streams from last.pt; its training state."""
+        last = self.out / LAST
+        ck = load_train_state(last)  # checked: keys, types, progress (doll.schema)
+        restore_train_state(ck, last, self.model, opt, sched, self.scaler if self.scaler.is_enabled() else None)
+        if torch.is_tensor(ck.get("rng_cuda")) and ck["rng_cuda"].numel() and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ck["rng_cuda"], self.device)  # dropout on this rank's GPU draws from it
+        random.setstate(ck["rng_python"])
+        state = _upgrade_state(ck["state"], steps_per_epoch, total)
+        if state["max_steps"] != total:
+            raise DollError(f"{self.out} was started with a budget of {state['max_steps']} steps, this command asks "
+                            f"for {total}; resume with the same --epochs / --max-steps / --batch-size")
+        if state["batch"] >= n_batches:  # a position no epoch of this run has: resuming there would never end
+            raise DollError(f"{last}: state.batch is {state['batch']}; expected fewer than the {n_batches} "
+                            "batches of an epoch, resume with the first run's --batch-size or start again with "
+                            "--overwrite")
+        return state
 
     def _evaluate(self, model, val_set, state, opt, sched, running, count, steps_per_epoch) -> bool:
         """Score the validation split, keep the best weights, checkpoint; whether to stop early."""

@@ -34,17 +34,22 @@ class ProbSegTask(SegmentationTask):
 
 
 class YNet(nn.Module):
-    """The segmenter (any --decoder) + a classification head on the encoder's last feature (Y-Net style)."""
+    """The segmenter (any --decoder) + a classification head on the encoder's last feature
+    (Y-Net style): smp's own ``aux_params`` head (``ClassificationHead``: average pooling,
+    dropout 0.2, a linear layer), added to an already built (or pretrained) segmenter; smp's
+    forward then returns (masks, labels)."""
 
     def __init__(self, seg: nn.Module, n_classes: int):
         super().__init__()
+        from segmentation_models_pytorch.base import ClassificationHead
+        from segmentation_models_pytorch.base.initialization import initialize_head
+
+        seg.classification_head = ClassificationHead(seg.encoder.out_channels[-1], n_classes)
+        initialize_head(seg.classification_head)
         self.seg = seg
-        self.cls_head = nn.Linear(seg.encoder.out_channels[-1], n_classes)
 
     def forward(self, x):
-        feats = self.seg.encoder(x)
-        masks = self.seg.segmentation_head(self.seg.decoder(feats))
-        return masks, self.cls_head(feats[-1].float().mean(dim=(2, 3)))
+        return self.seg(x)
 
 
 class MultitaskTask:
