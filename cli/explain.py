@@ -1,11 +1,12 @@
-"""`doll explain`, `doll evaluate-labels`, `doll show`, `doll labels info|merge|export`."""
+"""`doll explain`, `doll evaluate-labels`, `doll show`, `doll labels info|merge|refine|export`: each command's
+options are its settings' fields (doll_cli.options)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import typer
 from doll.explanation.settings import ExplainSettings
-from doll_cli.main import DEVICE, OVERWRITE, QUIET, RESUME, SEED, Typer, app, emit
+from doll.labels.settings import EvaluateLabelsSettings, ExportSettings, InfoSettings, MergeSettings, RefineSettings
+from doll.report.settings import ShowSettings
+from doll_cli.main import Typer, app, emit
 from doll_cli.options import settings_command
 
 labels_app = Typer(help="Inspect, merge, refine and export DoLL label files.", no_args_is_help=True)
@@ -29,27 +30,26 @@ settings_command(app, "explain", ExplainSettings, _run_explain, report=_report_e
                      "per-class saliency and pixel labels, all in one HDF5 file. Resumable.")
 
 
-@app.command("evaluate-labels")
-def evaluate_labels(
-    labels: Path = typer.Option(..., "--labels", help="A DoLL label file."),
-    dataset: str = typer.Option("", "--dataset", help="Data set with ground-truth masks (default: the one the file was made from)."),
-    root: Path = typer.Option(None, "--root", help="Its folder (default: the one the file was made from)."),
-    label_rule: str = typer.Option("", "--label-rule", help="Override the file's label rule."),
-    out: Path = typer.Option(None, "--out", help="Folder to write metrics.json into (default: <labels>.evaluation.json next to the label file)."),
-    as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
-    seed: int = SEED,
-    quiet: bool = QUIET,
-):
-    """Pseudo-label quality against ground-truth masks (or NIH boxes): IoU, Dice, top-k IoU, pointing game and AP per class and mean, next to a random map (and the lung field, where known)."""
-    from doll.labels.evaluate import evaluate_labels as run, evaluation_path
+def _evaluate_labels(settings) -> dict:
+    from doll.labels.evaluate import evaluate_labels
 
-    result = run(str(labels), dataset=dataset, root=str(root) if root else "", label_rule=label_rule, seed=seed,
-                 out=str(out) if out else "", progress=not quiet)
-    if as_json:
+    return evaluate_labels(settings.labels, dataset=settings.dataset, root=settings.root, label_rule=settings.label_rule,
+                           seed=settings.seed, out=settings.out, progress=settings.progress)
+
+
+def _report_evaluation(result: dict, settings) -> None:
+    from doll.labels.evaluate import evaluation_path
+
+    if settings.as_json:
         emit(result, as_json=True)
     else:
         typer.echo(score_table(result))
-        typer.echo(f"metrics: {evaluation_path(str(labels), str(out) if out else '')}")
+        typer.echo(f"metrics: {evaluation_path(settings.labels, settings.out)}")
+
+
+settings_command(app, "evaluate-labels", EvaluateLabelsSettings, _evaluate_labels, report=_report_evaluation,
+                 doc="Pseudo-label quality against ground-truth masks (or NIH boxes): IoU, Dice, top-k IoU, pointing "
+                     "game and AP per class and mean, next to a random map (and the lung field, where known).")
 
 
 PRIORS = (("mean", "labels"), ("random", "random map"), ("lung_prior", "lung mask"), ("field_prior", "lung field"))
@@ -65,81 +65,80 @@ def score_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-@app.command("show")
-def show(
-    labels: Path = typer.Option(..., "--labels", help="A DoLL label file."),
-    index: int = typer.Option(0, "--index", min=0, help="Row of the file to show."),
-    out: Path = typer.Option(..., "--out", help="PNG file to write."),
-    classes: str = typer.Option("", "--classes", help="Comma-separated classes (default: those explained for the image)."),
-    label_rule: str = typer.Option("", "--label-rule", help="Override the file's label rule."),
-    overwrite: bool = OVERWRITE,
-):
-    """Overlay of one image's pseudo labels (contours) and saliency, class by class."""
+def _show(settings) -> dict:
     from doll.report.overlay import show_labels
 
-    result = show_labels(str(labels), index, out=str(out), classes=classes, label_rule=label_rule,
-                         overwrite=overwrite)
-    typer.echo(f"wrote {out} ({result['path']}: {', '.join(result['classes']) or 'no explained class'})")
+    return show_labels(settings.labels, settings.index, out=settings.out, classes=settings.classes,
+                       label_rule=settings.label_rule, overwrite=settings.overwrite)
 
 
-@labels_app.command("info")
-def info(labels: Path = typer.Argument(..., metavar="LABELS.h5", help="A DoLL label file."),
-         verify: bool = typer.Option(False, "--verify", help="Also read every row (every chunk) and list those that cannot be read; exits 2 if any.")):
-    """Format version, rows, classes, method and settings of a label file."""
+def _report_show(result: dict, settings) -> None:
+    typer.echo(f"wrote {settings.out} ({result['path']}: {', '.join(result['classes']) or 'no explained class'})")
+
+
+settings_command(app, "show", ShowSettings, _show, report=_report_show,
+                 doc="Overlay of one image's pseudo labels (contours) and saliency, class by class.")
+
+
+def _info(settings) -> dict:
+    from doll.labels.tools import info
+
+    return info(settings.labels, verify=settings.verify)
+
+
+def _report_info(result: dict, settings) -> None:
     from doll.errors import DollError
-    from doll.labels.tools import info as run
 
-    result = run(str(labels), verify=verify)
     emit(result, as_json=True)
     bad = (result.get("verify") or {}).get("unreadable", [])
     if bad:
         first = next((b for b in bad if b["row"] is not None), bad[0])
         where = f"row {first['row']} ({first['id']})" if first["row"] is not None else f"dataset {first['dataset']}"
-        raise DollError(f"{labels}: {len(bad)} unreadable row(s) (listed above under verify; first: {where}: "
+        raise DollError(f"{settings.labels}: {len(bad)} unreadable row(s) (listed above under verify; first: {where}: "
                         f"{first['reason']}); re-run doll explain for them")
 
 
-@labels_app.command("merge")
-def merge(
-    inputs: list[Path] = typer.Argument(..., metavar="LABELS.h5", help="Label files (shards of one run) to join."),
-    out: Path = typer.Option(..., "--out", help="The merged file."),
-    overwrite: bool = OVERWRITE,
-):
-    """Join label files made on separate machines into one (rows deduplicated by path)."""
-    from doll.labels.tools import merge as run
-
-    emit(run([str(p) for p in inputs], str(out), overwrite), keys=("out", "rows"))
+settings_command(labels_app, "info", InfoSettings, _info, report=_report_info,
+                 doc="Format version, rows, classes, method and settings of a label file.")
 
 
-@labels_app.command("refine")
-def refine(
-    labels: Path = typer.Argument(..., metavar="LABELS.h5", help="A DoLL label file."),
-    model: Path = typer.Option(..., "--model", help="The --out folder of `doll pretrain` run on these labels."),
-    out: Path = typer.Option(..., "--out", help="The refined label file to write (.h5)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
-    lung_model: Path = typer.Option(None, "--lung-model", help="A `doll finetune --task lung` model folder whose field replaces the file's own (default: the file's)."),
-    field_margin: float = typer.Option(None, "--field-margin", help="Dilation of the lung field as a fraction of the image size (default: the file's; 0: the predicted mask itself)."),
-    device: str = DEVICE,
-    overwrite: bool = OVERWRITE,
-    quiet: bool = QUIET,
-):
-    """Self-training: relabel with a segmenter pretrained on the labels (its maps times a lung field, by default the file's)."""
-    from doll.labels.tools import refine as run
+def _merge(settings) -> dict:
+    from doll.labels.tools import merge
 
-    emit(run(str(labels), str(model), str(out), batch_size, device, str(lung_model) if lung_model else "",
-             field_margin, overwrite, progress=not quiet), keys=("out", "rows"))
+    return merge(list(settings.inputs), settings.out, settings.overwrite)
 
 
-@labels_app.command("export")
-def export(
-    labels: Path = typer.Argument(..., metavar="LABELS.h5", help="A DoLL label file."),
-    out: Path = typer.Option(..., "--out", help="Folder for images/, masks/<class>/ and labels.csv."),
-    fmt: str = typer.Option("png", "--format", help="Export format: png."),
-    label_rule: str = typer.Option("", "--label-rule", help="Override the file's label rule."),
-    overwrite: bool = OVERWRITE,
-    quiet: bool = QUIET,
-):
-    """Export pixel labels as PNG masks (one per class per image) plus a CSV, for tools that do not read HDF5."""
-    from doll.labels.tools import export as run
+def _report_rows(result: dict, settings) -> None:
+    emit(result, keys=("out", "rows"))
 
-    emit(run(str(labels), str(out), fmt, label_rule, progress=not quiet, overwrite=overwrite), keys=("out", "masks"))
+
+settings_command(labels_app, "merge", MergeSettings, _merge, report=_report_rows,
+                 doc="Join label files made on separate machines into one (rows deduplicated by path).")
+
+
+def _refine(settings) -> dict:
+    from doll.labels.tools import refine
+
+    return refine(settings.labels, settings.model, settings.out, settings.batch_size, settings.device,
+                  settings.lung_model, settings.field_margin, settings.overwrite, progress=settings.progress)
+
+
+settings_command(labels_app, "refine", RefineSettings, _refine, report=_report_rows,
+                 doc="Self-training: relabel with a segmenter pretrained on the labels (its maps times a lung field, by "
+                     "default the file's).")
+
+
+def _export(settings) -> dict:
+    from doll.labels.tools import export
+
+    return export(settings.labels, settings.out, settings.fmt, settings.label_rule, progress=settings.progress,
+                  overwrite=settings.overwrite)
+
+
+def _report_export(result: dict, settings) -> None:
+    emit(result, keys=("out", "masks"))
+
+
+settings_command(labels_app, "export", ExportSettings, _export, report=_report_export,
+                 doc="Export pixel labels as PNG masks (one per class per image) plus a CSV, for tools that do not read "
+                     "HDF5.")

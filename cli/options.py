@@ -5,7 +5,9 @@ help panel and CLI type; :func:`settings_command` turns the dataclass into a Typ
 whose options are those fields, in their order, followed by the options every computing
 command shares (``--device``, ``--seed``, ``--resume``, ``--overwrite``, ``--quiet``, whose
 help is declared once on :class:`doll.utils.RunOptions`). The command builds the settings
-and calls the stage: the CLI and ``doll.<stage>(...)`` cannot drift apart.
+and calls the stage: the CLI and ``doll.<stage>(...)`` cannot drift apart. A settings class
+that is no :class:`~doll.settings.RunOptions` (a tool such as ``doll labels merge``) keeps
+all its fields in their order; a field may be a positional argument (``argument=True``).
 """
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def _annotation(field: dataclasses.Field):
-    if field.metadata.get("path"):
-        return Path
-    kinds = [k.strip() for k in str(field.type).split("|")]
-    return _TYPES.get(kinds[0], str)
+    kind = str(field.type).split("|")[0].strip()
+    many = kind.startswith(("list[", "tuple["))  # list[str]: an argument taking several values
+    if many:
+        kind = kind[kind.index("[") + 1:].split(",")[0].rstrip("]").strip()
+    single = Path if field.metadata.get("path") else _TYPES.get(kind, str)
+    return list[single] if many else single
 
 
 def _flag_name(flag: str) -> str:
@@ -51,19 +55,23 @@ def _parameter(field: dataclasses.Field) -> inspect.Parameter:
             kwargs[key] = meta[key]
     if meta.get("path") and default not in (..., None):
         default = Path(default) if default != "" else None
-    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, flag, **kwargs),
-                             annotation=_annotation(field))
+    parameter = typer.Argument(default, **kwargs) if meta.get("argument") else typer.Option(default, flag, **kwargs)
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=parameter, annotation=_annotation(field))
 
 
 def settings_command(app: typer.Typer, name: str, settings_cls: type, run: Callable, *, doc: str,
-                     report: Callable[[dict, object], None], skip: tuple[str, ...] = ()) -> Callable:
+                     report: Callable[[dict, object], object], skip: tuple[str, ...] = ()) -> Callable:
     """Register ``doll <name>``: one option per field of ``settings_cls`` declared with
-    ``option(...)`` (but ``skip``), then the shared options; ``run(settings)`` is the stage,
-    ``report(result, settings)`` prints what it returned."""
+    ``option(...)`` (but ``skip``), then the shared options it has from RunOptions;
+    ``run(settings)`` is the stage, ``report(result, settings)`` prints what it returned
+    (and what it returns, the command returns)."""
+    from doll.settings import RunOptions
+
     fields = {f.name: f for f in dataclasses.fields(settings_cls)}
-    own = [f for n, f in fields.items() if n not in SHARED and n not in skip
+    inherited = {f.name for f in dataclasses.fields(RunOptions)} if issubclass(settings_cls, RunOptions) else set()
+    own = [f for n, f in fields.items() if n not in inherited and n not in skip
            and (f.metadata.get("help") or f.metadata.get("flags"))]
-    shared = [fields[n] for n in SHARED if n in fields]
+    shared = [fields[n] for n in SHARED if n in inherited]
     parameters = [p for f in own + shared for p in (_flag_parameters(f) if f.metadata.get("flags") else [_parameter(f)])]
 
     def command(**given):
@@ -82,9 +90,11 @@ def settings_command(app: typer.Typer, name: str, settings_cls: type, run: Calla
                 value = not value
             if isinstance(value, Path) or (field.metadata.get("path") and value is None):
                 value = "" if value is None else str(value)
+            elif isinstance(value, (list, tuple)):  # an argument taking several paths
+                value = [str(v) if isinstance(v, Path) else v for v in value]
             values[key] = value
         settings = settings_cls(**values)
-        report(run(settings), settings)
+        return report(run(settings), settings)
 
     command.__signature__ = inspect.Signature(parameters)
     command.__name__ = name.replace("-", "_")

@@ -67,8 +67,9 @@ def check_setting_values(settings) -> None:
 def option(default, help: str, **cli):
     """A settings field that is also a CLI option, declared once: ``help`` is the flag's help
     text; ``cli`` may give ``flag`` (default ``--field-name``), ``required`` (the CLI asks for
-    it), ``path`` (the CLI takes a path), ``cli_default``, ``min``, ``max``, ``metavar``,
-    ``rich_help_panel``, ``invert`` (a bool shown as its negation: ``progress`` is ``--quiet``).
+    it), ``path`` (the CLI takes a path), ``argument`` (a positional argument, not a flag),
+    ``cli_default``, ``min``, ``max``, ``metavar``, ``rich_help_panel``, ``invert`` (a bool
+    shown as its negation: ``progress`` is ``--quiet``).
     The CLI's commands are generated from these (``doll_cli.options.settings_command``)."""
     return dataclasses.field(default=default, metadata={"help": help, **cli})
 
@@ -116,3 +117,40 @@ class RunOptions:
                             "--overwrite deletes it; pass one of them")
 
 
+def run_option(name: str):
+    """One of :class:`RunOptions`' fields (``"seed"``, ``"progress"``, ...) for the settings of a
+    command that takes only some of them (``doll labels merge`` has --overwrite, no --seed):
+    the same default, help and flag, declared once, and no checks of the stages'."""
+    field = RunOptions.__dataclass_fields__[name]
+    return dataclasses.field(default=field.default, metadata=field.metadata)
+
+
+# `doll data phantom | check`: here rather than in doll/data/, whose package loads torch (the
+# CLI builds its commands from these classes on every call, `doll --help` included). The
+# functions they configure check their own values (doll.data.phantom.make_phantoms,
+# doll.data.check.check_dataset); the CLI's limits are the `min`/`max` below.
+@dataclasses.dataclass(kw_only=True)
+class PhantomSettings:
+    out: str = option("", "Folder to write the phantom data set into.", required=True, path=True)
+    n: int = option(200, "Number of chest images (CheXpert layout).")
+    size: int = option(64, "Image side in pixels (32 or more; 64 is what the README's examples and --image-size "
+                       "defaults use).")
+    seed: int = option(0, "Random seed; the same seed gives identical files.")
+    n_anatomy: int | None = option(None, "Images in the JSRT-layout anatomy set (default: max(20, n/2)).", min=0)
+    noise: float = option(0.05, "Fraction of training labels flipped.", min=0.0, max=1.0)
+    uncertain: float = option(0.05, "Fraction of training labels written as -1 (uncertain).")
+    blank: float = option(0.1, "Fraction of negative training labels left blank.")
+    confound: float = option(0.0, "Fraction of pneumothorax images that also get a chest tube.")
+    valid_fraction: float = option(0.2, "Fraction of the patients written as the valid split.", min=0.0, max=1.0)
+    overwrite: bool = option(False, "Replace a phantom data set already in --out.")
+    progress: bool = run_option("progress")
+
+
+@dataclasses.dataclass(kw_only=True)
+class CheckSettings:
+    dataset: str = option("", "chexpert, nih, jsrt, montgomery, shenzhen, qata, covidqu, phantom or folder.",
+                          required=True)
+    root: str = root_option()
+    decode: int = option(200, "Decode this many images (spread over the set) to find corrupt files; 0 = all.", min=0)
+    as_json: bool = option(False, "Print the report as JSON.", flag="--json")
+    progress: bool = run_option("progress")
