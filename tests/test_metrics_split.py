@@ -20,7 +20,7 @@ from doll.train.metrics import (
     per_image_scores,
     segmentation_scores,
 )
-from doll.train.tasks import SegmentationTask
+from doll.train.objectives import SegmentationTask
 
 DOLL = Path(__file__).resolve().parents[1] / "doll"
 

@@ -18,7 +18,7 @@ from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.stage import Stage
-from doll.train.tasks import ClassificationTask
+from doll.train.objectives import ClassificationTask
 from doll.train.metrics import auroc_per_class
 from doll.classification.settings import ClassifierSettings  # noqa: F401 - doll.classification.train.ClassifierSettings
 from doll.utils import check_positive, resolve_paths

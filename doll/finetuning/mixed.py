@@ -60,7 +60,7 @@ from doll.train import distributed as dist
 from doll.train.engine import Engine, batches_per_epoch, predict_all
 from doll.train.losses import masked_bce, multilabel_seg_loss
 from doll.train.metrics import mean_over_images, per_image_scores
-from doll.train.tasks import SegmentationTask
+from doll.train.objectives import SegmentationTask
 
 POOLINGS = ("max", "amp-mlp")
 

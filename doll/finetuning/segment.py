@@ -51,7 +51,7 @@ from doll.models.segmenter import checkpoint_config, smp_config
 from doll.train import distributed as dist
 from doll.train.engine import Engine, predict_all
 from doll.train.metrics import EMPTY_MASK_RULE, bootstrap_interval, per_image_iou, segmentation_scores
-from doll.train.tasks import SegmentationTask
+from doll.train.objectives import SegmentationTask
 
 HOLDOUT_FRACTION = 0.2  # test split carved from train when a data set has no other split with masks
 LUNGS = ("lungs", ["left lung", "right lung"])

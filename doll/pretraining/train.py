@@ -39,7 +39,7 @@ from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
 from doll.train.stage import Stage
-from doll.train.tasks import SegmentationTask
+from doll.train.objectives import SegmentationTask
 from doll.pretraining.settings import PretrainSettings  # noqa: F401 - doll.pretraining.train.PretrainSettings
 from doll.utils import atomic_path, check_positive, resolve_paths
 

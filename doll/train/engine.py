@@ -21,7 +21,8 @@
 * torchrun: DistributedSampler with set_epoch, DDP, outputs gathered from all ranks
   for the metrics, only rank 0 writes files.
 
-A *task* tells the engine what a batch means::
+An *objective* (``doll.train.objectives``; the argument is named ``task``) tells the engine
+what a batch means::
 
     task.loss(model, batch) -> scalar tensor
     task.predict(model, batch) -> dict of per-sample numpy arrays

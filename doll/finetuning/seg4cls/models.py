@@ -7,7 +7,7 @@ from torch import nn
 
 from doll.train.losses import masked_bce, multilabel_seg_loss
 from doll.train.metrics import auroc_per_class
-from doll.train.tasks import SegmentationTask
+from doll.train.objectives import SegmentationTask
 
 
 class ProbSegTask(SegmentationTask):

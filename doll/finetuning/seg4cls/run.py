@@ -40,7 +40,7 @@ from doll.models.checkpoint import load_into, read_config
 from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier
 from doll.models.segmenter import checkpoint_config, smp_config
 from doll.train.engine import Engine, predict_all
-from doll.train.tasks import ClassificationTask
+from doll.train.objectives import ClassificationTask
 
 PSEUDO = ("none", "pseudo", "boosted")
 

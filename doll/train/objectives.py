@@ -1,6 +1,8 @@
-"""What a batch means to the training engine: the two task kinds every stage builds on.
+"""Training objectives: what a batch means to the training engine, the two kinds every
+stage builds on. (An objective is not a ``--task``: a fine-tuning task,
+``doll.finetuning.tasks``, is a whole run that builds one or more objectives.)
 
-A task has ``loss(model, batch)``, ``predict(model, batch)`` (per-sample numpy arrays)
+An objective has ``loss(model, batch)``, ``predict(model, batch)`` (per-sample numpy arrays)
 and ``metrics(outputs)`` (floats over a whole split); see ``doll.train.engine``.
 ``ClassificationTask``: multi-label image labels (stage 1, seg4cls's classifier).
 ``SegmentationTask``: multi-label masks, optionally with an auxiliary image-label head
