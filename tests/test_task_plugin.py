@@ -59,3 +59,15 @@ def test_a_task_of_ones_own_is_checked_like_a_built_in_one(phantom, heart_task, 
     code, err = cli_exit(capsys, "finetune", "--task", "lungs", *common)
     assert code == 2 and "unknown --task 'lungs'" in err and "package.module:ClassName" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_doll_study_runs_a_segmentation_task_of_ones_own(phantom, heart_task, tmp_path, capsys):
+    out = tmp_path / "study"
+    code, err = cli_exit(capsys, "study", "--task", heart_task, "--dataset", "jsrt", "--root", phantom / "anatomy",
+                         "--inits", "random", "--fractions", "0.5", "--seeds", 1, "--modes", "full", "--max-steps", 2,
+                         "--encoder", "resnet18", "--image-size", SIZE, "--out", out, "--quiet")
+    assert code == 0, err
+    study = json.loads((out / "study.json").read_text())
+    assert len(study["cells"]) == 1
+    cell = json.loads(next((out / "cells").glob("*/metrics.json")).read_text())
+    assert cell["structures"] == ["heart"] and cell["steps"] == 2

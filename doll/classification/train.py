@@ -87,12 +87,11 @@ class TrainClassifiers(Stage):
         # a bad --root, --dataset, --uncertain or --valid-fraction leaves no empty folder
         opts = {"views": s.views, "valid_fraction": s.valid_fraction, "seed": s.seed}
         validation = "the data set's valid split" if s.valid_fraction == 0 else f"{s.valid_fraction:.0%} of train patients"
-        fmt = open_dataset(s.dataset, s.root, **opts)
+        fmt = open_dataset(s.dataset, s.root, **opts)  # opened once
         if s.valid_fraction == 0 and not fmt.items("valid"):
             # NIH, QaTa, folder sets without a split column: validate on patients carved from train
-            opts["valid_fraction"] = AUTO_VALID_FRACTION
+            fmt.carve_from_train(fmt.items(), AUTO_VALID_FRACTION, s.seed)
             validation = f"{AUTO_VALID_FRACTION:.0%} of train patients (the data set has no valid split)"
-            fmt = open_dataset(s.dataset, s.root, **opts)
         show = s.progress and dist.is_main()
         train = split_arrays(fmt, "train", s.image_size, progress=show)
         val = split_arrays(fmt, "valid", s.image_size, progress=show)

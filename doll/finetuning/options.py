@@ -15,7 +15,8 @@ INIT_PANEL = "Only with a pretrained --init"
 @dataclass
 class FinetuneSettings(RunOptions):
     task: str = option("jsrt", "jsrt (lungs, heart, clavicles), lung (lung fields), covid (infection), seg4cls "
-                       "(segmentation for classification) or mixed (a few masks + image labels, alternating).")
+                       "(segmentation for classification), mixed (a few masks + image labels, alternating), or a task "
+                       "of your own as package.module:ClassName (docs/extending.md).")
     dataset: str = option("jsrt", "jsrt, montgomery, shenzhen, qata, covidqu, folder, ...")
     root: str = root_option()
     # a `doll pretrain` folder, "random", or "imagenet:/path/to/weights"

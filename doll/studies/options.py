@@ -10,7 +10,8 @@ from doll.settings import RunOptions, option, root_option
 
 @dataclass
 class StudySettings(RunOptions):
-    task: str = option("jsrt", "jsrt (lungs, heart, clavicles), lung (lung fields) or covid (infection). seg4cls and "
+    task: str = option("jsrt", "jsrt (lungs, heart, clavicles), lung (lung fields), covid (infection), or a "
+                       "segmentation task of your own as package.module:ClassName (docs/extending.md). seg4cls and "
                        "mixed are not supported yet.")
     dataset: str = option("jsrt", "jsrt, montgomery, shenzhen, qata, covidqu, folder, ...")
     root: str = root_option()

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from doll.errors import DollError
 from doll.finetuning.run import finetune
+from doll.finetuning.segment import Segment
 from doll.finetuning.settings import FinetuneSettings, check_settings, init_is_folder
+from doll.finetuning.tasks import task_class
 from doll.models.adapters import MODES
 from doll.models.segmenter import DEFAULT_DECODER, DEFAULT_ENCODER
 from doll.outputs import is_doll_output, releases_outputs, safe_name
@@ -34,7 +36,6 @@ from doll.studies.options import StudySettings
 from doll.utils import RUN_ONLY_SETTINGS, check_positive, differing_keys, prepare_out_dir, read_json, \
     resolve_paths, write_json
 
-TASKS = ("jsrt", "lung", "covid")  # seg4cls and mixed: not yet
 # the settings every cell shares: --resume refuses a study whose cells would differ in one.
 # The grid (inits, fractions, seeds, modes) may grow on --resume: new cells are added.
 SHARED = ("task", "dataset", "root", "fold", "max_steps", "val_every", "decoder", "encoder", "image_size",
@@ -107,9 +108,10 @@ def parse_modes(text: str) -> list[str]:
 def plan(s: StudySettings) -> tuple[list[Init], str, list[Cell]]:
     """(inits, reference name, cells in the order they run: seed by seed, so that a study
     stopped early has whole pairs)."""
-    if s.task not in TASKS:
-        raise DollError(f"doll study runs --task jsrt, lung or covid; --task {s.task} is not supported by it yet: "
-                        f"run `doll finetune --task {s.task}` once per seed and init instead")
+    if not issubclass(task_class(s.task), Segment):  # seg4cls and mixed score images by AUROC: not yet
+        raise DollError(f"doll study runs segmentation tasks (jsrt, lung, covid, or a Segment subclass of your own as "
+                        f"package.module:ClassName); --task {s.task} is not supported by it yet: run `doll finetune "
+                        f"--task {s.task}` once per seed and init instead")
     check_positive(seeds=s.seeds, max_steps=s.max_steps, bootstrap=s.bootstrap)
     inits, fractions, modes = parse_inits(s.inits), parse_fractions(s.fractions), parse_modes(s.modes)
     reference = s.reference or inits[0].name
