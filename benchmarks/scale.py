@@ -30,9 +30,11 @@ stage leaves on disk (cache, label file). Stages (``--stages``, comma-separated)
 * ``labels``: a label file of 14 classes at 224 px written with ``write_label_file``
   (smooth random uint8 saliency, every class explained, the cached images:
   ``label_file_write``, with its bytes per image), then, in another process, the rows/s
-  that pretraining's ``LabelRows`` reads (image + 14 masks: ``label_file_read``);
+  that pretraining's ``LabelRows`` reads (image + 14 masks as the loader takes them,
+  ``masks.coded``: ``label_file_read``);
 * ``pretrain``: pretraining's loader (``LabelRows`` + ``ArrayDataset``, augmented,
-  batch 16) over that file with 1, 2 and 4 DataLoader workers (``per_worker``);
+  batch 16) over that file with 0 (in-process: the rate of one worker on one core), 1, 2
+  and 4 DataLoader workers (``per_worker``);
 * ``merge``: ``doll labels merge`` of 2 shards of that file.
 
 A last row ``{"stage": "extrapolation"}`` projects each stage to 224,316 images and to
@@ -281,7 +283,7 @@ n = len(rows.rows)
 order = np.random.default_rng(2).permutation(n)
 t0, c0 = time.perf_counter(), cpu()
 for j in order:
-    rows.images[j], rows.masks[j]
+    rows.images[j], rows.masks.coded(j)  # what ArrayDataset takes (masks[j] adds a float16 copy)
 done(n=n, seconds=time.perf_counter() - t0, cpu_s=cpu() - c0,
      explained_maps_per_image=round(float(rows.explained.sum()) / n, 2))
 """
@@ -445,13 +447,13 @@ def run_size(n: int, base: Path, stages: list[str], workers: list[int], cap: int
             r2, wall, rss, _ = child(LABELS_READ, {"labels": str(labels)}, env, timeout)
             rows.append(row("label_file_read", r2["n"], r2["seconds"], r2["cpu_s"], rss, du_mb(labels), wall,
                             bytes_per_image=r["bytes_per_image"], explained_maps_per_image=r2["explained_maps_per_image"],
-                            note="LabelRows rows (image + 14 masks, otsu rule) read in random order, one process"))
+                            note="LabelRows rows (image + 14 masks as the loader takes them, masks.coded; otsu rule) read in random order, one process"))
     if "pretrain" in stages:
         for w in workers:
             log(f"n={n}: pretraining loader, {w} worker(s)")
             r, wall, rss, _ = child(PRETRAIN, {"labels": str(labels), "workers": w, "cap": cap}, env, timeout)
             rows.append(row(f"pretrain_loader_w{w}", r["n"], r["seconds"], r["cpu_s"], rss, 0.0, wall,
-                            workers=w, classes=r["classes"], per_worker=round(r["n"] / r["seconds"] / w, 1),
+                            workers=w, classes=r["classes"], per_worker=round(r["n"] / r["seconds"] / max(w, 1), 1),
                             worker_peak_rss_mb=r["worker_peak_rss_mb"],
                             note="one epoch (at most --loader-cap rows), batch 16, augmented, no model"))
     if "merge" in stages:
@@ -513,7 +515,7 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="2000,8000", help="train.csv rows per data set, comma-separated")
     ap.add_argument("--stages", default=",".join(ALL_STAGES), help=f"comma-separated, of {','.join(ALL_STAGES)}")
-    ap.add_argument("--workers", default="1,2,4", help="DataLoader workers for the pretraining loader")
+    ap.add_argument("--workers", default="0,1,2,4", help="DataLoader workers for the pretraining loader (0: in-process)")
     ap.add_argument("--loader-cap", type=int, default=4000, help="rows per pretraining-loader epoch at most")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one, removed at the end)")
     ap.add_argument("--server-cores", type=int, default=16)

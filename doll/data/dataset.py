@@ -35,6 +35,12 @@ def hide_cells(img: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarra
 
 
 def augment(img: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator, hide: float = 0.0):
+    """The augmented image (uint8) and masks (K, S, S): bool masks stay bool, float16 become
+    float32 (as OpenCV has no float16), others keep their dtype. Nearest-neighbour warps
+    only move mask values, so masks are warped as they are stored: bool masks as bit planes
+    (16 per uint16 pixel, one ``warpAffine`` per 16 masks), float16 as their 16-bit patterns.
+    The brightness, contrast and gamma of a uint8 image is a function of each pixel value
+    alone: computed for the 256 values (the same float32 arithmetic) and looked up."""
     s = img.shape[0]
     angle = rng.uniform(-7, 7)
     scale = rng.uniform(0.9, 1.1)
@@ -42,27 +48,64 @@ def augment(img: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator,
     m = cv2.getRotationMatrix2D((s / 2, s / 2), angle, scale)
     m[:, 2] += (tx, ty)
     out = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    x = out.astype(np.float32) / 255.0
-    x = np.clip(x ** rng.uniform(0.8, 1.25), 0, 1)
-    x = np.clip((x - 0.5) * rng.uniform(0.9, 1.1) + 0.5 + rng.uniform(-0.1, 0.1), 0, 1)
-    out = (x * 255).round().astype(np.uint8)
+    gamma, contrast, brightness = rng.uniform(0.8, 1.25), rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1)
+    if out.dtype == np.uint8:
+        out = cv2.LUT(out, _intensity(np.arange(256, dtype=np.uint8), gamma, contrast, brightness))
+    else:
+        out = _intensity(out, gamma, contrast, brightness)
     if hide > 0:  # drawn last, so that hide=0 leaves every other draw as it was
         out = hide_cells(out, hide, rng)
     if masks is not None:
-        if masks.dtype == np.float16:  # OpenCV does not warp float16
-            masks = masks.astype(np.float32)
         # the same border as the image's: a structure mirrored into view is labelled where it shows
-        masks = np.stack([cv2.warpAffine(k, m, (s, s), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)
-                          for k in masks])
+        masks = warp_masks(masks, m, s)
     return out, masks
+
+
+def _intensity(x: np.ndarray, gamma: float, contrast: float, brightness: float) -> np.ndarray:
+    """Gamma, then contrast and brightness, of a uint8 image (float32 arithmetic, rounded back)."""
+    x = x.astype(np.float32) / 255.0
+    x = np.clip(x ** gamma, 0, 1)
+    x = np.clip((x - 0.5) * contrast + 0.5 + brightness, 0, 1)
+    return (x * 255).round().astype(np.uint8)
+
+
+def warp_masks(masks: np.ndarray, m: np.ndarray, s: int) -> np.ndarray:
+    """Masks (K, H, W) warped by the affine ``m`` to (K, s, s), nearest neighbour, reflected
+    border (see :func:`augment` for the dtypes)."""
+
+    def warp(a):
+        return cv2.warpAffine(a, m, (s, s), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)
+
+    if masks.dtype == bool:
+        u8 = masks.view(np.uint8)
+        out = np.empty((len(masks), s, s), bool)
+        planes, bit = np.empty(masks.shape[1:], np.uint16), np.empty(masks.shape[1:], np.uint16)
+        for lo in range(0, len(masks), 16):
+            group = u8[lo:lo + 16]
+            planes[:] = group[0]
+            for k in range(1, len(group)):
+                planes |= np.left_shift(group[k], k, out=bit, dtype=np.uint16)
+            moved = warp(planes)
+            for k in range(len(group)):
+                np.bitwise_and(moved >> k, 1, out=out[lo + k].view(np.uint8), casting="unsafe")
+        return out
+    if masks.dtype == np.float16:  # the 16-bit patterns moved, then converted: as if warped in float32
+        return np.stack([warp(k) for k in masks.view(np.uint16)]).view(np.float16).astype(np.float32)
+    return np.stack([warp(k) for k in masks])
 
 
 class ArrayDataset(Dataset):
     """Rows of cached arrays. Each sample is a dict with ``image`` (1, S, S), ``index``,
-    and, when given, ``target``/``weight`` (C,) image labels, ``mask`` (K, S, S) float and
+    and, when given, ``target``/``weight`` (C,) image labels, ``mask`` (K, S, S) float32 and
     ``valid`` (K,): which mask channels carry a label (others are left out of the loss).
     ``hide`` > 0 adds Hide-and-Seek to the augmentation (image labels only: a hidden
-    cell would make a mask wrong)."""
+    cell would make a mask wrong).
+
+    ``masks`` is an array (N, K, S, S) or a column of rows (``masks[j]``); a column may also
+    hand row ``j`` over as ``masks.coded(j)`` -> ``(codes, values)``: bool masks and None, or
+    uint8 codes (K, S, S) and the float32 value of each code (256,). The codes are augmented
+    (moved, never mixed) and turned into float32 values once, at the end (pretraining's
+    ``LabelRows``: 14 masks of 224 px a row)."""
 
     def __init__(self, images, targets=None, weights=None, masks=None, valid=None, augment: bool = False,
                  seed: int = 0, indices=None, hide: float = 0.0):
@@ -83,7 +126,10 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i):
         j = int(self.indices[i])
         img = np.asarray(self.images[j])
-        masks = np.asarray(self.masks[j]) if self.masks is not None else None
+        masks = values = None
+        if self.masks is not None:
+            coded = getattr(self.masks, "coded", None)
+            masks, values = coded(j) if coded is not None else (np.asarray(self.masks[j]), None)
         if self.augment:
             key = [self.seed, self.epoch, j, i] if self.repeats else [self.seed, self.epoch, j]
             img, masks = augment(img, masks, np.random.default_rng(key), self.hide)
@@ -92,7 +138,11 @@ class ArrayDataset(Dataset):
             sample["target"] = torch.as_tensor(self.targets[j], dtype=torch.float32)
             sample["weight"] = torch.as_tensor(self.weights[j], dtype=torch.float32)
         if masks is not None:
-            sample["mask"] = torch.tensor(masks, dtype=torch.float32)  # a copy: cached arrays are read-only
+            if values is not None:  # one look-up per pixel: float32 (K, S, S)
+                masks = cv2.LUT(masks.reshape(-1, masks.shape[-1]), values).reshape(masks.shape)
+            else:  # a copy where the rows may be cached (read-only) arrays; augment's are new
+                masks = masks.astype(np.float32, copy=not self.augment)
+            sample["mask"] = torch.from_numpy(masks)
         if self.valid is not None:
             sample["valid"] = torch.as_tensor(self.valid[j], dtype=torch.float32)
         return sample

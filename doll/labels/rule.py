@@ -33,12 +33,17 @@ def check_rule(rule: str) -> str:
 def apply_rule(saliency: np.ndarray, rule: str) -> np.ndarray:
     """Binary labels (bool, same shape) from uint8 saliency maps (..., H, W), per map."""
     kind, _, arg = check_rule(rule).partition(":")
-    flat = saliency.reshape(-1, *saliency.shape[-2:])
+    flat = np.ascontiguousarray(saliency).reshape(-1, *saliency.shape[-2:])
     out = np.zeros(flat.shape, bool)
     for i, s in enumerate(flat):
-        if not s.any():
+        nonzero = np.count_nonzero(s)
+        if not nonzero:
             continue
         if kind == "otsu":  # Otsu's threshold t on the nonzero pixels; as in cv2, a label is s > t
+            if nonzero == s.size:  # no zero to leave out: cv2 thresholds the map itself, into out[i] as 0/1
+                # (a one-level map gets t = 0, so s > 0: the whole map, as below)
+                cv2.threshold(s, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU, dst=out[i].view(np.uint8))
+                continue
             nz = s[s > 0]
             if nz.min() == nz.max():  # one level: nothing to separate, the whole map is the label
                 out[i] = s > 0

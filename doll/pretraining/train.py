@@ -10,12 +10,10 @@ of the file's rows is the validation slice (loss and IoU against its pseudo labe
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
-import h5py
 import numpy as np
 import torch
 
@@ -24,8 +22,8 @@ from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.data.labels import apply_policy
 from doll.data.splits import hold_out
 from doll.errors import DollError
-from doll.labels.rule import apply_rule, check_rule
-from doll.labels.store import LabelFile, read_rows
+from doll.labels.rule import check_rule
+from doll.labels.store import LabelFile
 from doll.models.checkpoint import SEEN_IDS_FILE
 from doll.models.segmenter import (
     build_segmenter,
@@ -40,68 +38,9 @@ from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
 from doll.train.stage import Stage
 from doll.train.objectives import SegmentationTask
+from doll.pretraining.reader import LabelRows, _Column  # noqa: F401 - the reader, importable from here as before
 from doll.pretraining.settings import PretrainSettings  # noqa: F401 - doll.pretraining.train.PretrainSettings
 from doll.utils import atomic_path, check_positive, resolve_paths
-
-
-class LabelRows:
-    """The pretraining data of a label file, read row by row when a batch asks for it, so
-    memory does not grow with the file (CheXpert at 224 px: 9.6 GB of images, and 268 GB
-    of float16 masks for 14 classes, had they been held as arrays).
-
-    Row ``j`` is file row ``rows[j]``. ``images[j]``: its uint8 image. ``masks[j]``: float16
-    (C', H, W) targets for the explained classes ``names``: the label rule applied to the
-    saliency (or saliency / 255 with ``soft``) where the class was explained, and an empty
-    map where the image label says the class is absent (it wins over a map made with
-    ``--targets all|predicted``). ``valid`` (N, C'): which maps carry a target (the others
-    are left out of the loss). ``labels`` (N, C'): the image labels (1, 0, -1, NaN).
-    Each process opens its own read-only handle, DataLoader workers included."""
-
-    def __init__(self, lf: LabelFile, rows: np.ndarray, rule: str, soft: bool):
-        targets = lf["targets"][:]
-        self.used = np.flatnonzero(targets.any(axis=0))
-        if not len(self.used):
-            raise DollError(f"{lf.path} has no explained class; run `doll explain` with other --targets")
-        self.path, self.rows, self.rule, self.soft = str(lf.path), np.asarray(rows), rule, soft
-        self.names = [lf.classes[c] for c in self.used]
-        self.labels = lf["labels"][:][self.rows][:, self.used]
-        self.explained = targets[self.rows][:, self.used] & (self.labels != 0)
-        self.valid = ((self.labels == 0) | self.explained).astype(np.float32)
-        self.shape = lf["images"].shape[1:]
-        self.images, self.masks = _Column(self._image, len(self.rows)), _Column(self._mask, len(self.rows))
-        self._f, self._pid = None, None
-
-    def _file(self) -> h5py.File:
-        if self._f is None or self._pid != os.getpid():  # a forked worker opens its own handle
-            self._f, self._pid = h5py.File(self.path, "r"), os.getpid()
-        return self._f
-
-    def __getstate__(self):  # spawned DataLoader workers get the description, not the handle
-        return {**self.__dict__, "_f": None, "_pid": None}
-
-    def _image(self, j: int) -> np.ndarray:
-        return read_rows(self._file()["images"], self.rows[j])
-
-    def _mask(self, j: int) -> np.ndarray:
-        m = np.zeros((len(self.used), *self.shape), np.float16)
-        ks = np.flatnonzero(self.explained[j])
-        if len(ks):
-            sal = read_rows(self._file()["saliency"], self.rows[j])[self.used[ks]]
-            m[ks] = sal / 255.0 if self.soft else apply_rule(sal, self.rule)
-        return m
-
-
-class _Column:
-    """``column[j]`` calls ``read(j)``: an array-like view for ArrayDataset."""
-
-    def __init__(self, read, n: int):
-        self.read, self.n = read, n
-
-    def __getitem__(self, j):
-        return self.read(int(j))
-
-    def __len__(self):
-        return self.n
 
 
 def row_patients(lf: LabelFile, dataset: str = "") -> tuple[list[str], str]:
