@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from doll.data.dataset import ArrayDataset, to_tensor  # noqa: E402
-from doll.data.labels import apply_policy  # noqa: E402
+from doll.data.policies import apply_policy  # noqa: E402
 from doll.labels.rule import apply_rule  # noqa: E402
 from doll.labels.store import LabelFile, unreadable_row, write_label_file  # noqa: E402
 from doll.pretraining.train import LabelRows  # noqa: E402

@@ -166,7 +166,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from doll.data import labels_of, open_dataset, split_arrays
 from doll.data.dataset import ArrayDataset
-from doll.data.labels import apply_policy
+from doll.data.policies import apply_policy
 torch.set_num_threads(1)
 fmt = open_dataset("chexpert", A["root"], views="frontal", valid_fraction=0.0, seed=0)
 train = split_arrays(fmt, "train", A["size"], progress=False)
@@ -292,7 +292,7 @@ PRETRAIN = r"""
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from doll.data.dataset import ArrayDataset
-from doll.data.labels import apply_policy
+from doll.data.policies import apply_policy
 from doll.labels.store import LabelFile
 from doll.pretraining.train import LabelRows
 torch.set_num_threads(1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from doll.data.dataset import ArrayDataset, augment
-from doll.data.labels import apply_policy
+from doll.data.policies import apply_policy
 from doll.errors import DollError
 from doll.labels import store
 from doll.labels.rule import apply_rule

@@ -9,7 +9,7 @@ import torch
 
 from doll.data import labels_of, open_dataset, split_arrays
 from doll.data.dataset import NORMALISATION, ArrayDataset
-from doll.data.labels import apply_policy
+from doll.data.policies import apply_policy
 from doll.errors import DollError
 from doll.models.checkpoint import load_into
 from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier, load_pretrained

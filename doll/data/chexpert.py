@@ -3,7 +3,7 @@
 ``Path`` is relative to the folder *above* the data set root
 (``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``). Label values:
 1.0 positive, 0.0 negative, -1.0 uncertain, blank not mentioned (NaN here). The
-uncertainty policy is applied later, by :func:`doll.data.labels.apply_policy`, so
+uncertainty policy is applied later, by :func:`doll.data.policies.apply_policy`, so
 that the raw values stay visible to ``doll data check``.
 
 ``Path`` may also be relative to the root itself, or start with a folder name other

@@ -19,7 +19,7 @@ import torch
 
 from doll.data import open_dataset
 from doll.data.dataset import NORMALISATION, ArrayDataset
-from doll.data.labels import apply_policy
+from doll.data.policies import apply_policy
 from doll.data.splits import hold_out
 from doll.errors import DollError
 from doll.labels.rule import check_rule
