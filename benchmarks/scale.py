@@ -39,7 +39,8 @@ stage leaves on disk (cache, label file). Stages (``--stages``, comma-separated)
 
 A last row ``{"stage": "extrapolation"}`` projects each stage to 224,316 images and to
 one 8-GPU server with 16 CPU cores (``--server-cores``), and names the stage that
-bounds it. Only the standard library, numpy, OpenCV and doll.
+bounds it. Only the standard library, numpy, OpenCV and doll (CheXpert's class list and the
+default ensemble size are doll's own).
 
     python benchmarks/scale.py --sizes 500,2000 --out /tmp/scale > scale.json
 """
@@ -57,12 +58,12 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSES = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-           "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-           "Fracture", "Support Devices"]
+from doll.classification.settings import ClassifierSettings
+from doll.data.base import CHEXPERT_CLASSES as CLASSES
+
 CHEXPERT_IMAGES = 224_316
 GPU_S_PER_IMAGE_MEMBER = 0.0168  # one H100, DenseNet-121, 224 px, 16 steps (docs/results.md)
-MEMBERS = 2  # train-classifiers' default ensemble
+MEMBERS = ClassifierSettings.__dataclass_fields__["members"].default  # train-classifiers' default ensemble
 ALL_STAGES = ["check", "cache", "classify", "explain", "labels", "pretrain", "merge"]
 SIZE = 224
 
