@@ -84,11 +84,19 @@ def mask_panels(path: str | Path, rows: list[dict], *, title: str) -> Path:
     return _save(fig, path)
 
 
+def _wrapped(text: str, width: int) -> str:
+    """A title or axis label broken into lines of at most ``width`` characters: a long one
+    otherwise runs past the figure's edge (tight_layout does not shrink text)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
 def _finish(ax, xlabel: str, ylabel: str, title: str, ylim, legend: bool) -> None:
     """Labels, title, limits, grid and legend, the same on every chart."""
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_ylabel(_wrapped(ylabel, 34))
+    ax.set_title(_wrapped(title, 70))
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
@@ -158,8 +166,8 @@ def bar_chart(path: str | Path, groups: list[str], series: dict[str, tuple[list,
         ax.bar(x + (k - (len(series) - 1) / 2) * width, vals, width, yerr=errs, capsize=3, label=name)
     ax.set_xticks(x)
     ax.set_xticklabels(groups, fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_ylabel(_wrapped(ylabel, 34))
+    ax.set_title(_wrapped(title, 70))
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3, axis="y")
