@@ -18,13 +18,11 @@ meaning and default):
 * ``--first-seed``: another name of ``--seed`` (which also seeds the bootstrap);
 * ``--report``: print ``OUT/summary.md`` and exit.
 
-Refused, each with the alternative named: ``--epochs``, ``--transfer encoder``,
-``--pretrained-lr`` other than 1, ``--phantom``, ``--rescan``, ``--bootstrap-seed``,
-``--busy-seconds``. The folders this script wrote before it ran doll study
+Refused, each with the alternative named: ``--epochs``, ``--phantom``, ``--rescan``,
+``--bootstrap-seed``, ``--busy-seconds``. The folders this script wrote before it ran doll study
 (``OUT/label_efficiency.json``, ``OUT/<init>_<mode>_<fraction>/seed_<s>/``, the JSON in
 docs/results/le_*) are not doll study outputs: the script of commit ``OLD`` (below), with
-that commit's doll, reads and extends them (``--report``, ``--rescan``) and runs
-``--transfer`` / ``--pretrained-lr``.
+that commit's doll, reads and extends them (``--report``, ``--rescan``).
 """
 from __future__ import annotations
 
@@ -69,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag in ("--encoder", "--decoder", "--image-size"):
         p.add_argument(flag, type=int if flag == "--image-size" else str, default=None,
                        help="default: the first pretrained folder's, else doll study's")
-    p.add_argument("--transfer", default="all", help="all only (doll study has no --transfer)")
-    p.add_argument("--pretrained-lr", type=float, default=1.0, help="1 only (doll study has no --pretrained-lr)")
+    p.add_argument("--transfer", default=None, help=same)
+    p.add_argument("--pretrained-lr", type=float, default=None, help=same)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--report", action="store_true", help="print OUT/summary.md and exit")
     for name in REFUSED:
@@ -80,11 +78,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, why in REFUSED.items():
         if getattr(a, name) is not None:
             p.error(f"--{name.replace('_', '-')}: {why}")
-    if a.transfer != "all" or a.pretrained_lr != 1.0:
-        flag = f"--transfer {a.transfer}" if a.transfer != "all" else f"--pretrained-lr {a.pretrained_lr:g}"
-        p.error(f"{flag}: doll study has no such setting yet. Run `doll finetune --init FOLDER {flag} "
-                "--label-fraction F --seed S --max-steps N --out DIR` once per seed (the seed draws the same masks "
-                f"as a study's cell of that seed), or {OLD_SCRIPT}")
     if not a.report and not a.root:
         p.error("--root is required")
     return a
@@ -106,7 +99,7 @@ def study_settings(a: argparse.Namespace):
     arms = parse_inits(inits)
     given = {k: getattr(a, k) for k in ("task", "dataset", "root", "fold", "fractions", "modes", "seeds", "max_steps",
                                         "val_every", "batch_size", "lr", "bootstrap", "device", "out", "seed",
-                                        "encoder", "decoder", "image_size")}
+                                        "encoder", "decoder", "image_size", "transfer", "pretrained_lr")}
     folder = next((x.spec for x in arms if init_is_folder(x.spec)), None)
     if folder:  # the random / imagenet arms get the first pretrained folder's network and size
         config = read_config(folder, kind="segmenter")

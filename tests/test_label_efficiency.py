@@ -129,13 +129,14 @@ def test_the_quoted_flags_map_onto_doll_study(pipeline, tmp_path):
                                              "--first-seed", "4"]))
     assert plain.reference == "a" and plain.seed == 4 and plain.encoder == defaults.encoder
     assert plain.max_steps == defaults.max_steps and plain.fractions == defaults.fractions
+    assert (plain.transfer, plain.pretrained_lr) == ("all", 1.0)
+    enc = le.study_settings(le.parse_args(["--root", str(tmp_path), "--transfer", "encoder", "--pretrained-lr", "0.1"]))
+    assert (enc.transfer, enc.pretrained_lr) == ("encoder", 0.1)  # doll study has both since 2026-12-06
 
 
 @pytest.mark.parametrize("args, words", [
     (["--epochs", "25"], "--max-steps N"),
     (["--phantom"], "doll demo --out D"),
-    (["--transfer", "encoder"], "doll finetune --init FOLDER --transfer encoder"),
-    (["--pretrained-lr", "0.1"], "git worktree add"),
     (["--rescan", "--report"], "the same command again"),
     (["--bootstrap-seed", "3"], "with --seed"),
     (["--busy-seconds", "0"], "locks each cell"),

@@ -206,3 +206,19 @@ def test_covid_tables_on_made_up_cells(tmp_path):
     figs = report.figures(tmp_path, doc)
     assert {f for f, _ in figs} == {"mean_iou_vs_masks.png", "positives_mean_iou_vs_masks.png", "iou_vs_steps.png",
                                     "per_structure.png"}
+
+
+def test_transfer_and_pretrained_lr_reach_the_cells_they_apply_to(tmp_path):
+    """--transfer for the pretrain-folder inits only, --pretrained-lr for pretrained inits in mode
+    full only: the other cells keep finetune's defaults (finetune refuses them there). Before
+    2026-12-06 doll study had neither flag (benchmarks/label_efficiency.py refused them)."""
+    from doll.studies.run import Cell, Init, StudySettings, cell_settings
+
+    s = StudySettings(root=str(tmp_path), transfer="encoder", pretrained_lr=0.1)
+    pre, rnd, img = Init("doll", str(tmp_path / "pre")), Init("random", "random"), Init("imagenet", "imagenet:/w.pt")
+    got = {(i.name, mode): cell_settings(s, Cell("c", i, mode, 1.0, 0), tmp_path)
+           for i in (pre, rnd, img) for mode in ("full", "adapter")}
+    assert (got["doll", "full"].transfer, got["doll", "full"].pretrained_lr) == ("encoder", 0.1)
+    assert (got["doll", "adapter"].transfer, got["doll", "adapter"].pretrained_lr) == ("encoder", 1.0)
+    assert (got["random", "full"].transfer, got["random", "full"].pretrained_lr) == ("all", 1.0)
+    assert (got["imagenet", "full"].transfer, got["imagenet", "full"].pretrained_lr) == ("all", 0.1)

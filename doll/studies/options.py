@@ -30,6 +30,10 @@ class StudySettings(RunOptions):
     batch_size: int = option(8, "Images per batch.")
     lr: float = option(1e-3, "Peak learning rate.")
     fold: int = option(1, "JSRT: train on this official fold (1 or 2), test on the other.")
+    transfer: str = option("all", "For the `doll pretrain` folder inits: all (encoder and decoder, the method) or "
+                           "encoder (a new decoder and head). Other inits ignore it.")
+    pretrained_lr: float = option(1.0, "For the pretrained inits (a folder or imagenet:FILE) in mode full: the pretrained "
+                                  "layers' learning rate as a multiple of --lr; random inits and other modes ignore it.")
     reference: str = option("", "The init (its name) paired differences are taken against (default: the first of "
                             "--inits).")
     devices: str = option("", "Comma-separated devices, e.g. cuda:0,cuda:1: one cell per device at a time (default: "

@@ -39,7 +39,7 @@ from doll.utils import RUN_ONLY_SETTINGS, check_positive, differing_keys, prepar
 # the settings every cell shares: --resume refuses a study whose cells would differ in one.
 # The grid (inits, fractions, seeds, modes) may grow on --resume: new cells are added.
 SHARED = ("task", "dataset", "root", "fold", "max_steps", "val_every", "decoder", "encoder", "image_size",
-          "batch_size", "lr", "seed")
+          "batch_size", "lr", "seed", "transfer", "pretrained_lr")
 
 
 @dataclass
@@ -130,7 +130,9 @@ def cell_settings(s: StudySettings, cell: Cell, out: Path, resume: bool = False,
                             decoder=DEFAULT_DECODER if folder else s.decoder,
                             encoder=DEFAULT_ENCODER if folder else s.encoder, image_size=s.image_size, fold=s.fold,
                             max_steps=s.max_steps, val_every=s.val_every, batch_size=s.batch_size, lr=s.lr, seeds=1,
-                            seed=cell.seed, device=device or s.device, resume=resume, progress=progress)
+                            seed=cell.seed, device=device or s.device, resume=resume, progress=progress,
+                            transfer=s.transfer if folder else "all",
+                            pretrained_lr=s.pretrained_lr if cell.init.spec != "random" and cell.mode == "full" else 1.0)
 
 
 def finished(folder: Path, want: FinetuneSettings) -> dict | None:
