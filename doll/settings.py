@@ -117,12 +117,18 @@ class RunOptions:
                             "--overwrite deletes it; pass one of them")
 
 
+def same_option(settings_class: type, name: str):
+    """Another command's option, declared once: the field ``name`` of ``settings_class``, with
+    its default, help and flag (``doll study`` takes finetune's --dataset, --batch-size, ...)."""
+    field = settings_class.__dataclass_fields__[name]
+    return dataclasses.field(default=field.default, metadata=field.metadata)
+
+
 def run_option(name: str):
     """One of :class:`RunOptions`' fields (``"seed"``, ``"progress"``, ...) for the settings of a
     command that takes only some of them (``doll labels merge`` has --overwrite, no --seed):
     the same default, help and flag, declared once, and no checks of the stages'."""
-    field = RunOptions.__dataclass_fields__[name]
-    return dataclasses.field(default=field.default, metadata=field.metadata)
+    return same_option(RunOptions, name)
 
 
 # `doll data phantom | check`: here rather than in doll/data/, whose package loads torch (the

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -304,8 +303,8 @@ def prepare_out_file(out: str | Path, *, overwrite: bool = False, is_ours=None, 
 
 def load_class(spec: str, base: type, option: str) -> type:
     """The class ``spec`` (``package.module:ClassName``) names, which must subclass ``base``:
-    how a built-in registry entry is loaded, and how ``--dataset`` / ``--method`` take a
-    user's own format or explainer without changing doll (docs/extending.md)."""
+    how a built-in registry entry is loaded, and how ``--dataset`` / ``--method`` / ``--task``
+    take a user's own format, explainer or task without changing doll (docs/extending.md)."""
     import importlib
 
     module, _, name = spec.partition(":")
@@ -321,6 +320,17 @@ def load_class(spec: str, base: type, option: str) -> type:
         what = "has no class of that name" if cls is None else f"{name} is not a subclass of {base.__module__}.{base.__name__}"
         raise DollError(f"{option} {spec!r}: module {module} {what}")
     return cls
+
+
+def registered_class(name: str, registry: dict[str, str], base: type, option: str, unknown: str) -> type:
+    """The class of a built-in ``name`` (a row of ``registry``: name -> ``module:Class``) or of a
+    user's ``package.module:ClassName``; ``unknown``: the error for anything else. The one way
+    ``--dataset``, ``--method`` and ``--task`` resolve their value."""
+    if name in registry:
+        return load_class(registry[name], base, option)
+    if ":" in name:
+        return load_class(name, base, option)
+    raise DollError(unknown)
 
 
 def check_positive(**values) -> None:

@@ -3,8 +3,7 @@ changing doll, ``--dataset package.module:ClassName`` (docs/extending.md)."""
 from __future__ import annotations
 
 from doll.data.base import DatasetFormat
-from doll.errors import DollError
-from doll.utils import load_class
+from doll.utils import registered_class
 
 FORMATS = {
     "chexpert": "doll.data.chexpert:CheXpert",
@@ -21,12 +20,9 @@ FORMATS = {
 
 def format_class(name: str) -> type[DatasetFormat]:
     """The format class of a built-in name, or of ``package.module:ClassName`` (your own)."""
-    if name in FORMATS:
-        return load_class(FORMATS[name], DatasetFormat, "--dataset")
-    if ":" in name:
-        return load_class(name, DatasetFormat, "--dataset")
-    raise DollError(f"unknown dataset {name!r}; choose one of: {', '.join(FORMATS)}, "
-                    "or name your own format as package.module:ClassName")
+    return registered_class(name, FORMATS, DatasetFormat, "--dataset",
+                            f"unknown dataset {name!r}; choose one of: {', '.join(FORMATS)}, "
+                            "or name your own format as package.module:ClassName")
 
 
 def open_dataset(name: str, root, **options) -> DatasetFormat:

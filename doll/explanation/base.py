@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from doll.errors import DollError
-from doll.utils import load_class
+from doll.utils import registered_class
 
 METHODS = {
     "ig": "doll.explanation.ig:IntegratedGradients",
@@ -107,9 +107,6 @@ class Explainer:
 
 def make_explainer(method: str, **settings) -> Explainer:
     """A built-in method by name, or your own Explainer subclass as ``package.module:ClassName``."""
-    if method in METHODS:
-        return load_class(METHODS[method], Explainer, "--method")(**settings)
-    if ":" in method:
-        return load_class(method, Explainer, "--method")(**settings)
-    raise DollError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}, "
-                    "or name your own explainer as package.module:ClassName")
+    return registered_class(method, METHODS, Explainer, "--method",
+                            f"unknown --method {method!r}; choose one of {', '.join(METHODS)}, "
+                            "or name your own explainer as package.module:ClassName")(**settings)

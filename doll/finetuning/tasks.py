@@ -12,7 +12,7 @@ from dataclasses import fields
 from doll.errors import DollError
 from doll.finetuning.options import FinetuneSettings
 from doll.train.stage import Stage
-from doll.utils import load_class
+from doll.utils import registered_class
 
 TASKS = {
     "jsrt": "doll.finetuning.segment:Segment",
@@ -50,12 +50,9 @@ class TaskRunner(Stage):
 
 def task_class(task: str) -> type[TaskRunner]:
     """The class of ``--task``: a row of ``TASKS`` or a user's ``package.module:ClassName``."""
-    if task in TASKS:
-        return load_class(TASKS[task], TaskRunner, "--task")
-    if ":" in task:
-        return load_class(task, TaskRunner, "--task")
-    raise DollError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)} or a TaskRunner subclass of your own "
-                    "as package.module:ClassName")
+    return registered_class(task, TASKS, TaskRunner, "--task",
+                            f"unknown --task {task!r}; choose one of {', '.join(TASKS)} or a TaskRunner subclass of "
+                            "your own as package.module:ClassName")
 
 
 def check_task_options(s: FinetuneSettings, runner: type[TaskRunner]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from doll.models.names import DECODERS, DEFAULT_DECODER, DEFAULT_ENCODER, one_of
-from doll.settings import RunOptions, option, root_option
+from doll.finetuning.options import FinetuneSettings
+from doll.settings import RunOptions, option, root_option, same_option
 
 
 @dataclass
@@ -13,7 +14,7 @@ class StudySettings(RunOptions):
     task: str = option("jsrt", "jsrt (lungs, heart, clavicles), lung (lung fields), covid (infection), or a "
                        "segmentation task of your own as package.module:ClassName (docs/extending.md). seg4cls and "
                        "mixed are not supported yet.")
-    dataset: str = option("jsrt", "jsrt, montgomery, shenzhen, qata, covidqu, folder, ...")
+    dataset: str = same_option(FinetuneSettings, "dataset")
     root: str = root_option()
     inits: str = option("random", "Comma-separated arms: random, a `doll pretrain` folder, imagenet:/path/to/weights, "
                         "or NAME=any of these. The first is the reference unless --reference.")
@@ -27,9 +28,9 @@ class StudySettings(RunOptions):
                           f"{one_of(DECODERS)}.")
     encoder: str = option(DEFAULT_ENCODER, "Encoder for random/imagenet inits (a pretrain folder brings its own).")
     image_size: int = option(0, "Square image size (0: finetune's default).", min=0)
-    batch_size: int = option(8, "Images per batch.")
-    lr: float = option(1e-3, "Peak learning rate.")
-    fold: int = option(1, "JSRT: train on this official fold (1 or 2), test on the other.")
+    batch_size: int = same_option(FinetuneSettings, "batch_size")
+    lr: float = same_option(FinetuneSettings, "lr")
+    fold: int = same_option(FinetuneSettings, "fold")
     transfer: str = option("all", "For the `doll pretrain` folder inits: all (encoder and decoder, the method) or "
                            "encoder (a new decoder and head). Other inits ignore it.")
     pretrained_lr: float = option(1.0, "For the pretrained inits (a folder or imagenet:FILE) in mode full: the pretrained "
