@@ -5,9 +5,9 @@ runs: phantoms at ``--image-size`` in the CheXpert layout, an ensemble of ``--me
 classifiers trained for ``--epochs`` (weights do not change the cost of IG, so one epoch
 is enough), then ``doll.explanation.run.explain`` with the defaults a CheXpert run would use
 (``--targets positive``, ``--steps``). It prints one JSON object: the run's
-``seconds_by_phase`` (``attribute`` is the IG engine, GPU included; ``distill`` and
-``write_blocks`` run in the writer thread; ``wait_for_writer`` and ``assemble`` are CPU
-time on the main path), the steady-state seconds per image (the run without start-up:
+``seconds_by_phase`` (``attribute`` is the IG engine, GPU included; ``distill`` runs on
+the same device after it, on the main path; ``write_blocks`` (compressing the rows) runs in
+the writer thread; ``wait_for_writer`` and ``assemble`` are CPU time on the main path), the steady-state seconds per image (the run without start-up:
 loading the classifiers and decoding the images, which a CheXpert run pays once) and
 what that rate means for CheXpert's 191,027 frontal training images with this ensemble.
 

@@ -529,9 +529,11 @@ def read_parts_settings(path) -> dict:
 
 def check_parts_block(path, arrays: dict, rows: int | None = None, classes: int | None = None,
                       size: int | None = None, members: int | None = None) -> dict:
-    """One block of an unfinished explain: ``targets`` bool (rows, classes), ``maps`` uint8
-    (explained targets, size, size), ``completeness`` float (members x its values); the
-    counts the run expects are checked where given."""
+    """One block of an unfinished explain: ``targets`` bool (rows, classes), the saliency as
+    ``rows`` uint8 (each row's compressed chunk, end to end) and ``row_ends`` (where each
+    ends), or, from doll before 2026-12-06, ``maps`` uint8 (explained targets, size, size),
+    ``completeness`` float (members x its values); the counts the run expects are checked
+    where given."""
     fix = f"delete {path} and finish the run with the same doll explain command and --resume (the block is " \
           "explained again)"
     t, maps, comp = arrays.get("targets"), arrays.get("maps"), arrays.get("completeness")
@@ -546,6 +548,16 @@ def check_parts_block(path, arrays: dict, rows: int | None = None, classes: int 
                 (size is not None and maps.shape[1:] != (size, size)):
             raise fail(path, "maps", maps, f"a uint8 array ({k if k is not None else 'targets'}, "
                                            f"{size or 'size'}, {size or 'size'}), one map per explained target", fix)
+    rows, ends = arrays.get("rows"), arrays.get("row_ends")
+    if rows is not None and (rows.dtype != np.uint8 or rows.ndim != 1):
+        raise fail(path, "rows", rows, "a uint8 array of one dimension (the rows' compressed chunks end to end)", fix)
+    if ends is not None:
+        n = len(t) if t is not None else None
+        total = len(rows) if rows is not None else None
+        if ends.dtype.kind not in "iu" or ends.ndim != 1 or (n is not None and len(ends) != n) or \
+                (len(ends) and (ends[0] <= 0 or (np.diff(ends) <= 0).any() or (total is not None and ends[-1] != total))):
+            raise fail(path, "row_ends", ends, f"increasing integers, one per row ({n if n is not None else 'rows'}), "
+                                               f"the last {total if total is not None else 'the size of rows'}", fix)
     if comp is not None:
         if comp.dtype.kind != "f" or (members and comp.size % members):
             raise fail(path, "completeness", comp, f"a float array with {members or 'a'} row(s) per member", fix)

@@ -106,6 +106,97 @@ def test_distill_and_rules():
     assert apply_rule(one, "otsu")[0].sum() == 2  # a single level: the whole map
 
 
+def _distill_with_opencv(member_maps, smooth, field=None):
+    """The distillation as doll did it before 2026-12-06 (cv2.GaussianBlur, np.percentile), per map."""
+    import cv2
+
+    def normalise(a):
+        a = cv2.GaussianBlur(np.maximum(a, 0).astype(np.float32), (0, 0), smooth * a.shape[-1])
+        scale = np.percentile(a, 99)
+        return np.zeros_like(a) if scale <= 0 else np.clip(a / scale, 0, 1)
+
+    mean = np.stack([[normalise(m) for m in maps] for maps in member_maps]).mean(axis=0)
+    return np.round((mean if field is None else mean * field[None]) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape,smooth", [((3, 64, 64), 0.03), ((2, 40, 48), 0.03), ((2, 16, 16), 0.5)])
+def test_distill_on_the_device_gives_opencv_and_numpy_numbers(shape, smooth):
+    """explain distils on the device that explained (torch); the numbers are cv2's blur (reflected borders, also
+    where the kernel is wider than the map) and numpy's percentile: at most 1 of 255 apart, and rarely."""
+    import cv2
+
+    from doll.explanation.distill import gaussian_matrix
+
+    rng = np.random.default_rng(1)
+    maps = [np.stack([cv2.GaussianBlur(rng.standard_normal(shape[1:], dtype=np.float32), (0, 0), 1.5)
+                      for _ in range(shape[0])]) * 1e-3 for _ in range(3)]
+    field = rng.random(shape[1:]).astype(np.float32)
+    h, w = shape[1:]
+    a = maps[0][0]
+    blurred = (gaussian_matrix(h, smooth * w, "cpu") @ torch.from_numpy(a) @ gaussian_matrix(w, smooth * w, "cpu").T)
+    assert np.allclose(blurred.numpy(), cv2.GaussianBlur(a, (0, 0), smooth * w), rtol=1e-4, atol=1e-6 * np.abs(a).max())
+    for f in (None, field):
+        ours, theirs = distill(maps, smooth=smooth, field=f), _distill_with_opencv(maps, smooth, f)
+        diff = np.abs(ours.astype(int) - theirs.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_explain_refuses_maps_with_nan(pipeline, tmp_path, monkeypatch):
+    from doll.explanation import run
+    from doll.explanation.ig import IntegratedGradients
+
+    original = IntegratedGradients.attribute
+
+    def broken(self, model, images, targets):
+        maps = original(self, model, images, targets)
+        maps[1][...] = np.nan
+        return maps
+
+    monkeypatch.setattr(IntegratedGradients, "attribute", broken)
+    with pytest.raises(DollError, match=r"the explanation of image \d+ \(.*\) by classifier member .* has NaN"):
+        run.explain(classifiers=str(pipeline["classifiers"]), dataset="phantom", root=str(pipeline["phantom"]),
+                    steps=2, block=16, progress=False, split="valid", targets="all", out=str(tmp_path / "nan.h5"))
+
+
+def test_explain_assembles_stored_chunks_and_blocks_of_the_previous_layout(pipeline, tmp_path, monkeypatch):
+    """Blocks hold each row's saliency chunk as the label file stores it: assembling deflates the images only.
+    A block written by doll before 2026-12-06 (explained maps, `maps`) is still assembled (--resume after an
+    upgrade)."""
+    import zlib
+
+    from doll.explanation import run
+    from doll.labels import store
+
+    args = dict(classifiers=str(pipeline["classifiers"]), dataset="phantom", root=str(pipeline["phantom"]),
+                steps=2, block=16, progress=False)
+    run.explain(**args, out=str(tmp_path / "ref.h5"))
+
+    def killed_here(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # every block written, the label file not
+        m.setattr(run, "write_label_file", killed_here)
+        with pytest.raises(KeyboardInterrupt):
+            run.explain(**args, out=str(tmp_path / "cut.h5"))
+    block = tmp_path / "cut.h5.parts" / "block_0000000.npz"
+    with np.load(block) as z:
+        old = {k: z[k] for k in ("targets", "completeness")}
+        ends = z["row_ends"].tolist()
+        rows = [zlib.decompress(z["rows"].tobytes()[lo:hi]) for lo, hi in zip([0, *ends[:-1]], ends)]
+    size = int(np.sqrt(len(rows[0]) // old["targets"].shape[1]))
+    saliency = np.stack([np.frombuffer(r, np.uint8).reshape(-1, size, size) for r in rows])
+    np.savez_compressed(block, maps=saliency[old["targets"]], **old)  # the layout of doll before 2026-12-06
+    deflated, original = [], store.deflate_row
+    monkeypatch.setattr(store, "deflate_row", lambda row: deflated.append(row.shape) or original(row))
+    run.explain(**args, out=str(tmp_path / "cut.h5"), resume=True)
+    n = len(old["targets"])
+    with h5py.File(tmp_path / "ref.h5", "r") as a, h5py.File(tmp_path / "cut.h5", "r") as b:
+        assert np.array_equal(a["saliency"][:], b["saliency"][:])
+        images = len(b["images"])
+    assert deflated.count((size, size)) == images  # the images
+    assert deflated.count(saliency.shape[1:]) == n  # the old block's rows; the others copied as stored
+
+
 def explain_recording_writes(run, **kwargs) -> list[str]:
     """``run.explain(**kwargs)``; returns the names of the block files it wrote."""
     original, written = run.PartsWriter.write, []

@@ -38,7 +38,7 @@ def test_blocks_and_streamed_merge_equal_whole_arrays(tmp_path, monkeypatch):
     def no_deflating(row):
         raise AssertionError("merge deflated a row again instead of copying it as stored")
 
-    monkeypatch.setattr(store, "_deflate", no_deflating)
+    monkeypatch.setattr(store, "deflate_row", no_deflating)
     result = tools.merge([str(tmp_path / "a.h5"), str(tmp_path / "b.h5")], str(tmp_path / "m.h5"))
     assert result["rows"] == 11
     keep_b = np.array([True, False, True, True, True])

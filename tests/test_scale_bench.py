@@ -39,3 +39,15 @@ def test_scale_tiny(tmp_path):
     last = rows[-1]
     assert last["n"] == 224_316 and set(last["stages"]) == {"data check", "cache_cold", "cache_warm"}
     assert last["slowest_stage"] in last["stages"]
+
+
+def test_scale_explain_runs_explains_own_block_functions(tmp_path):
+    """The explain row goes through doll.explanation.run's distill_block and write_block (so it cannot drift from
+    what explain does) and states the CPU side apart from the distillation that runs on the GPU."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "40", "--stages", "explain", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)[0]
+    assert row["stage"] == "explain_cpu" and row["targets"] > 0 and row["disk_mb"] > 0
+    assert row["distill_s"] > 0 and 0 < row["cpu_fraction_of_gpu"] and row["parts_mb"] > 0

@@ -238,7 +238,7 @@ def test_killed_explain_is_unfinished_not_missing(killed, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("damage", ["object array", "wrong class count", "settings not JSON"])
+@pytest.mark.parametrize("damage", ["object array", "wrong class count", "row ends past the rows", "settings not JSON"])
 def test_tampered_parts(killed, made, phantom, tmp_path, capsys, damage):
     out = tmp_path / "labels.h5"
     parts = Path(str(out) + ".parts")
@@ -258,6 +258,13 @@ def test_tampered_parts(killed, made, phantom, tmp_path, capsys, damage):
         with open(block, "wb") as fh:
             np.savez_compressed(fh, **arrays)
         fragments = [f"{block}: targets is an array of shape", "--resume"]
+    elif damage == "row ends past the rows":
+        with np.load(block) as z:
+            arrays = dict(z)
+        arrays["row_ends"][-1] += 5
+        with open(block, "wb") as fh:
+            np.savez(fh, **arrays)
+        fragments = [f"{block}: row_ends is", "increasing integers, one per row", "--resume"]
     else:
         (parts / "settings.json").write_text('{"block": 16, "dat')
         fragments = [f"{parts / 'settings.json'}: the content is not JSON", "--overwrite"]

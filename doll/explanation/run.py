@@ -24,11 +24,18 @@ from doll.explanation.base import (
     make_explainer,
     normal_class,
 )
-from doll.explanation.distill import distill, require_finite
+from doll.explanation.distill import SIGNS, distill_maps
 from doll.explanation.ig import check_precision, default_batch_size
 from doll.explanation.settings import ExplainSettings
 from doll.labels.rule import check_rule
-from doll.labels.store import Blocks, PartsWriter, is_label_file, is_parts_folder, write_label_file
+from doll.labels.store import (
+    Blocks,
+    PartsWriter,
+    is_label_file,
+    is_parts_folder,
+    saliency_row_chunks,
+    write_label_file,
+)
 from doll.models.ensemble import load_ensemble
 from doll.models.lung_field import (
     INPUT_MARGIN,
@@ -59,7 +66,6 @@ from doll.utils import (
 )
 
 TARGET_MODES = ("positive", "predicted", "all")
-SIGNS = ("positive", "absolute")
 NOT_LOCALISED = NORMAL_CLASSES  # classes never explained unless --classes names them
 
 
@@ -255,10 +261,11 @@ def block_range(job: Job, b: int) -> tuple[int, int]:
 
 
 def explain_blocks(job: Job, explainer, parts: PartsWriter) -> int:
-    """Explain this process's unfinished blocks with every member, distilling and writing
-    block k in a writer thread while block k+1 is explained (the GPU is not kept waiting for
-    the CPU work; at most one finished block waits in memory). The bar moves per batch of
-    images. Returns the chunks redone in float32 (float16 overflows)."""
+    """Explain this process's unfinished blocks with every member and distil each on the
+    device that explained it; a writer thread compresses and writes block k while block k+1
+    is explained (the GPU is not kept waiting for the CPU work; at most one finished block
+    waits in memory). The bar moves per batch of images. Returns the chunks redone in
+    float32 (float16 overflows)."""
     s, watch = job.s, job.watch
     world, rank = (dist.world_size(), dist.rank()) if dist.active() else (1, 0)
     blocks = list(range((job.n + s.block - 1) // s.block))
@@ -274,10 +281,12 @@ def explain_blocks(job: Job, explainer, parts: PartsWriter) -> int:
             lo, hi = block_range(job, b)
             per_member, completeness, redone = explain_block(job, explainer, b, bar)
             fallbacks += redone
+            with watch("distill"):
+                maps, tmask = distill_block(job, b, per_member)
             if pending is not None:
                 with watch("wait_for_writer"):
                     pending.result()  # re-raises the writer's errors here
-            pending = writer.submit(write_block, job, parts, b, per_member, completeness)
+            pending = writer.submit(write_block, job, parts, b, maps, tmask, completeness)
         if pending is not None:
             with watch("wait_for_writer"):
                 pending.result()
@@ -316,24 +325,33 @@ def explain_block(job: Job, explainer, b: int, bar) -> tuple[list, list[list[flo
     return per_member, completeness, redone
 
 
-def write_block(job: Job, parts: PartsWriter, b: int, per_member: list, completeness: list[list[float]]) -> None:
-    """Distil a block's maps into saliency and write it (in the writer thread). No map with
-    NaN becomes a label."""
+def distill_block(job: Job, b: int, per_member: list) -> tuple[np.ndarray, np.ndarray]:
+    """Block ``b``'s saliency, distilled on the device that explained it: uint8 (explained
+    targets, H, W) in the row-major order of the targets mask (rows, classes), and the mask.
+    No map with NaN becomes a label."""
     lo, hi = block_range(job, b)
     tg = job.targets[lo:hi]
     tmask = np.zeros((len(tg), len(job.classes)), bool)
-    maps = []  # the explained classes' saliency, in the row-major order of tmask
-    with job.watch("distill"):
-        for j, t in enumerate(tg):
-            if t:
-                member_maps = [m[j] for m in per_member]
-                require_finite(member_maps, f"image {lo + j} ({job.arrays.items[lo + j].id})", job.member_names)
-                sal = distill(member_maps, job.s.sign, job.s.smooth, None if job.fields is None else job.fields[lo + j])
-                maps.extend(sal[np.argsort(t)])
-                tmask[j, t] = True
-        maps = np.stack(maps) if maps else np.zeros((0, job.size, job.size), np.uint8)
+    for j, t in enumerate(tg):
+        tmask[j, t] = True
+    if not tmask.any():
+        return np.zeros((0, job.size, job.size), np.uint8), tmask
+    explained = [j for j, t in enumerate(tg) if t]
+    member_maps = [np.concatenate([maps[j][np.argsort(tg[j])] for j in explained]) for maps in per_member]
+    counts = [len(tg[j]) for j in explained]
+    fields = None if job.fields is None else np.repeat(job.fields[lo:hi][explained], counts, axis=0)
+    names = [f"image {lo + j} ({job.arrays.items[lo + j].id})" for j in explained for _ in tg[j]]
+    maps = distill_maps(member_maps, job.s.sign, job.s.smooth, fields, job.device, names, job.member_names)
+    return maps, tmask
+
+
+def write_block(job: Job, parts: PartsWriter, b: int, maps: np.ndarray, tmask: np.ndarray,
+                completeness: list[list[float]]) -> None:
+    """Compress a block's rows as the label file stores them and write the block (in the
+    writer thread)."""
     with job.watch("write_blocks"):
-        parts.write(b, maps=maps, targets=tmask, completeness=np.array(completeness, np.float32))  # (members, targets)
+        parts.write(b, rows=saliency_row_chunks(maps, tmask), targets=tmask,
+                    completeness=np.array(completeness, np.float32))  # (members, targets)
 
 
 def assemble(job: Job, parts: PartsWriter, run_settings: dict, t0: float, fallbacks: int) -> dict:
@@ -354,16 +372,13 @@ def assemble(job: Job, parts: PartsWriter, run_settings: dict, t0: float, fallba
             raise DollError(f"block {b} of the run (explained by rank {b % world}) is missing from {parts.folder}; "
                             + ("under torchrun on several machines --out must be on a file system they all share"
                                if world > 1 else "run again with --resume"))
-        z = parts.read(b, ("targets", "completeness"))
+        z = parts.read(b)  # every array checked before anything is written
         tmask[b * s.block:b * s.block + len(z["targets"])] = z["targets"]
         comp.append(z["completeness"].reshape(len(job.members), -1))  # (members, targets of the block)
 
     def saliency_pieces():  # one block in memory at a time
         for b in blocks:
-            z = parts.read(b, ("targets", "maps"))
-            piece = np.zeros((len(z["targets"]), len(classes), job.size, job.size), np.uint8)
-            piece[z["targets"]] = z["maps"]
-            yield b * s.block, piece
+            yield from parts.saliency_pieces(b)
 
     comp = np.concatenate(comp, axis=1) if comp else np.zeros((len(job.members), 0))
     if s.method.startswith("ig") and comp.size:
