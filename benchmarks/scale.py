@@ -14,7 +14,9 @@ whole process for the CLI stages; ``process_s`` is the whole process always);
 ``images_per_s`` = n / seconds; ``per_core`` = n / CPU seconds of the timed part (all
 threads and DataLoader workers): the rate of one core, what the extrapolation scales;
 ``peak_rss_mb``: the process's peak RSS (``os.wait4``; DataLoader workers are
-separate processes and ``worker_peak_rss_mb`` gives theirs); ``disk_mb``: what the
+separate processes and ``worker_peak_rss_mb`` gives theirs), and, at the end of the
+timed part, ``rss_anon_mb`` (allocated) and ``rss_file_mb`` (pages of memory-mapped
+files, which the kernel reclaims under pressure; Linux); ``disk_mb``: what the
 stage leaves on disk (cache, label file). Stages (``--stages``, comma-separated):
 
 * ``check``: ``doll data check --dataset chexpert --root R --decode 0`` (every image decoded);
@@ -153,6 +155,12 @@ def cpu():
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 def done(**kw):
     kw["worker_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    try:  # resident memory at the end of the timed part, split: allocated (anonymous) / pages of mapped files
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        kw["rss_anon_mb"] = round(int(status["RssAnon"].split()[0]) / 1024, 1)
+        kw["rss_file_mb"] = round((int(status["RssFile"].split()[0]) + int(status["RssShmem"].split()[0])) / 1024, 1)
+    except (OSError, KeyError, ValueError):  # not Linux
+        pass
     print(json.dumps(kw))
 """
 
@@ -388,6 +396,13 @@ def row(stage: str, n: int, seconds: float, cpu_s: float | None, rss: float, dis
     return r
 
 
+def memory(result: dict) -> dict:
+    """A child's resident memory at the end of its timed part, allocated (``rss_anon_mb``) and
+    pages of mapped files (``rss_file_mb``: the decode cache and label file read through memory
+    maps, which the kernel reclaims under pressure), where the system says (Linux)."""
+    return {k: result[k] for k in ("rss_anon_mb", "rss_file_mb") if k in result}
+
+
 def doll_cli() -> list[str]:
     exe = Path(sys.executable).parent / "doll"
     if exe.exists():
@@ -420,16 +435,16 @@ def run_size(n: int, base: Path, stages: list[str], workers: list[int], cap: int
         log(f"n={n}: decode cache, cold")
         cold, wall, rss, _ = child(CACHE, args, env, timeout)
         if "cache" in stages:
-            rows.append(row("cache_cold", cold["n"], cold["seconds"], cold["cpu_s"], rss, du_mb(cache), wall))
+            rows.append(row("cache_cold", cold["n"], cold["seconds"], cold["cpu_s"], rss, du_mb(cache), wall, **memory(cold)))
             log(f"n={n}: decode cache, warm")
             warm, wall, rss, _ = child(CACHE, args, env, timeout)
-            rows.append(row("cache_warm", warm["n"], warm["seconds"], warm["cpu_s"], rss, du_mb(cache), wall,
+            rows.append(row("cache_warm", warm["n"], warm["seconds"], warm["cpu_s"], rss, du_mb(cache), wall, **memory(warm),
                             cold_over_warm=round(cold["seconds"] / max(warm["seconds"], 1e-9), 1),
                             note="memory maps opened and every image read once; files in the page cache"))
     if "classify" in stages:
         log(f"n={n}: classifier loader")
         r, wall, rss, _ = child(CLASSIFY, args, env, timeout)
-        rows.append(row("classify_loader", r["n"], r["seconds"], r["cpu_s"], rss, 0.0, wall,
+        rows.append(row("classify_loader", r["n"], r["seconds"], r["cpu_s"], rss, 0.0, wall, **memory(r),
                         note="one epoch, train split, frontal, batch 32, augmented, num_workers=0, no model"))
     if "explain" in stages:
         log(f"n={n}: explain CPU side")
@@ -437,7 +452,7 @@ def run_size(n: int, base: Path, stages: list[str], workers: list[int], cap: int
         r, wall, rss, _ = child(EXPLAIN, {**args, "out": str(out), "members": MEMBERS}, env, timeout)
         gpu_s = GPU_S_PER_IMAGE_MEMBER * MEMBERS
         cpu_per_image = r["cpu_s"] / r["n"]
-        rows.append(row("explain_cpu", r["n"], r["seconds"], r["cpu_s"], rss, du_mb(out), wall,
+        rows.append(row("explain_cpu", r["n"], r["seconds"], r["cpu_s"], rss, du_mb(out), wall, **memory(r),
                         members=MEMBERS, targets=r["targets"], write_s=r["write_s"],
                         assemble_s=r["assemble_s"], parts_mb=r["parts_mb"],
                         distill_s=r["distill_s"], distill_cpu_s_per_image=round(r["distill_cpu_s"] / r["n"], 4),
@@ -455,20 +470,20 @@ def run_size(n: int, base: Path, stages: list[str], workers: list[int], cap: int
         log(f"n={n}: label file, write (+ 2 shards, untimed)")
         r, wall, rss, _ = child(LABELS, {**args, "out": str(labels), "shards": 2}, env, timeout)
         if "labels" in stages:
-            rows.append(row("label_file_write", r["n"], r["seconds"], r["cpu_s"], rss, du_mb(labels), wall,
+            rows.append(row("label_file_write", r["n"], r["seconds"], r["cpu_s"], rss, du_mb(labels), wall, **memory(r),
                             bytes_per_image=r["bytes_per_image"],
                             note="write_label_file, 14 classes all explained, smooth random uint8 saliency, "
                                  "224 px, gzip level 4 per row; peak RSS includes making the 2 shards"))
             log(f"n={n}: label file, read rate")
             r2, wall, rss, _ = child(LABELS_READ, {"labels": str(labels)}, env, timeout)
-            rows.append(row("label_file_read", r2["n"], r2["seconds"], r2["cpu_s"], rss, du_mb(labels), wall,
+            rows.append(row("label_file_read", r2["n"], r2["seconds"], r2["cpu_s"], rss, du_mb(labels), wall, **memory(r2),
                             bytes_per_image=r["bytes_per_image"], explained_maps_per_image=r2["explained_maps_per_image"],
                             note="LabelRows rows (image + 14 masks as the loader takes them, masks.coded; otsu rule) read in random order, one process"))
     if "pretrain" in stages:
         for w in workers:
             log(f"n={n}: pretraining loader, {w} worker(s)")
             r, wall, rss, _ = child(PRETRAIN, {"labels": str(labels), "workers": w, "cap": cap}, env, timeout)
-            rows.append(row(f"pretrain_loader_w{w}", r["n"], r["seconds"], r["cpu_s"], rss, 0.0, wall,
+            rows.append(row(f"pretrain_loader_w{w}", r["n"], r["seconds"], r["cpu_s"], rss, 0.0, wall, **memory(r),
                             workers=w, classes=r["classes"], per_worker=round(r["n"] / r["seconds"] / max(w, 1), 1),
                             worker_peak_rss_mb=r["worker_peak_rss_mb"],
                             note="one epoch (at most --loader-cap rows), batch 16, augmented, no model"))
@@ -503,12 +518,14 @@ def extrapolate(rows: list[dict], cores: int, gpus: int) -> dict:
         parallel = cores if r["per_core"] else 1
         hours = CHEXPERT_IMAGES / (rate * parallel) / 3600
         runs = sorted(by_n[name], key=lambda x: x["n"])
-        growth = None
+        growth = anon_growth = None
         if len(runs) >= 2 and runs[0]["peak_rss_mb"]:
             growth = round(runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], 3)
+        if len(runs) >= 2 and runs[0].get("rss_anon_mb") and runs[-1].get("rss_anon_mb"):
+            anon_growth = round(runs[-1]["rss_anon_mb"] / runs[0]["rss_anon_mb"], 3)
         disk = r["disk_mb"] * CHEXPERT_IMAGES / max(r["n"], 1) / 1024 if r["disk_mb"] else 0.0
         s = {"hours_on_server": round(hours, 3), "cores_used": parallel, "rate_used": rate,
-             "disk_gb": round(disk, 1), "rss_growth": growth,
+             "disk_gb": round(disk, 1), "rss_growth": growth, "anon_rss_growth": anon_growth,
              "images_per_s_on_server": round(rate * parallel, 1)}
         if name.startswith("explain"):
             gpu_h = CHEXPERT_IMAGES * r["gpu_s_per_image_stated"] / gpus / 3600
@@ -524,7 +541,8 @@ def extrapolate(rows: list[dict], cores: int, gpus: int) -> dict:
             "stages": stages, "bounding_stage": bound, "slowest_stage": slowest,
             "note": "hours = 224,316 / (per_core x server cores) (perfect scaling assumed; per_core of the CLI "
                     "stages includes their imports); bounding_stage: the slowest CPU path beside the GPUs (per epoch "
-                    "or per image: loaders, explain's CPU side), slowest_stage: of all; disk scaled linearly; rss_growth = peak RSS at the largest / smallest size"}
+                    "or per image: loaders, explain's CPU side), slowest_stage: of all; disk scaled linearly; rss_growth = peak RSS at the largest / smallest size; anon_rss_growth = the same for "
+                    "allocated memory at the end of the timed part (rss_anon_mb; without the mapped files' pages)"}
 
 
 def main(argv=None) -> list[dict]:

@@ -26,6 +26,8 @@ def test_scale_tiny(tmp_path):
         assert not missing, (r["stage"], missing)
         assert 0 < r["n"] <= 40 and r["images_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["seconds"] > 0
         assert r["disk_mb"] > 0
+        if sys.platform == "linux" and r["stage"] != "data check":  # allocated and mapped-file memory, apart
+            assert r["rss_anon_mb"] > 0 and r["rss_file_mb"] >= 0
     # the synthetic set: CheXpert-small's layout, CSV columns and image sizes
     root = tmp_path / "n40" / "CheXpert-v1.0-small"
     header = (root / "train.csv").read_text().splitlines()[0].split(",")
@@ -39,6 +41,7 @@ def test_scale_tiny(tmp_path):
     last = rows[-1]
     assert last["n"] == 224_316 and set(last["stages"]) == {"data check", "cache_cold", "cache_warm"}
     assert last["slowest_stage"] in last["stages"]
+    assert "anon_rss_growth" in last["stages"]["cache_warm"]
 
 
 def test_scale_explain_runs_explains_own_block_functions(tmp_path):

@@ -5,7 +5,6 @@ import csv
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
