@@ -16,9 +16,10 @@ maps on its GPU, so the CPU only compresses and writes them; issue 37), batched 
 block's maps, and gives OpenCV's and NumPy's numbers: the Gaussian is OpenCV's kernel
 (``cv2.getGaussianKernel``, 8 sigma + 1 taps, borders reflected as ``BORDER_REFLECT_101``)
 applied as two matrix products, the percentile is NumPy's linear one from two exact order
-statistics (``kthvalue``). Against ``cv2.GaussianBlur`` + ``np.percentile`` (the code
-before 2026-12-06), 1 saliency value in about 70,000 differs, by 1 of 255
-(``benchmarks/distill_device.py``).
+statistics (``topk``). Against ``cv2.GaussianBlur`` + ``np.percentile`` (the code before
+2026-12-06) on real IG maps, 16 of 3.2 million saliency values differ, each by 1 of 255, and
+no otsu label (COVID-QU-Ex, 64 images, 2 ResNet-18 members, 224 px;
+``benchmarks/distill_device.py``, docs/results.md).
 
 The label rule that turns saliency into pixel labels is a property of the label file and
 lives in :mod:`doll.labels.rule` (re-exported here for the code that imports it from here).
@@ -58,13 +59,13 @@ def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
     matrix = np.zeros((n, n))
     for out in range(n):  # output pixel `out` sums input pixels index[out:out + taps] with the kernel's weights
         np.add.at(matrix[out], index[out:out + taps], kernel)
-    return matrix.astype(np.float32)
+    return matrix
 
 
-def gaussian_matrix(n: int, sigma: float, device: torch.device) -> torch.Tensor:
-    """(n, n) float32 matrix G such that ``G @ a @ G.T`` blurs an (n, n) map ``a`` as
+def gaussian_matrix(n: int, sigma: float, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n, n) matrix G such that ``G @ a @ G.T`` blurs an (n, n) map ``a`` as
     ``cv2.GaussianBlur(a, (0, 0), sigma)`` does."""
-    return torch.from_numpy(_gaussian_matrix(n, float(sigma))).to(device)
+    return torch.from_numpy(_gaussian_matrix(n, float(sigma))).to(device, dtype)
 
 
 def percentile(flat: torch.Tensor, q: float = PERCENTILE) -> torch.Tensor:
@@ -91,7 +92,10 @@ def normalise_maps(maps: torch.Tensor, sign: str = "positive", smooth: float = 0
         raise DollError(f"unknown --sign {sign!r}; choose one of {', '.join(SIGNS)}")
     if smooth > 0:
         h, w = a.shape[-2:]
-        a = gaussian_matrix(h, smooth * w, a.device) @ a @ gaussian_matrix(w, smooth * w, a.device).T
+        # float64 on a GPU: float32 products there may run in TF32 (torch.set_float32_matmul_precision), 10 bits
+        dtype = torch.float64 if a.is_cuda else torch.float32
+        rows, cols = gaussian_matrix(h, smooth * w, a.device, dtype), gaussian_matrix(w, smooth * w, a.device, dtype)
+        a = (rows @ a.to(dtype) @ cols.T).float()
     scale = percentile(a.flatten(1))
     a = a.div_(scale.clamp_min(torch.finfo(scale.dtype).tiny)[:, None, None]).clamp_(0, 1)
     a[scale <= 0] = 0  # no positive evidence: the map stays 0
