@@ -20,7 +20,7 @@ from doll.train.metrics import (
     per_image_scores,
     segmentation_scores,
 )
-from doll.train.objectives import SegmentationTask
+from doll.train.objectives import SegmentationObjective
 
 DOLL = Path(__file__).resolve().parents[1] / "doll"
 
@@ -65,9 +65,9 @@ def test_empty_mask_rule_skip_leaves_out_images_without_a_mask():
 
 
 def test_engine_curve_counts_on_the_device_with_the_same_rule():
-    """SegmentationTask (pretrain's and seg4cls' curves) reduces to counts in torch and scores
+    """SegmentationObjective (pretrain's and seg4cls' curves) reduces to counts in torch and scores
     them with rule "skip": the same number as the numpy path."""
-    task = SegmentationTask(["x"])
+    task = SegmentationObjective(["x"])
     logits = torch.tensor(np.where(PRED, 3.0, -3.0), dtype=torch.float32)
     out = task.scored(logits, {"mask": torch.tensor(TRUTH, dtype=torch.float32)})
     assert out["inter"][:, 0].tolist() == [0, 0, 0, 2] and out["union"][:, 0].tolist() == [0, 1, 1, 3]

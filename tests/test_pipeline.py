@@ -393,8 +393,8 @@ def test_pretrain_reads_label_rows_on_demand(tmp_path):
 
 
 def test_validation_iou_is_reduced_per_image_on_the_device():
-    """SegmentationTask.scored keeps (N, C) sums, not masks; metrics gives the IoU of the whole masks."""
-    from doll.pretraining.train import SegmentationTask
+    """SegmentationObjective.scored keeps (N, C) sums, not masks; metrics gives the IoU of the whole masks."""
+    from doll.pretraining.train import SegmentationObjective
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 3, 16, 16, generator=g)
@@ -402,7 +402,7 @@ def test_validation_iou_is_reduced_per_image_on_the_device():
     mask[0, 1] = 0  # class absent on image 0: left out of its class mean
     valid = torch.ones(6, 3)
     valid[1, 2] = 0  # map unknown: left out
-    out = SegmentationTask.scored(logits, {"mask": mask, "valid": valid})
+    out = SegmentationObjective.scored(logits, {"mask": mask, "valid": valid})
     assert {k: v.shape for k, v in out.items()} == {k: (6, 3) for k in ("inter", "union", "present", "valid")}
     pred, truth = (logits > 0).numpy(), (mask >= 0.5).numpy()
     per = []
@@ -410,7 +410,7 @@ def test_validation_iou_is_reduced_per_image_on_the_device():
         ious = [(pred[i, k] & truth[i, k]).sum() / (pred[i, k] | truth[i, k]).sum()
                 for i in range(6) if truth[i, k].any() and valid[i, k] > 0]
         per.append(np.mean(ious))
-    assert SegmentationTask(["a", "b", "c"]).metrics(out)["iou"] == pytest.approx(np.mean(per), abs=1e-12)
+    assert SegmentationObjective(["a", "b", "c"]).metrics(out)["iou"] == pytest.approx(np.mean(per), abs=1e-12)
 
 
 def test_pretrained_lr_slows_the_pretrained_layers_only(pipeline, tmp_path, capsys):

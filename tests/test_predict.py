@@ -63,13 +63,13 @@ def finetune_test_split(anatomy: Path):
 def evaluation_masks(folder: Path, images: np.ndarray, n_classes: int) -> np.ndarray:
     """The model's masks through finetune's evaluation code path (its loader, task and predict_all)."""
     from doll.data.dataset import ArrayDataset
-    from doll.finetuning.segment import WholeMaskTask
+    from doll.finetuning.segment import WholeMaskObjective
     from doll.models.segmenter import drop_aux_head, load_segmenter
     from doll.train.engine import predict_all
 
     model, _ = load_segmenter(folder)
     dummy = np.zeros((len(images), n_classes, SIZE, SIZE), np.uint8)
-    return predict_all(drop_aux_head(model), WholeMaskTask([str(c) for c in range(n_classes)]),
+    return predict_all(drop_aux_head(model), WholeMaskObjective([str(c) for c in range(n_classes)]),
                        ArrayDataset(images, masks=dummy), 4, torch.device("cpu"))["pred"]
 
 

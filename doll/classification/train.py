@@ -18,7 +18,7 @@ from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings, predict_all
 from doll.train.stage import Stage
-from doll.train.objectives import ClassificationTask
+from doll.train.objectives import ClassificationObjective
 from doll.train.metrics import auroc_per_class
 from doll.classification.settings import ClassifierSettings  # noqa: F401 - doll.classification.train.ClassifierSettings
 from doll.utils import check_positive, resolve_paths
@@ -145,7 +145,7 @@ def train_member(s: ClassifierSettings, p, m: int, arch: str, train_set: ArrayDa
     ck = {"kind": "classifier", "arch": arch, "classes": p.classes, "in_channels": 1, "image_size": s.image_size,
           "normalisation": NORMALISATION, "seed": seed, "dataset": s.dataset, "uncertain": s.uncertain,
           "lung_model": s.lung_model, "hide": p.hides[m], "init": p.inits[m]}  # lung_model absolute (resolve_paths)
-    task = ClassificationTask(p.classes)
+    task = ClassificationObjective(p.classes)
     engine = Engine(model, task, settings, folder, ck)
     metrics = engine.fit(train_set, val_set, resume=s.resume)
     load_into(engine.model, folder)  # evaluate the best weights, not the last epoch's

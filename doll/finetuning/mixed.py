@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 from doll.data.dataset import NORMALISATION, ArrayDataset
 from doll.finetuning.seg4cls.data import load_parts
 from doll.finetuning.seg4cls.evaluate import masked_aurocs
-from doll.finetuning.seg4cls.models import ProbSegTask
+from doll.finetuning.seg4cls.models import ProbSegObjective
 from doll.finetuning.tasks import TaskRunner
 from doll.finetuning.settings import (
     FinetuneSettings,
@@ -60,7 +60,7 @@ from doll.train import distributed as dist
 from doll.train.engine import Engine, batches_per_epoch, predict_all
 from doll.train.losses import masked_bce, multilabel_seg_loss
 from doll.train.metrics import mean_over_images, per_image_scores
-from doll.train.objectives import SegmentationTask
+from doll.train.objectives import SegmentationObjective
 
 POOLINGS = ("max", "amp-mlp")
 
@@ -125,11 +125,11 @@ class AlternatingTask:
         out = {"prob": torch.sigmoid(seg.float()).cpu().numpy().astype(np.float16),
                "score": torch.sigmoid(cls.float()).cpu().numpy()}
         if "mask" in batch:  # scored after every epoch: the learning curve
-            out.update(SegmentationTask.scored(seg, batch))
+            out.update(SegmentationObjective.scored(seg, batch))
         return out
 
     def metrics(self, out):
-        return SegmentationTask(self.classes).metrics(out) if "inter" in out else {}
+        return SegmentationObjective(self.classes).metrics(out) if "inter" in out else {}
 
 
 def segmentation_scores(prob: np.ndarray, test, names: list[str]) -> dict:
@@ -190,7 +190,7 @@ def mixed(s: FinetuneSettings, p, out: Path) -> dict:
     ck = {**checkpoint_config(model, init_info["encoder"], names, size, "finetune", NORMALISATION, task="mixed",
                               mode=s.mode), "run": {"command": "finetune", **asdict(s)}}
     params = set_mode(model, s.mode, size)
-    seg_task = ProbSegTask(names, background_weight=1.0, dice_weight=0.5)
+    seg_task = ProbSegObjective(names, background_weight=1.0, dice_weight=0.5)
     engine = Engine(model, seg_task, engine_settings(s, min(bs, len(seg_cycle))), out / "segmentation_only",
                     {**ck, **init_info}, smp_config(model))
     history = engine.fit(ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True, seed=s.seed,

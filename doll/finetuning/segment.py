@@ -51,13 +51,13 @@ from doll.models.segmenter import checkpoint_config, smp_config
 from doll.train import distributed as dist
 from doll.train.engine import Engine, predict_all
 from doll.train.metrics import EMPTY_MASK_RULE, bootstrap_interval, per_image_iou, segmentation_scores
-from doll.train.objectives import SegmentationTask
+from doll.train.objectives import SegmentationObjective
 
 HOLDOUT_FRACTION = 0.2  # test split carved from train when a data set has no other split with masks
 LUNGS = ("lungs", ["left lung", "right lung"])
 
 
-class WholeMaskTask(SegmentationTask):
+class WholeMaskObjective(SegmentationObjective):
     """Keeps the whole predicted and true masks (fine-tuning test sets are small): the final
     scores need them (Dice, and the false-positive area on negative images)."""
 
@@ -131,7 +131,7 @@ def one_seed(s: FinetuneSettings, names, train, test, size: int, out: Path) -> d
     model, init_info = build_model(s, len(names))
     lr_scales = dict.fromkeys(pretrained_parameters(model, s), s.pretrained_lr) if s.pretrained_lr != 1.0 else None
     params = set_mode(model, s.mode, size)
-    task = WholeMaskTask(names, background_weight=1.0, dice_weight=0.5)
+    task = WholeMaskObjective(names, background_weight=1.0, dice_weight=0.5)
     train_set = ArrayDataset(images, masks=masks, augment=True, seed=s.seed, indices=subset)
     test_set = ArrayDataset(test[0], masks=test[1])
     ck = {**checkpoint_config(model, init_info["encoder"], names, size, "finetune", NORMALISATION, task=s.task,

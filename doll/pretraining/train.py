@@ -37,7 +37,7 @@ from doll.outputs import releases_outputs
 from doll.train import distributed as dist
 from doll.train.engine import Engine, EngineSettings
 from doll.train.stage import Stage
-from doll.train.objectives import SegmentationTask
+from doll.train.objectives import SegmentationObjective
 from doll.pretraining.reader import LabelRows, _Column  # noqa: F401 - the reader, importable from here as before
 from doll.pretraining.settings import PretrainSettings  # noqa: F401 - doll.pretraining.train.PretrainSettings
 from doll.utils import atomic_path, check_positive, resolve_paths
@@ -95,7 +95,7 @@ class Pretrain(Stage):
                                  indices=np.flatnonzero(~is_val))
         val_set = ArrayDataset(data.images, y, w, masks=data.masks, valid=data.valid,
                                indices=np.flatnonzero(is_val)) if n_val else None
-        task = SegmentationTask(names, s.background_weight, s.dice_weight, s.aux_weight if s.aux else 0.0)
+        task = SegmentationObjective(names, s.background_weight, s.dice_weight, s.aux_weight if s.aux else 0.0)
         es = EngineSettings(epochs=s.epochs, max_steps=s.max_steps, val_every=s.val_every, batch_size=s.batch_size,
                             lr=s.lr, seed=s.seed, device=s.device, num_workers=s.num_workers,
                             monitor="val_iou" if n_val else "train_loss", monitor_mode="max" if n_val else "min",

@@ -52,10 +52,10 @@ def auroc_per_class(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray 
 EMPTY_MASK_RULE = "an image and structure whose mask and prediction are both empty scores 1, a non-empty prediction 0"
 EMPTY_RULES = {
     # finetune --task jsrt|lung|covid: mean_iou, mean_dice, per_structure, per_image_iou, the
-    # engine's curve there (WholeMaskTask); evaluate-labels' pairs (a non-empty mask only)
+    # engine's curve there (WholeMaskObjective); evaluate-labels' pairs (a non-empty mask only)
     "one": EMPTY_MASK_RULE,
     # seg4cls / mixed: the segmenter's IoU and F1 "on test positives"; every engine curve of
-    # SegmentationTask (pretrain's val_iou, seg4cls' and mixed's curves)
+    # SegmentationObjective (pretrain's val_iou, seg4cls' and mixed's curves)
     "skip": "an image and structure whose mask is empty is left out: scores on the images where the structure is present",
 }
 

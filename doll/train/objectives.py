@@ -1,11 +1,11 @@
 """Training objectives: what a batch means to the training engine, the two kinds every
-stage builds on. (An objective is not a ``--task``: a fine-tuning task,
-``doll.finetuning.tasks``, is a whole run that builds one or more objectives.)
+stage builds on. (A fine-tuning ``--task``, ``doll.finetuning.tasks``, is a whole run that
+builds one or more objectives.)
 
 An objective has ``loss(model, batch)``, ``predict(model, batch)`` (per-sample numpy arrays)
 and ``metrics(outputs)`` (floats over a whole split); see ``doll.train.engine``.
-``ClassificationTask``: multi-label image labels (stage 1, seg4cls's classifier).
-``SegmentationTask``: multi-label masks, optionally with an auxiliary image-label head
+``ClassificationObjective``: multi-label image labels (stage 1, seg4cls's classifier).
+``SegmentationObjective``: multi-label masks, optionally with an auxiliary image-label head
 (stage 3; stage 4's tasks extend it).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from doll.train.losses import masked_bce, multilabel_seg_loss
 from doll.train.metrics import auroc_per_class, mean_over_images, overlap_counts, scores_from_counts
 
 
-class ClassificationTask:
+class ClassificationObjective:
     def __init__(self, classes: list[str]):
         self.classes = classes
 
@@ -36,7 +36,7 @@ class ClassificationTask:
                 "loss": float(bce.sum() / max(out["weight"].sum(), 1))}
 
 
-class SegmentationTask:
+class SegmentationObjective:
     """Multi-label segmentation: loss on (image, mask, valid), IoU per class on validation.
 
     A network with an auxiliary classification head (smp ``aux_params``) returns

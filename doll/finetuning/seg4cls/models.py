@@ -7,10 +7,10 @@ from torch import nn
 
 from doll.train.losses import masked_bce, multilabel_seg_loss
 from doll.train.metrics import auroc_per_class
-from doll.train.objectives import SegmentationTask
+from doll.train.objectives import SegmentationObjective
 
 
-class ProbSegTask(SegmentationTask):
+class ProbSegObjective(SegmentationObjective):
     """Segmentation whose predictions are the per-class probability maps and a pooled
     embedding of the decoder's features (the segmentation head's input)."""
 
@@ -52,7 +52,7 @@ class YNet(nn.Module):
         return self.seg(x)
 
 
-class MultitaskTask:
+class MultitaskObjective:
     def __init__(self, classes, dice_weight: float = 0.5):
         self.classes, self.dw = classes, dice_weight
 

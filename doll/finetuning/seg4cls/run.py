@@ -17,7 +17,7 @@ from doll.finetuning.seg4cls.evaluate import (
     robust_pneumothorax,
     segmenter_iou,
 )
-from doll.finetuning.seg4cls.models import MultitaskTask, ProbSegTask, YNet
+from doll.finetuning.seg4cls.models import MultitaskObjective, ProbSegObjective, YNet
 from doll.finetuning.seg4cls.summarizers import (
     SUMMARIZERS,
     apply_summary_rule,
@@ -40,7 +40,7 @@ from doll.models.checkpoint import load_into, read_config
 from doll.models.classifier import CLASSIFIER_ARCHS, build_classifier
 from doll.models.segmenter import checkpoint_config, smp_config
 from doll.train.engine import Engine, predict_all
-from doll.train.objectives import ClassificationTask
+from doll.train.objectives import ClassificationObjective
 
 PSEUDO = ("none", "pseudo", "boosted")
 
@@ -85,7 +85,7 @@ def _segmenter(s: FinetuneSettings, p, subset: np.ndarray, out: Path) -> dict:
     seg_idx = np.resize(subset, max(n, 2))
     model, init_info = build_model(s, len(names))
     params = set_mode(model, s.mode, size)
-    seg_task = ProbSegTask(names, background_weight=1.0, dice_weight=0.5)
+    seg_task = ProbSegObjective(names, background_weight=1.0, dice_weight=0.5)
     seg_train = ArrayDataset(train.images, masks=train.masks, valid=train.mask_ok, augment=True,
                              seed=s.seed, indices=seg_idx)
     ck = {**checkpoint_config(model, init_info["encoder"], names, size, "finetune", NORMALISATION, task="seg4cls",
@@ -185,7 +185,7 @@ def _baselines(s, names, train, val, test, subset, size, out, ck, scores, detail
         arch = enc if enc in CLASSIFIER_ARCHS else "resnet18"
     torch.manual_seed(s.seed)
     clf = build_classifier(arch, C)
-    cls_task = ClassificationTask(names)
+    cls_task = ClassificationObjective(names)
     val_cls = ArrayDataset(val.images, y_va, w_va)
     test_cls = ArrayDataset(test.images, y_te, w_te)
     ce = Engine(clf, cls_task, engine_settings(s, bs, "val_auroc"), out / "classifier",
@@ -205,7 +205,7 @@ def _baselines(s, names, train, val, test, subset, size, out, ck, scores, detail
     ynet = YNet(seg2, C)
     seg_w = np.zeros_like(train.mask_ok)
     seg_w[subset] = train.mask_ok[subset]
-    mt_task = MultitaskTask(names)
+    mt_task = MultitaskObjective(names)
     me = Engine(ynet, mt_task, engine_settings(s, bs, "val_auroc"), out / "multitask",
                 {**ck, "kind": "multitask"})
     me.fit(ArrayDataset(train.images, y_tr, w_tr, masks=train.masks, augment=True, seed=s.seed, valid=seg_w),
