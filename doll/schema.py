@@ -16,6 +16,9 @@ not fit is one :class:`~doll.errors.DollError` of the form::
 :func:`check_parts_block`       one ``block_*.npz`` of it
 :func:`read_phantom_meta`       ``phantom.json`` of a phantom data set
 :func:`check_train_state`       ``last.pt``, the state a run resumes from
+:func:`read_run_metrics`        a run's ``metrics.json`` (``--resume``, a study's cells)
+:func:`read_run_config`         a run's ``config.json`` (``--resume``, a study's cells);
+                                in :mod:`doll.utils`: ``prepare_out_dir`` reads it there
 =============================  =======================================================
 
 Fields doll does not read are left alone (a config carries every setting of its run), but
@@ -27,7 +30,9 @@ folder they are joined to.
 
 This module may import only :mod:`doll.errors` and :mod:`doll.utils` (pyproject.toml's
 import-linter layers); the constants of the file formats stay with their writers, which pass
-what they expect.
+what they expect. The primitives (:func:`~doll.utils.read_json_file`, :func:`~doll.utils.fail`,
+:func:`~doll.utils.show`) and :func:`~doll.utils.read_run_config` live in :mod:`doll.utils`,
+one layer down, because ``prepare_out_dir`` there reads a run's ``config.json`` with them.
 """
 from __future__ import annotations
 
@@ -42,6 +47,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from doll.errors import DollError
+from doll.utils import MISSING, fail, read_json_file, show
+from doll.utils import Found as _Found
 
 IMAGE_SIZE_MIN, IMAGE_SIZE_MAX = 16, 4096  # a model's image size, pixels
 LABEL_SIZE_MAX = 4096  # a label file's image side (small sizes are fine there: tests use 8 px)
@@ -50,38 +57,6 @@ FIX_CONFIG = "copy the folder again or rerun the command that wrote it"
 FIX_LABELS = "the file is damaged or was edited: copy it again or rerun doll explain"
 FIX_STATE = "start the run again with --overwrite (or put back a copy of the file)"
 FIX_PHANTOM = "make the data set again with doll data phantom --out {root} --overwrite"
-
-
-class _Found:
-    """What was found, already in words (no quotes around it in a message)."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-
-MISSING = _Found("missing")
-
-
-def show(value: Any) -> str:
-    """A value as a message shows it: short, on one line."""
-    if isinstance(value, _Found):
-        return value.text
-    if isinstance(value, np.ndarray):
-        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
-    if type(value).__name__ == "Tensor":
-        return f"a tensor of shape {tuple(value.shape)} and dtype {str(value.dtype).removeprefix('torch.')}"
-    if isinstance(value, dict):
-        text = f"an object with keys {' '.join(repr(list(value)[:6]).split())}"
-    elif isinstance(value, (list, tuple)) and len(value) > 6:
-        text = f"a {type(value).__name__} of {len(value)} items, {' '.join(repr(list(value[:3])).split())[:-1]}, ...]"
-    else:
-        text = " ".join(repr(value).split())
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def fail(path, field: str, found: Any, expected: str, fix: str) -> DollError:
-    """``<path>: <field> is <found>; expected <expected>, <fix>``."""
-    return DollError(f"{path}: {field} is {show(found)}; expected {expected}, {fix}")
 
 
 def mismatch(field: str, found: Any, expected: str) -> PydanticCustomError:
@@ -293,20 +268,6 @@ class SegmenterConfig(CheckpointConfig):
 
 
 CONFIGS = {"classifier": ClassifierConfig, "segmenter": SegmenterConfig}
-
-
-def read_json_file(path, fix: str) -> Any:
-    """A JSON file's content; not UTF-8 or not JSON is :func:`fail`'s error."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-        return json.loads(text)
-    except UnicodeDecodeError:
-        raise fail(path, "the content", _Found("not UTF-8 text"), "a JSON file", fix) from None
-    except ValueError as exc:
-        where = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else exc
-        raise fail(path, "the content", _Found(f"not JSON ({where})"), "a JSON file", fix) from None
-    except RecursionError:
-        raise fail(path, "the content", _Found("JSON nested too deeply"), "a JSON file", fix) from None
 
 
 def read_checkpoint_config(path, kind: str | None = None) -> dict:
@@ -595,6 +556,90 @@ def read_phantom_meta(path, version: int) -> dict:
     if model.version > version:
         raise fail(path, "version", model.version, f"{version} or lower (made by a newer doll): update doll", fix)
     return {**meta, "chexpert_dir": model.chexpert_dir}
+
+
+# -- a run's metrics.json -----------------------------------------------------------------------------
+
+FIX_METRICS = "delete it and run the same command again with --resume (or start the run again with --overwrite)"
+Count = Annotated[int, Field(ge=0)]
+Number = Annotated[float, Field(allow_inf_nan=False)]
+NUMBER_TEXT = "a finite number or null"
+
+
+def _rows_alike(rows: list[list]) -> list[list]:
+    if any(len(r) != len(rows[0]) for r in rows):
+        raise mismatch("", _Found(f"rows of lengths {sorted({len(r) for r in rows})}"),
+                       "one IoU per structure in every row (rows of one length)")
+    return rows
+
+
+class CurvePoint(Strict):
+    """an object (an evaluation: step, test_iou)"""
+
+    step: Count | None = Field(None, description="a step count or null")
+    test_iou: Number | None = Field(None, description=NUMBER_TEXT)
+    val_iou: Number | None = Field(None, description=NUMBER_TEXT)
+
+
+class StructureScores(Strict):
+    """an object (a structure's scores: iou, dice)"""
+
+    iou: Number | None = Field(None, description=NUMBER_TEXT)
+    dice: Number | None = Field(None, description=NUMBER_TEXT)
+
+
+class RunScores(Strict):
+    """an object (one seed's run: steps, curve, per-image IoUs, ...)"""
+
+    steps: Count | None = Field(None, description="a step count")
+    max_steps: Annotated[int, Field(ge=1)] | None = Field(None, description="a positive step count")
+    images_seen: Count | None = Field(None, description="a count")
+    train_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        None, description="a number of seconds")
+    trainable_params: Count | None = Field(None, description="a count")
+    train_ids: list[str | int] | None = Field(None, description="a list of image ids")
+    curve: list[CurvePoint] | None = Field(None, description="a list of objects (step, test_iou)")
+    per_image_iou: Annotated[list[list[Number | None]], AfterValidator(_rows_alike)] | None = Field(
+        None, description="a list of rows of numbers (one row per test image, one IoU per structure)")
+
+
+class RunMetrics(Strict):
+    """a JSON object (the run's metrics)"""
+
+    command: str | None = Field(None, description="the command that wrote it (text)")
+    finished: bool | None = Field(None, description="true or false")
+    # the engine's (a fit of train-classifiers, pretrain, finetune): what --resume of a finished fit returns
+    steps: Count | None = Field(None, description="a step count")
+    max_steps: Annotated[int, Field(ge=1)] | None = Field(None, description="a positive step count")
+    images_seen: Count | None = Field(None, description="a count")
+    train_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        None, description="a number of seconds")
+    best_step: Annotated[int, Field(ge=-1)] | None = Field(None, description="a step (or -1)")
+    best: dict[str, Any] | None = Field(None, description="an object (the best evaluation)")
+    history: list[dict[str, Any]] | None = Field(None, description="a list of objects (the evaluations)")
+    # finetune's (a study's cell): what doll study reads and aggregates
+    runs: list[RunScores] | None = Field(None, description="a list of objects (one per seed)")
+    n_train: Count | None = Field(None, description="a count")
+    n_train_total: Count | None = Field(None, description="a count")
+    n_test: Count | None = Field(None, description="a count")
+    test_split: str | None = Field(None, description="text")
+    structures: list[str] | None = Field(None, description="a list of structure names (text)")
+    headline: dict[str, Any] | None = Field(None, description="an object")
+    per_structure: dict[str, StructureScores | None] | None = Field(
+        None, description="an object: structure -> its scores (iou, dice)")
+    mean_iou: Number | None = Field(None, description=NUMBER_TEXT)
+    mean_dice: Number | None = Field(None, description=NUMBER_TEXT)
+    positives_mean_iou: Number | None = Field(None, description=NUMBER_TEXT)
+    negatives_false_positive_area: Number | None = Field(None, description=NUMBER_TEXT)
+
+
+def read_run_metrics(path, fix: str = FIX_METRICS) -> dict:
+    """A run's ``metrics.json`` as a doll command reads it back: a JSON object whose fields doll
+    reads (``finished``, the engine's budget and history, finetune's ``runs`` and the scores a
+    study aggregates) have their types; the many others are left alone. Returns the file's dict."""
+    metrics = read_json_file(path, fix)
+    validate(RunMetrics, metrics, path, fix)
+    return metrics
 
 
 # -- training state (last.pt) ---------------------------------------------------------------------

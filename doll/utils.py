@@ -166,6 +166,76 @@ def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+# -- reading back what doll wrote: the primitives of doll.schema (one layer up, which imports them from here),
+# here so that prepare_out_dir reads a run's config.json with them. A file that does not fit is one DollError:
+# ``<file>: <field> is <what was found>; expected <what fits>, <how to fix>``
+
+class Found:
+    """What was found, already in words (no quotes around it in a message)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+MISSING = Found("missing")
+
+
+def show(value) -> str:
+    """A value as a message shows it: short, on one line."""
+    if isinstance(value, Found):
+        return value.text
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if type(value).__name__ == "Tensor":
+        return f"a tensor of shape {tuple(value.shape)} and dtype {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, dict):
+        text = f"an object with keys {' '.join(repr(list(value)[:6]).split())}"
+    elif isinstance(value, (list, tuple)) and len(value) > 6:
+        text = f"a {type(value).__name__} of {len(value)} items, {' '.join(repr(list(value[:3])).split())[:-1]}, ...]"
+    else:
+        text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def fail(path, field: str, found, expected: str, fix: str) -> DollError:
+    """``<path>: <field> is <found>; expected <expected>, <fix>``."""
+    return DollError(f"{path}: {field} is {show(found)}; expected {expected}, {fix}")
+
+
+def read_json_file(path, fix: str):
+    """A JSON file's content; not UTF-8 or not JSON is :func:`fail`'s error."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+        return json.loads(text)
+    except UnicodeDecodeError:
+        raise fail(path, "the content", Found("not UTF-8 text"), "a JSON file", fix) from None
+    except ValueError as exc:
+        where = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else exc
+        raise fail(path, "the content", Found(f"not JSON ({where})"), "a JSON file", fix) from None
+    except RecursionError:
+        raise fail(path, "the content", Found("JSON nested too deeply"), "a JSON file", fix) from None
+
+
+FIX_RUN_CONFIG = "start the run again with --overwrite (or put back a copy of the file)"
+
+
+def read_run_config(path, fix: str = FIX_RUN_CONFIG) -> dict:
+    """A run's ``config.json`` (what ``--resume`` compares its settings with): a JSON object,
+    the run's settings, or a checkpoint config whose ``doll`` section, and ``doll.run`` in it,
+    are objects where present (``doll.run`` then holds the settings). Listed with
+    :mod:`doll.schema`'s readers; here, one layer below it, because :func:`prepare_out_dir`
+    reads it."""
+    config = read_json_file(path, fix)
+    if not isinstance(config, dict):
+        raise fail(path, "the content", config, "a JSON object (the run's settings)", fix)
+    section = config.get("doll")
+    if section is not None and not isinstance(section, dict):
+        raise fail(path, "doll", section, "an object (the doll section of a checkpoint config)", fix)
+    if "run" in (section or {}) and not isinstance(section["run"], dict):
+        raise fail(path, "doll.run", section["run"], "an object (the run's settings)", fix)
+    return config
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is a user error."""
     if device == "auto":
@@ -247,12 +317,8 @@ def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
             raise DollError(f"{out} already holds {holds}; {how}")
         if holds_run and resume:
             if settings is not None and (out / "config.json").is_file():
-                try:
-                    stored = read_json(out / "config.json")
-                except ValueError:
-                    raise DollError(f"{out / 'config.json'} is damaged; --overwrite to start the run again") from None
-                stored = stored if isinstance(stored, dict) else {}
-                stored = stored.get("doll", {}).get("run", stored) if isinstance(stored.get("doll"), dict) else stored
+                stored = read_run_config(out / "config.json")  # a JSON object; a damaged one is a one-line error
+                stored = (stored.get("doll") or {}).get("run", stored)
                 given = json.loads(json.dumps(jsonable(settings)))
                 changed = differing_keys(stored, given, [k for k in given if k not in RUN_ONLY_SETTINGS and k in stored])
                 if changed:

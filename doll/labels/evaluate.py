@@ -35,8 +35,9 @@ from doll.errors import DollError
 from doll.labels.rule import apply_rule
 from doll.labels.store import LabelFile
 from doll.models.lung_field import predict_lung_fields
+from doll.schema import read_run_metrics
 from doll.train.metrics import iou_dice
-from doll.utils import read_json, write_json
+from doll.utils import write_json
 
 
 def _scores(sal: np.ndarray, label: np.ndarray, gt: np.ndarray) -> dict:
@@ -82,7 +83,8 @@ def evaluate_labels(labels: str, dataset: str = "", root: str = "", label_rule: 
     target = evaluation_path(labels, out)
     if out and Path(out).exists() and not Path(out).is_dir() and target != Path(out):
         raise DollError(f"--out {out} is a file; name a folder for metrics.json, or a .json file")
-    if out and target.is_file() and read_json(target).get("command") != "evaluate-labels":
+    if out and target.is_file() and read_run_metrics(target, "choose another --out (or delete it, if it is an "
+                                                     "earlier evaluation)").get("command") != "evaluate-labels":
         raise DollError(f"{target} holds another command's metrics; choose another --out")
     with LabelFile(labels) as lf:
         classes = lf.classes

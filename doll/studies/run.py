@@ -30,10 +30,11 @@ from doll.finetuning.tasks import task_class
 from doll.models.adapters import MODES
 from doll.models.segmenter import DEFAULT_DECODER, DEFAULT_ENCODER
 from doll.outputs import is_doll_output, releases_outputs, safe_name
+from doll.schema import read_run_metrics
 from doll.studies import report as study_report
 from doll.studies import summary
 from doll.studies.options import StudySettings
-from doll.utils import RUN_ONLY_SETTINGS, check_positive, differing_keys, prepare_out_dir, read_json, \
+from doll.utils import RUN_ONLY_SETTINGS, check_positive, differing_keys, prepare_out_dir, read_run_config, \
     resolve_paths, write_json
 
 # the settings every cell shares: --resume refuses a study whose cells would differ in one.
@@ -137,18 +138,20 @@ def cell_settings(s: StudySettings, cell: Cell, out: Path, resume: bool = False,
 
 def finished(folder: Path, want: FinetuneSettings) -> dict | None:
     """The cell's metrics.json when it trained the whole budget with the settings ``want``;
-    None when the cell is not finished; DollError when it finished with other settings."""
+    None when the cell is not finished; DollError when it finished with other settings, or
+    when its metrics.json or config.json is damaged (checked: :func:`doll.schema.read_run_metrics`,
+    :func:`doll.utils.read_run_config`; doll replaces only what it knows it wrote)."""
     path, config = folder / "metrics.json", folder / "config.json"
     if not path.is_file() or not config.is_file():
         return None
-    try:
-        metrics = read_json(path)
-    except (OSError, ValueError):
-        return None
+    metrics = read_run_metrics(path, "delete it and run the study again with --resume (the cell finishes from its "
+                                     "last checkpoint)")
     runs = metrics.get("runs") or []
     if len(runs) != 1 or runs[0].get("steps") != want.max_steps:
         return None
-    stored, given = read_json(config), json.loads(json.dumps(asdict(want)))
+    stored = read_run_config(config, f"delete {folder} and run the study again with --resume (the cell is trained "
+                                     "again)")
+    given = json.loads(json.dumps(asdict(want)))
     # a setting newer than the cell: it ran with that setting's default
     stored = {**{f.name: f.default for f in fields(want) if f.default is not MISSING}, **stored}
     changed = differing_keys(stored, given, [k for k in given if k not in RUN_ONLY_SETTINGS])

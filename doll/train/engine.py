@@ -53,8 +53,9 @@ from doll.models.checkpoint import (
     save_weights,
     unwrap,
 )
+from doll.schema import read_run_metrics
 from doll.train import distributed as dist
-from doll.utils import check_positive, read_json, resolve_device, write_json
+from doll.utils import check_positive, resolve_device, write_json
 
 LAST = "last.pt"
 BEST = "best.safetensors"
@@ -198,8 +199,10 @@ class Engine:
     def fit(self, train_set, val_set, resume: bool = False) -> dict:
         s, out = self.s, self.out
         metrics_file = out / "metrics.json"
-        if resume and metrics_file.exists() and read_json(metrics_file).get("finished"):
-            return self._finished(metrics_file)
+        # checked (doll.schema): a damaged metrics.json is one error, not a run resumed or reported from garbage
+        earlier = read_run_metrics(metrics_file) if resume and metrics_file.exists() else {}
+        if earlier.get("finished"):
+            return self._finished(earlier)
         ws = dist.world_size() if dist.active() else 1
         sampler = DistributedSampler(train_set, num_replicas=ws, rank=dist.rank() if ws > 1 else 0,
                                      shuffle=True, seed=s.seed, drop_last=False)
@@ -285,15 +288,16 @@ class Engine:
         dist.barrier()
         return metrics
 
-    def _finished(self, metrics_file: Path) -> dict:
-        """--resume of a finished fit: the model as the fit left it (the last step's weights), its metrics."""
+    def _finished(self, metrics: dict) -> dict:
+        """--resume of a finished fit: the model as the fit left it (the last step's weights), its
+        metrics (``metrics``: metrics.json, checked)."""
         last = self.out / LAST
         if last.exists():
             ck = load_train_state(last)
             restore_model(self.model, ck, last)
             if "step" in ck["state"]:  # a state saved by a doll that counted epochs: its metrics.json
                 return self._metrics(ck["state"], True)  # metrics.json may since hold the calling stage's result
-        return read_json(metrics_file)
+        return metrics
 
     def _resume(self, opt, sched, steps_per_epoch: int, total: int, n_batches: int) -> dict:
         """Weights, optimiser, schedule, scaler and random streams from last.pt; its training state."""
