@@ -16,9 +16,12 @@ not fit is one :class:`~doll.errors.DollError` of the form::
 :func:`check_parts_block`       one ``block_*.npz`` of it
 :func:`read_phantom_meta`       ``phantom.json`` of a phantom data set
 :func:`check_train_state`       ``last.pt``, the state a run resumes from
-:func:`read_run_metrics`        a run's ``metrics.json`` (``--resume``, a study's cells)
+:func:`read_run_metrics`        a run's ``metrics.json`` (``--resume``, a study's cells, whether a
+                                folder given to the next stage finished)
 :func:`read_run_config`         a run's ``config.json`` (``--resume``, a study's cells);
                                 in :mod:`doll.utils`: ``prepare_out_dir`` reads it there
+:func:`read_ensemble_config`    ``config.json`` of a ``--classifiers`` folder (its ``members``)
+:func:`read_label_evaluation`   the demo's ``label_quality.json`` (evaluate-labels' result)
 =============================  =======================================================
 
 Fields doll does not read are left alone (a config carries every setting of its run), but
@@ -47,7 +50,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from doll.errors import DollError
-from doll.utils import MISSING, fail, read_json_file, show
+from doll.utils import MISSING, fail, read_json_file, read_run_config, show
 from doll.utils import Found as _Found
 
 IMAGE_SIZE_MIN, IMAGE_SIZE_MAX = 16, 4096  # a model's image size, pixels
@@ -640,6 +643,63 @@ def read_run_metrics(path, fix: str = FIX_METRICS) -> dict:
     metrics = read_json_file(path, fix)
     validate(RunMetrics, metrics, path, fix)
     return metrics
+
+
+# -- a classifier ensemble's config.json (explain --classifiers: are all its members trained?) ------------
+
+FIX_ENSEMBLE = "put back a copy of the file, or train the ensemble again with doll train-classifiers --overwrite"
+
+
+class RunCommand(Strict):
+    """a JSON object (the run's settings)"""
+
+    command: str | None = Field(None, description="the command that wrote it (text)")
+
+
+class EnsembleConfig(RunCommand):
+    """a JSON object (the settings of a doll train-classifiers run)"""
+
+    members: Annotated[int, Field(ge=1)] = Field(description="the number of classifiers the run trains (an integer "
+                                                             ">= 1)")
+
+
+def read_ensemble_config(path, fix: str = FIX_ENSEMBLE) -> dict:
+    """The ``config.json`` at the top of a ``--classifiers`` folder: a JSON object
+    (:func:`doll.utils.read_run_config`) whose ``command`` is text where present; a
+    ``train-classifiers`` run's has ``members``, an integer >= 1 (how many members must be
+    there and finished). Returns the file's dict."""
+    config = read_run_config(path, fix)
+    validate(RunCommand, config, path, fix)
+    if config.get("command") == "train-classifiers":
+        validate(EnsembleConfig, config, path, fix)
+    return config
+
+
+# -- evaluate-labels' result as the demo reads it back (label_quality.json: report.html's table) ---------
+
+class ClassQuality(Strict):
+    """an object (a class's label quality: iou, topk_iou, pointing, n)"""
+
+    iou: Number = Field(description="a finite number")
+    topk_iou: Number = Field(description="a finite number")
+    pointing: Number = Field(description="a finite number")
+    n: Count = Field(description="a count of images")
+
+
+class LabelQuality(Strict):
+    """a JSON object (evaluate-labels' result)"""
+
+    per_class: dict[str, ClassQuality] = Field(
+        description="an object: class -> its scores (iou, topk_iou, pointing: finite numbers; n: a count)")
+
+
+def read_label_evaluation(path, fix: str) -> dict:
+    """evaluate-labels' result read back (the demo's ``label_quality.json``): ``per_class``, an
+    object of the classes' scores, each with finite ``iou``, ``topk_iou`` and ``pointing`` and a
+    count ``n``. Returns the file's dict."""
+    quality = read_json_file(path, fix)
+    validate(LabelQuality, quality, path, fix)
+    return quality
 
 
 # -- training state (last.pt) ---------------------------------------------------------------------

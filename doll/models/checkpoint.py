@@ -15,7 +15,6 @@ engine writes that last. :func:`read_config` refuses an unfinished one
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from pathlib import Path
 
@@ -23,8 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from doll.errors import DollError
-from doll.schema import check_train_state, check_weights, read_checkpoint_config
-from doll.utils import atomic_path, tool_version, write_json
+from doll.schema import check_train_state, check_weights, read_checkpoint_config, read_run_metrics
+from doll.utils import atomic_path, read_run_config, tool_version, write_json
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -51,25 +50,35 @@ def run_progress(metrics: dict, config: dict | None = None) -> str:
     return f"{unit} {done} of {total}" if total else f"{unit} {done}"
 
 
+def recognised_config(folder: str | Path) -> dict:
+    """A folder's ``config.json`` for recognising the folder (its kind, its command) and for
+    wording messages only: a JSON object whose ``doll`` section and ``doll.run`` are objects
+    where present (:func:`doll.utils.read_run_config`), else ``{}``: a missing, damaged or
+    tampered file is read as "not a doll folder of that kind", never a traceback. No decision
+    rests on it alone: the reader that uses the folder checks the file itself
+    (:func:`read_config` with :func:`doll.schema.read_checkpoint_config`) and names what is wrong."""
+    with contextlib.suppress(OSError, DollError):
+        return read_run_config(Path(folder) / CONFIG_FILE, "")
+    return {}
+
+
 def require_finished(folder: str | Path, what: str = "run") -> None:
     """Refuse a run folder whose training did not finish: its ``metrics.json`` does not say
     ``"finished": true`` (the engine writes that last), or it has a ``last.pt`` but no
     ``metrics.json``. A folder with neither (a checkpoint put together by hand) passes.
-    ``error: <folder> is an unfinished run (epoch 1 of 3); finish it with --resume``."""
+    ``error: <folder> is an unfinished run (epoch 1 of 3); finish it with --resume``.
+    ``metrics.json`` decides, so it is checked (:func:`doll.schema.read_run_metrics`): a damaged
+    or tampered one (``"finished": "yes"``, not JSON) is an error naming the field, never taken
+    as finished or unfinished; ``config.json`` only words the progress (:func:`recognised_config`)."""
     folder = Path(folder)
     metrics_file = folder / METRICS_FILE
-    config = None
-    with contextlib.suppress(OSError, ValueError, RecursionError):
-        config = json.loads((folder / CONFIG_FILE).read_text())
+    config = recognised_config(folder)  # for the message only: a damaged one says nothing of the progress
     if metrics_file.is_file():
-        try:
-            metrics = json.loads(metrics_file.read_text())
-        except (OSError, ValueError):
-            raise DollError(f"{metrics_file} is damaged; finish or redo the {what} with --resume or --overwrite") from None
-        if isinstance(metrics, dict) and metrics.get("finished") is True:
+        metrics = read_run_metrics(metrics_file, f"delete it and finish the {what} with --resume (or start it again "
+                                                 "with --overwrite)")
+        if metrics.get("finished") is True:
             return
-        progress = run_progress(metrics if isinstance(metrics, dict) else {}, config)
-        raise DollError(f"{folder} is an unfinished {what} ({progress}); finish it with --resume")
+        raise DollError(f"{folder} is an unfinished {what} ({run_progress(metrics, config)}); finish it with --resume")
     if (folder / LAST_FILE).exists():
         raise DollError(f"{folder} is an unfinished {what} ({run_progress({}, config)}: it has {LAST_FILE} but no "
                         f"{METRICS_FILE}); finish it with --resume")
@@ -87,13 +96,10 @@ def require_kind(folder: str | Path, kind: str) -> None:
     """Refuse a folder of another kind than ``kind``, saying what it is: checked before
     :func:`require_finished`, since a run folder of another stage (whose metrics.json has no
     finished marker) is not an unfinished run of this one. A folder whose kind is unknown passes."""
-    folder = Path(folder)
-    config = {}
-    with contextlib.suppress(OSError, ValueError, RecursionError):
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    if not isinstance(config, dict):
-        return
-    doll = config.get("doll") if isinstance(config.get("doll"), dict) else {}
+    # config.json only recognises the folder here: a damaged one is of no known kind and passes, and
+    # read_config's schema check (read_checkpoint_config) then names what is wrong with it
+    config = recognised_config(folder)
+    doll = config.get("doll") or {}
     command = config.get("command")
     found = doll.get("kind") or (RUN_KINDS.get(command) if isinstance(command, str) else None)
     if isinstance(found, str) and found != kind:  # a kind that is not text: read_config's schema names it

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 
 from doll.errors import DollError
-from doll.models.checkpoint import load_into, read_config, require_finished
+from doll.models.checkpoint import CONFIG_FILE, MODEL_FILE, load_into, read_config, require_finished
 from doll.models.imported import classifier_from_config
+from doll.schema import read_ensemble_config
+from doll.utils import show
 
 
 def sha256_of(path: Path) -> str:
@@ -52,12 +53,18 @@ def load_ensemble(folder: str | Path, device: torch.device):
 def require_complete_ensemble(folder: Path, dirs: list[Path]) -> None:
     """Refuse an ensemble whose `train-classifiers` run did not finish: a member missing
     (the run was killed before it started) or unfinished (read_config checks each member's
-    own marker; a member folder without one has not finished its first epoch)."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        planned = int(config.get("members", 0)) if config.get("command") == "train-classifiers" else 0
-    except (OSError, ValueError, TypeError, AttributeError):
-        return  # not a train-classifiers folder (one checkpoint folder, or put together by hand)
+    own marker; a member folder without one has not finished its first epoch).
+
+    The folder's config.json decides how many members must be there, so it is checked
+    (:func:`doll.schema.read_ensemble_config`): a damaged one, or ``"members"`` that is not an
+    integer >= 1, is an error naming the field, never a completeness check skipped. A folder
+    without config.json (put together by hand) has no plan to check; nor has one checkpoint
+    folder (read_config checks its config.json against the checkpoint schema)."""
+    path = folder / CONFIG_FILE
+    if not path.is_file() or (dirs == [folder] and (folder / MODEL_FILE).exists()):
+        return  # not a train-classifiers folder: put together by hand, or one checkpoint folder
+    config = read_ensemble_config(path)
+    planned = config["members"] if config.get("command") == "train-classifiers" else 0
     for i in range(planned):
         member = folder / f"member_{i}"
         if member not in dirs:
@@ -65,7 +72,5 @@ def require_complete_ensemble(folder: Path, dirs: list[Path]) -> None:
                             "with --resume")
         require_finished(member)
         if not (member / "metrics.json").is_file():  # killed before the member's first epoch ended
-            raise DollError(f"{member} is an unfinished run (epoch 0 of {config.get('epochs', '?')}); finish it "
-                            "with --resume")
-
-
+            epochs = "?" if config.get("epochs") is None else show(config["epochs"])  # words the message only
+            raise DollError(f"{member} is an unfinished run (epoch 0 of {epochs}); finish it with --resume")

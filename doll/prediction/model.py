@@ -8,27 +8,24 @@ else ``segmenter/``; a run with other segmenters (``--seeds N``: ``seed_<k>/``; 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
 
 from doll.data.images import read_normalisation
 from doll.errors import DollError
-from doll.models.checkpoint import CONFIG_FILE
+from doll.models.checkpoint import CONFIG_FILE, recognised_config
 from doll.models.segmenter import load_segmenter as load_saved_segmenter
 
 PREFERRED = ("model", "student", "segmenter")  # in a run's top folder: finetune's model, seg4cls's final segmenter
 
 
 def _kind(folder: Path) -> str | None:
-    """``segmenter`` (any doll checkpoint's kind), ``finetune`` (a finetune run's top folder) or None."""
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
-        return None
+    """``segmenter`` (any doll checkpoint's kind), ``finetune`` (a finetune run's top folder) or None.
+    config.json only recognises the folder here: a missing, damaged or tampered one is of no
+    known kind (:func:`doll.models.checkpoint.recognised_config`), and the segmenter's loader
+    (``read_config``: :func:`doll.schema.read_checkpoint_config`) names what is wrong with it."""
+    config = recognised_config(folder)
     doll = config.get("doll")
     return doll.get("kind") if isinstance(doll, dict) else "finetune" if config.get("command") == "finetune" else None
 

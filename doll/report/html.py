@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from doll.labels.rule import apply_rule
 from doll.labels.store import LabelFile
 from doll.models.segmenter import load_segmenter
 from doll.report.plots import line_chart, mask_panels
+from doll.schema import read_label_evaluation
 from doll.utils import atomic_path
 
 
@@ -163,4 +163,8 @@ large structures (lungs, heart) first and the clavicles last.</p>
 
 
 def read_label_quality(out_dir: Path) -> dict:
-    return json.loads((out_dir / "label_quality.json").read_text())["per_class"]
+    """The demo's ``label_quality.json`` (evaluate-labels' result), checked
+    (:func:`doll.schema.read_label_evaluation`): its per-class numbers go into the report's table,
+    so a damaged file is an error naming the field, never a traceback or a table of garbage."""
+    path = out_dir / "label_quality.json"
+    return read_label_evaluation(path, "run doll demo again (it writes the file anew)")["per_class"]
