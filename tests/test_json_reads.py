@@ -161,3 +161,47 @@ def test_tampered_label_quality_of_the_demo(tmp_path, edit):
     assert message.startswith(f"{path}: {fragment}") and message.endswith(", run doll demo again (it writes the file "
                                                                           "anew)"), message
     assert "\n" not in message, message
+
+
+# -- the networks a checkpoint's config names ------------------------------------------------------
+
+@pytest.mark.parametrize("key,value", [("arch", "resnet999"), ("encoder", "vit_huge"), ("decoder", "segformer")])
+def test_checkpoint_config_naming_a_network_doll_does_not_build(saved, phantom, tmp_path, capsys, key, value):
+    """An unknown architecture, encoder or decoder in a checkpoint's config.json is that file's error
+    (it used to read "unknown --arch 'resnet999'", an option the command does not have)."""
+    if key == "arch":
+        folder = _copy_folder(saved["ensemble"], tmp_path / "ens")
+        config = folder / "member_1" / "config.json"
+        args = ["explain", "--classifiers", folder, "--dataset", "phantom", "--root", phantom, "--out",
+                tmp_path / "l.h5", "--steps", 2]
+    else:
+        folder = _copy_folder(saved["segmenter"], tmp_path / "seg")
+        config = folder / "config.json"
+        image = sorted((phantom / "anatomy" / "images").glob("*.png"))[0]
+        args = ["predict", "--model", folder, "--input", image, "--out", tmp_path / "p"]
+    doc = json.loads(config.read_text())
+    doc["doll"][key] = value
+    if key == "encoder":
+        doc["encoder_name"] = value  # smp's own key, which must agree
+    config.write_text(json.dumps(doc))
+    one_error(capsys, [f"{config}: doll.{key} is {value!r}; expected one of ", "copy the folder again or rerun the "
+                       "command that wrote it"], *args)
+
+
+def test_import_into_an_ensemble_whose_config_is_tampered(phantom, tmp_path, capsys):
+    """doll classifiers import --out ENSEMBLE reads the ensemble's config.json to refuse an unfinished run; a
+    tampered "members" used to skip that check (the import went ahead)."""
+    import torch
+    import torchvision
+    from conftest import cli
+
+    cls, weights = tmp_path / "cls", tmp_path / "r18.pt"
+    cli("train-classifiers", "--dataset", "phantom", "--root", phantom, "--out", cls, "--members", 1,
+        "--max-steps", 1, "--image-size", 32, "--batch-size", 8)
+    torch.save(torchvision.models.resnet18(num_classes=14).state_dict(), weights)
+    doc = json.loads((cls / "config.json").read_text())
+    (cls / "config.json").write_text(json.dumps({**doc, "members": "x"}))
+    one_error(capsys, [f"{cls / 'config.json'}: members is 'x'; expected the number of classifiers"],
+              "classifiers", "import", "--from", "torchvision", "--arch", "resnet18", "--weights", weights,
+              "--out", cls, "--image-size", 32)
+    assert not (cls / "member_1").exists()

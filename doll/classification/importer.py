@@ -19,7 +19,6 @@ user runs that unpickling on purpose, doll never does (docs/import-classifiers.m
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -35,7 +34,7 @@ from doll.data.dataset import NORMALISATION
 from doll.errors import DollError
 from doll.models.ensemble import sha256_of
 from doll.models.checkpoint import read_config, read_weights_file, save_model
-from doll.schema import check_weights
+from doll.schema import check_weights, read_ensemble_config
 from doll.models.imported import (
     SOURCES,
     TXV_ARCHS,
@@ -306,11 +305,8 @@ def ensemble_members(out: Path) -> list[tuple[Path, dict]]:
                         "choose the folder above it or another --out")
     dirs = sorted(p for p in out.glob("member_*") if p.is_dir())
     members = [(d, read_config(d, kind="classifier")["doll"]) for d in dirs]
-    try:
-        top = json.loads((out / "config.json").read_text())
-        planned = int(top.get("members", 0)) if top.get("command") == "train-classifiers" else 0
-    except (OSError, ValueError, TypeError, AttributeError):
-        planned = 0
+    top = read_ensemble_config(out / "config.json") if (out / "config.json").is_file() else {}  # checked: it decides
+    planned = top["members"] if top.get("command") == "train-classifiers" else 0
     started = {d.name for d in dirs}
     for i in range(planned):
         if f"member_{i}" not in started or not (out / f"member_{i}" / "metrics.json").is_file():

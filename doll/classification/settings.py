@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from doll.models.names import CLASSIFIER_ARCHS, one_of
 from doll.settings import (
     RunOptions,
     accumulate_option,
@@ -21,8 +22,8 @@ class ClassifierSettings(RunOptions):
     dataset: str = option("phantom", "Data set with image labels: chexpert, nih, phantom, covidqu, folder, ...")
     root: str = root_option()
     out: str = option("artifacts/classifiers", "Output folder (one member_<i>/ folder per classifier).", path=True)
-    arch: str = option("resnet18", "resnet18, resnet34, resnet50, densenet121 or efficientnet_b0; several, "
-                       "comma-separated, are cycled over the members.")
+    arch: str = option("resnet18", f"{one_of(CLASSIFIER_ARCHS)}; several, comma-separated, are cycled over the "
+                       "members.")
     init: str = option("random", "Initial weights: random, or imagenet:/path/to/file with torchvision's weights for "
                        "--arch (safetensors or a plain state dict, never downloaded; the first convolution's RGB "
                        "kernels are summed for the one channel, the head is new). Several, comma-separated, are "

@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from doll.errors import DollError
-from doll.schema import check_train_state, check_weights, read_checkpoint_config, read_run_metrics
-from doll.utils import atomic_path, read_run_config, tool_version, write_json
+from doll.models.names import CLASSIFIER_ARCHS, DECODERS, ENCODERS, one_of
+from doll.schema import FIX_CONFIG, check_train_state, check_weights, read_checkpoint_config, read_run_metrics
+from doll.utils import atomic_path, fail, read_run_config, tool_version, write_json
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -146,7 +147,23 @@ def read_config(folder: str | Path, kind: str | None = None) -> dict:
                             "checkpoints, convert it to safetensors")
         raise DollError(f"no {MODEL_FILE} in {folder}; is it a doll checkpoint folder?")
     # every field a reader uses, checked (doll.schema); another kind was refused by require_kind
-    return read_checkpoint_config(folder / CONFIG_FILE, kind)
+    return check_network_names(folder / CONFIG_FILE, read_checkpoint_config(folder / CONFIG_FILE, kind))
+
+
+def check_network_names(path: Path, config: dict) -> dict:
+    """The networks a checkpoint's config names are ones doll builds: a classifier's ``arch``
+    (one doll trained; an imported one, with a ``source``, names its library's), a segmenter's
+    ``encoder`` and ``decoder``. An unknown name is the file's error, not an unknown option's."""
+    doll = config["doll"]
+    checks = []
+    if doll.get("kind") == "classifier" and doll.get("source") is None:
+        checks.append(("arch", CLASSIFIER_ARCHS, "a torchvision architecture doll trains"))
+    if doll.get("kind") == "segmenter":
+        checks += [("encoder", ENCODERS, "an encoder doll builds"), ("decoder", DECODERS, "a decoder doll builds")]
+    for key, names, what in checks:
+        if key in doll and doll[key] is not None and doll[key] not in names:
+            raise fail(path, f"doll.{key}", doll[key], f"one of {one_of(names)} ({what})", FIX_CONFIG)
+    return config
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -9,8 +9,7 @@ from torch import nn
 
 from doll.errors import DollError
 from doll.models.checkpoint import read_weights_file
-
-CLASSIFIER_ARCHS = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0")
+from doll.models.names import CLASSIFIER_ARCHS  # noqa: F401 - the names, without torch; importable from here
 
 
 def _first_conv_to_one_channel(model: nn.Module) -> None:

@@ -1,8 +1,9 @@
 """The names of doll's networks and the model defaults the CLI shows, without torch (the
-CLI's settings and help read them): segmenter decoders (smp class names), encoders, the
-defaults, the lung field's default margin."""
+CLI's settings, its help and the checkpoint schema read them): classifier architectures,
+segmenter decoders (smp class names), encoders, the defaults, the lung field's default margin."""
 from __future__ import annotations
 
+CLASSIFIER_ARCHS = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0")  # torchvision's
 DEFAULT_DECODER = "pspnet"
 DEFAULT_ENCODER = "resnet34"
 DECODERS = {"pspnet": "PSPNet", "unet": "Unet", "unetplusplus": "UnetPlusPlus", "deeplabv3plus": "DeepLabV3Plus",
