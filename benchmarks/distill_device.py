@@ -9,6 +9,12 @@ machine's CPU, and on CUDA where there is one::
 
     python benchmarks/distill_device.py --classifiers CLS --dataset covidqu --root DIR --images 64 > distill.json
 
+``--synthetic N`` needs no classifiers or data: N smooth random signed maps per member (2
+members, ``--size`` px) instead of IG's; ``benchmarks/gpu.sh`` runs it, so the first GPU
+also says whether the distillation on CUDA (float64 products) gives the CPU's numbers::
+
+    python benchmarks/distill_device.py --synthetic 512 > distill.json
+
 The reference (``reference_distill``) is the code of ``doll.explanation.distill`` before
 2026-12-06: ``cv2.GaussianBlur`` and ``np.percentile`` per map.
 """
@@ -66,23 +72,44 @@ def explain(args) -> tuple[list[list[np.ndarray]], list[list[int]], int]:
     return per_image, [t for _, t in chosen], size
 
 
+def synthetic(n: int, size: int, members: int = 2, seed: int = 0) -> tuple[list[list[np.ndarray]], list[list[int]], int]:
+    """Per image one smooth random signed map per member (an IG map's scale: about 1e-3)."""
+    rng = np.random.default_rng(seed)
+    sigma = max(1.0, size / 100)
+    per_image = [[cv2.GaussianBlur(rng.standard_normal((1, size, size), dtype=np.float32)[0], (0, 0), sigma)[None] * 1e-3
+                  for _ in range(members)] for _ in range(n)]
+    return per_image, [[0]] * n, size
+
+
+def compare(ours: list[np.ndarray], theirs: list[np.ndarray]) -> dict:
+    diff = np.concatenate([np.abs(a.astype(int) - b.astype(int)).ravel() for a, b in zip(ours, theirs)])
+    return {"values": int(diff.size), "differing": int((diff > 0).sum()), "max_difference": int(diff.max())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--classifiers", required=True)
+    ap.add_argument("--synthetic", type=int, default=0, help="N random maps instead of IG maps (no data needed)")
+    ap.add_argument("--size", type=int, default=224, help="with --synthetic: the maps' size")
+    ap.add_argument("--classifiers", default="")
     ap.add_argument("--dataset", default="covidqu")
-    ap.add_argument("--root", required=True)
+    ap.add_argument("--root", default="")
     ap.add_argument("--split", default="train")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rule", default="otsu")
     args = ap.parse_args()
     t0 = time.time()
-    per_image, targets, size = explain(args)
-    print(f"explained {len(per_image)} images in {time.time() - t0:.0f} s", file=sys.stderr)
+    if args.synthetic:
+        per_image, targets, size = synthetic(args.synthetic, args.size)
+    elif args.classifiers and args.root:
+        per_image, targets, size = explain(args)
+        print(f"explained {len(per_image)} images in {time.time() - t0:.0f} s", file=sys.stderr)
+    else:
+        ap.error("give --classifiers and --root (IG maps of real images), or --synthetic N")
 
     ours = [distill(maps) for maps in per_image]
     theirs = [reference_distill(maps) for maps in per_image]
-    diff = np.concatenate([np.abs(a.astype(int) - b.astype(int)).ravel() for a, b in zip(ours, theirs)])
+    same = compare(ours, theirs)
     lab_ours = [apply_rule(s, args.rule) for s in ours]
     lab_theirs = [apply_rule(s, args.rule) for s in theirs]
     label_diff = sum(int((a != b).sum()) for a, b in zip(lab_ours, lab_theirs))
@@ -99,18 +126,23 @@ def main() -> None:
     ours_cpu = time.process_time() - c0
     out = {
         "benchmark": "distill_device", "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
-        "cpus": os.cpu_count(), "torch": torch.__version__, "classifiers": args.classifiers, "dataset": args.dataset,
-        "split": args.split, "images": len(per_image), "maps": n_maps, "members": len(per_image[0]), "size": size,
-        "steps": args.steps,
-        "saliency_values": int(diff.size), "saliency_values_differing": int((diff > 0).sum()),
-        "saliency_max_difference": int(diff.max()),
+        "cpus": os.cpu_count(), "torch": torch.__version__,
+        **({"maps_from": "synthetic"} if args.synthetic else {"maps_from": "ig", "classifiers": args.classifiers,
+                                                                "dataset": args.dataset, "split": args.split,
+                                                                "steps": args.steps}),
+        "images": len(per_image), "maps": n_maps, "members": len(per_image[0]), "size": size,
+        "saliency_values": same["values"], "saliency_values_differing": same["differing"],
+        "saliency_max_difference": same["max_difference"],
         "label_rule": args.rule, "label_pixels": label_pixels, "label_pixels_differing": label_diff,
         "cpu_ms_per_map": {"opencv_numpy": round(ref_cpu / n_maps * 1e3, 3), "torch_cpu": round(ours_cpu / n_maps * 1e3, 3)},
     }
     if torch.cuda.is_available():
         device = torch.device("cuda")
-        distill_maps(stacked, device=device)  # warm-up
+        on_cuda = distill_maps(stacked, device=device)  # also the warm-up
         torch.cuda.synchronize()
+        on_cpu = np.concatenate(ours)
+        out["cuda_vs_opencv_numpy"] = compare([on_cuda], [np.concatenate(theirs)])
+        out["cuda_vs_torch_cpu"] = compare([on_cuda], [on_cpu])
         t0, c0 = time.perf_counter(), time.process_time()
         distill_maps(stacked, device=device)
         torch.cuda.synchronize()

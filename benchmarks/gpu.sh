@@ -6,7 +6,8 @@
 # Rows: the IG engine against Captum (naive and target-batched), DenseNet-121 at 224 px;
 # training / pretraining / fine-tuning throughput with and without AMP + channels_last and
 # with torch.compile; `doll explain` end to end on 2,560 synthetic images with the GPU's
-# utilisation sampled by nvidia-smi; NCCL DDP with 2 processes where 2 GPUs exist.
+# utilisation sampled by nvidia-smi; explain's distillation on CUDA against the CPU's numbers
+# (distill_device.py --synthetic); NCCL DDP with 2 processes where 2 GPUs exist.
 # Each part's JSON is kept under $WORK; a part that fails is recorded as such, the rest run.
 #   bash benchmarks/gpu.sh --dry-run [OUT.json]   # every part at toy sizes on the CPU (CI runs it: no rot)
 set -uo pipefail
@@ -23,12 +24,14 @@ if [ "$DRY" = 1 ]; then
   IG_ARGS="--arch resnet18 --image-size 32 --images 1 --steps 2 --classes 3 --targets 2 --skip-captum-batched"
   TRAIN_ARGS="--arch resnet18 --encoder resnet18 --image-size 32 --batch-size 2 --steps 1 --warmup 0"
   PIPE_ARGS="--arch resnet18 --image-size 32 --images 16 --members 1 --steps 1"
+  DISTILL_ARGS="--synthetic 8 --size 32"
 else
   if [ "$gpus" -lt 1 ]; then echo "gpu.sh: no CUDA device; this suite is for a GPU server (--dry-run runs it on the CPU at toy sizes)" >&2; exit 2; fi
   DEV=cuda
   IG_ARGS="--arch densenet121 --image-size 224 --images 16"
   TRAIN_ARGS="--compile"
   PIPE_ARGS="--images 2560 --members 3"
+  DISTILL_ARGS="--synthetic 1024"
 fi
 echo "gpu.sh: $gpus GPU(s); work in $WORK" >&2
 
@@ -53,6 +56,7 @@ if [ "$DRY" = 0 ]; then
 fi
 part explain_pipeline 240 $PY benchmarks/explain_pipeline.py --device $DEV $PIPE_ARGS --work "$WORK/pipe"
 [ -n "$SMI" ] && kill $SMI 2>/dev/null
+part distill_device 120 $PY benchmarks/distill_device.py $DISTILL_ARGS
 if [ "$gpus" -ge 2 ]; then
   $PY -m doll_cli.main data phantom --out "$WORK/ddp_data" --n 2048 --size 224 --quiet >/dev/null 2>&1
   part ddp_2 150 bash -c "t0=\$(date +%s.%N); torchrun --nproc-per-node 2 -m doll_cli.main train-classifiers --root '$WORK/ddp_data' --out '$WORK/ddp_cls' --arch densenet121 --image-size 224 --members 1 --max-steps 100 --batch-size 32 --quiet >&2 && $PY -c \"import json,sys,time; print(json.dumps({'processes': 2, 'steps': 100, 'batch_per_process': 32, 'seconds': round(time.time() - float(sys.argv[1]), 1)}))\" \$t0"
@@ -66,7 +70,7 @@ smi = shutil.which("nvidia-smi")
 suite = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpus": gpus, "dry_run": dry,
          "gpu": subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
                                capture_output=True, text=True).stdout.strip().splitlines() if smi else []}
-for part in ("ig_vs_captum", "train_throughput", "explain_pipeline", "ddp_2"):
+for part in ("ig_vs_captum", "train_throughput", "explain_pipeline", "distill_device", "ddp_2"):
     f = work / f"{part}.json"
     if f.exists():
         try:

@@ -224,5 +224,6 @@ def test_gpu_suite_dry_run(tmp_path):
                    timeout=300, capture_output=True)
     suite = json.loads(out.read_text())
     assert suite["dry_run"] is True
-    for part in ("ig_vs_captum", "train_throughput", "explain_pipeline"):
+    for part in ("ig_vs_captum", "train_throughput", "explain_pipeline", "distill_device"):
         assert not (isinstance(suite[part], dict) and suite[part].get("failed")), (part, suite[part])
+    assert suite["distill_device"]["saliency_max_difference"] <= 1  # torch against OpenCV + NumPy
