@@ -94,6 +94,24 @@ def warp_masks(masks: np.ndarray, m: np.ndarray, s: int) -> np.ndarray:
     return np.stack([warp(k) for k in masks])
 
 
+def decode_masks(batch: dict) -> dict:
+    """``batch`` (a collated batch, or one sample) with its coded masks as float32 values: bool
+    masks as 0/1, uint8 codes as ``mask_values`` of each code (a table per sample); ``mask_values``
+    is dropped. The same numbers a per-sample look-up gives, bit for bit. Float masks are left
+    as they are."""
+    mask = batch.get("mask")
+    if mask is None or mask.is_floating_point():
+        return batch
+    values = batch.pop("mask_values", None)
+    if values is None:
+        batch["mask"] = mask.float()
+    elif values.ndim == 1:  # one sample
+        batch["mask"] = values[mask.long()]
+    else:  # a batch: each sample's codes looked up in its own table
+        batch["mask"] = torch.gather(values, 1, mask.reshape(len(mask), -1).long()).view(mask.shape)
+    return batch
+
+
 class ArrayDataset(Dataset):
     """Rows of cached arrays. Each sample is a dict with ``image`` (1, S, S), ``index``,
     and, when given, ``target``/``weight`` (C,) image labels, ``mask`` (K, S, S) float32 and
@@ -104,8 +122,11 @@ class ArrayDataset(Dataset):
     ``masks`` is an array (N, K, S, S) or a column of rows (``masks[j]``); a column may also
     hand row ``j`` over as ``masks.coded(j)`` -> ``(codes, values)``: bool masks and None, or
     uint8 codes (K, S, S) and the float32 value of each code (256,). The codes are augmented
-    (moved, never mixed) and turned into float32 values once, at the end (pretraining's
-    ``LabelRows``: 14 masks of 224 px a row)."""
+    (moved, never mixed) and stay coded in the sample (``mask`` bool or uint8, and
+    ``mask_values``): the loader, its worker processes' shared memory and the transfer to the
+    GPU move 1 byte a pixel, not 4 (pretraining's ``LabelRows``: 14 masks of 224 px a row,
+    2.8 MB a sample as float32). :func:`decode_masks` turns them into the float32 values on
+    the device (the training engine does, after the transfer)."""
 
     def __init__(self, images, targets=None, weights=None, masks=None, valid=None, augment: bool = False,
                  seed: int = 0, indices=None, hide: float = 0.0):
@@ -137,12 +158,12 @@ class ArrayDataset(Dataset):
         if self.targets is not None:
             sample["target"] = torch.as_tensor(self.targets[j], dtype=torch.float32)
             sample["weight"] = torch.as_tensor(self.weights[j], dtype=torch.float32)
-        if masks is not None:
-            if values is not None:  # one look-up per pixel: float32 (K, S, S)
-                masks = cv2.LUT(masks.reshape(-1, masks.shape[-1]), values).reshape(masks.shape)
-            else:  # a copy where the rows may be cached (read-only) arrays; augment's are new
-                masks = masks.astype(np.float32, copy=not self.augment)
-            sample["mask"] = torch.from_numpy(masks)
+        if masks is not None and coded is not None:  # kept coded, 1 byte a pixel: decode_masks makes them float32
+            sample["mask"] = torch.from_numpy(masks if masks.flags.writeable else masks.copy())
+            if values is not None:
+                sample["mask_values"] = torch.from_numpy(np.asarray(values, np.float32))
+        elif masks is not None:  # a copy where the rows may be cached (read-only) arrays; augment's are new
+            sample["mask"] = torch.from_numpy(masks.astype(np.float32, copy=not self.augment))
         if self.valid is not None:
             sample["valid"] = torch.as_tensor(self.valid[j], dtype=torch.float32)
         return sample

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from doll.data.dataset import decode_masks
 from doll.errors import DollError
 from doll.models.checkpoint import (
     MODEL_FILE,
@@ -112,6 +113,7 @@ def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    """The batch on ``device``; coded masks (pretraining's, 1 byte a pixel) become float32 there."""
     out = {}
     for k, v in batch.items():
         if torch.is_tensor(v):
@@ -119,7 +121,7 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
             if channels_last and v.ndim == 4 and k == "image":
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
-    return out
+    return decode_masks(out)
 
 
 def predict_all(model, task, dataset, batch_size: int, device: torch.device, num_workers: int = 0,
