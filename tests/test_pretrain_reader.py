@@ -226,6 +226,9 @@ def test_loader_batches_carry_coded_masks_that_decode_to_the_samples_values(labe
     ds = ArrayDataset(data.images, y, w, masks=data.masks, valid=data.valid, augment=True, seed=3)
     batch = next(iter(DataLoader(ds, batch_size=len(rows))))
     assert batch["mask"].element_size() == 1 and ("mask_values" in batch) == soft
+    if soft:  # the GPU's look-up (torch.gather; OpenCV's on the CPU) gives the same numbers
+        gathered = torch.gather(batch["mask_values"], 1, batch["mask"].reshape(len(rows), -1).long())
+        assert torch.equal(gathered.view(batch["mask"].shape), decode_masks(dict(batch))["mask"])
     on_device = _to_device(batch, torch.device("cpu"), channels_last=False)
     assert "mask_values" not in on_device and on_device["mask"].dtype == torch.float32
     for j in range(len(rows)):
