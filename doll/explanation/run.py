@@ -24,7 +24,7 @@ from doll.explanation.base import (
     make_explainer,
     normal_class,
 )
-from doll.explanation.distill import SIGNS, distill_maps
+from doll.explanation.distill import MAPS_PER_STEP, SIGNS, distill_maps
 from doll.explanation.ig import check_precision, default_batch_size
 from doll.explanation.settings import ExplainSettings
 from doll.labels.rule import check_rule
@@ -328,7 +328,8 @@ def explain_block(job: Job, explainer, b: int, bar) -> tuple[list, list[list[flo
 def distill_block(job: Job, b: int, per_member: list) -> tuple[np.ndarray, np.ndarray]:
     """Block ``b``'s saliency, distilled on the device that explained it: uint8 (explained
     targets, H, W) in the row-major order of the targets mask (rows, classes), and the mask.
-    No map with NaN becomes a label."""
+    Images go to the device in groups of about ``MAPS_PER_STEP`` maps, so the copies made for
+    it stay small whatever the block holds. No map with NaN becomes a label."""
     lo, hi = block_range(job, b)
     tg = job.targets[lo:hi]
     tmask = np.zeros((len(tg), len(job.classes)), bool)
@@ -337,12 +338,20 @@ def distill_block(job: Job, b: int, per_member: list) -> tuple[np.ndarray, np.nd
     if not tmask.any():
         return np.zeros((0, job.size, job.size), np.uint8), tmask
     explained = [j for j, t in enumerate(tg) if t]
-    member_maps = [np.concatenate([maps[j][np.argsort(tg[j])] for j in explained]) for maps in per_member]
-    counts = [len(tg[j]) for j in explained]
-    fields = None if job.fields is None else np.repeat(job.fields[lo:hi][explained], counts, axis=0)
-    names = [f"image {lo + j} ({job.arrays.items[lo + j].id})" for j in explained for _ in tg[j]]
-    maps = distill_maps(member_maps, job.s.sign, job.s.smooth, fields, job.device, names, job.member_names)
-    return maps, tmask
+    groups, group, size = [], [], 0
+    for j in explained:
+        group, size = group + [j], size + len(tg[j])
+        if size >= MAPS_PER_STEP or j == explained[-1]:
+            groups.append(group)
+            group, size = [], 0
+    out = []
+    for group in groups:
+        member_maps = [np.concatenate([maps[j][np.argsort(tg[j])] for j in group]) for maps in per_member]
+        fields = None if job.fields is None else \
+            np.repeat(job.fields[lo:hi][group], [len(tg[j]) for j in group], axis=0)
+        names = [f"image {lo + j} ({job.arrays.items[lo + j].id})" for j in group for _ in tg[j]]
+        out.append(distill_maps(member_maps, job.s.sign, job.s.smooth, fields, job.device, names, job.member_names))
+    return np.concatenate(out), tmask
 
 
 def write_block(job: Job, parts: PartsWriter, b: int, maps: np.ndarray, tmask: np.ndarray,
