@@ -32,9 +32,9 @@ from torch import nn
 from doll.data.base import CHEXPERT_CLASSES
 from doll.data.dataset import NORMALISATION
 from doll.errors import DollError
-from doll.models.ensemble import sha256_of
+from doll.models.ensemble import ensemble_plan, sha256_of
 from doll.models.checkpoint import read_config, read_weights_file, save_model
-from doll.schema import check_weights, read_ensemble_config
+from doll.schema import check_weights
 from doll.models.imported import (
     SOURCES,
     TXV_ARCHS,
@@ -305,8 +305,7 @@ def ensemble_members(out: Path) -> list[tuple[Path, dict]]:
                         "choose the folder above it or another --out")
     dirs = sorted(p for p in out.glob("member_*") if p.is_dir())
     members = [(d, read_config(d, kind="classifier")["doll"]) for d in dirs]
-    top = read_ensemble_config(out / "config.json") if (out / "config.json").is_file() else {}  # checked: it decides
-    planned = top["members"] if top.get("command") == "train-classifiers" else 0
+    planned, _ = ensemble_plan(out)
     started = {d.name for d in dirs}
     for i in range(planned):
         if f"member_{i}" not in started or not (out / f"member_{i}" / "metrics.json").is_file():

@@ -381,7 +381,7 @@ def assemble(job: Job, parts: PartsWriter, run_settings: dict, t0: float, fallba
             raise DollError(f"block {b} of the run (explained by rank {b % world}) is missing from {parts.folder}; "
                             + ("under torchrun on several machines --out must be on a file system they all share"
                                if world > 1 else "run again with --resume"))
-        z = parts.read(b)  # every array checked before anything is written
+        z = parts.read(b, ("targets", "completeness"))  # the saliency is read (and checked) once, when assembling
         tmask[b * s.block:b * s.block + len(z["targets"])] = z["targets"]
         comp.append(z["completeness"].reshape(len(job.members), -1))  # (members, targets of the block)
 
@@ -398,7 +398,6 @@ def assemble(job: Job, parts: PartsWriter, run_settings: dict, t0: float, fallba
         warning = completeness_warning(metrics["completeness_rel_error"], s.steps)
         if warning:
             metrics["warnings"] = [warning]
-            print(f"warning: {warning}", file=sys.stderr)
     attrs = {"classes": classes, "method": s.method, "settings": run_settings, "label_rule": s.label_rule,
              "classifiers": run_settings["members"], "image_size": job.size, "dataset": s.dataset,
              "root": str(job.fmt.root), "split": s.split}
@@ -408,6 +407,8 @@ def assemble(job: Job, parts: PartsWriter, run_settings: dict, t0: float, fallba
                                    "images": np.asarray(job.arrays.images), "paths": [it.id for it in job.arrays.items],
                                    "done": np.ones(n, bool)}, attrs)
     shutil.rmtree(parts.folder, ignore_errors=True)
+    for warning in metrics.get("warnings", []):  # once the file is there (a damaged block is the only line)
+        print(f"warning: {warning}", file=sys.stderr)
     metrics["seconds"] = round(time.time() - t0, 2)
     metrics["seconds_per_image"] = round(metrics["seconds"] / max(n, 1), 4)
     metrics["seconds_by_phase"] = job.watch.seconds()  # this process's; attribute includes the GPU's time

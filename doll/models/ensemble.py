@@ -50,6 +50,15 @@ def load_ensemble(folder: str | Path, device: torch.device):
     return members, classes
 
 
+def ensemble_plan(folder: Path) -> tuple[int, dict]:
+    """How many members a ``train-classifiers`` run in ``folder`` trains (0: no plan to check, no
+    config.json or another command's), and its config.json, checked
+    (:func:`doll.schema.read_ensemble_config`): it decides, so a damaged one is an error."""
+    path = folder / CONFIG_FILE
+    config = read_ensemble_config(path) if path.is_file() else {}
+    return (config["members"] if config.get("command") == "train-classifiers" else 0), config
+
+
 def require_complete_ensemble(folder: Path, dirs: list[Path]) -> None:
     """Refuse an ensemble whose `train-classifiers` run did not finish: a member missing
     (the run was killed before it started) or unfinished (read_config checks each member's
@@ -60,11 +69,9 @@ def require_complete_ensemble(folder: Path, dirs: list[Path]) -> None:
     integer >= 1, is an error naming the field, never a completeness check skipped. A folder
     without config.json (put together by hand) has no plan to check; nor has one checkpoint
     folder (read_config checks its config.json against the checkpoint schema)."""
-    path = folder / CONFIG_FILE
-    if not path.is_file() or (dirs == [folder] and (folder / MODEL_FILE).exists()):
-        return  # not a train-classifiers folder: put together by hand, or one checkpoint folder
-    config = read_ensemble_config(path)
-    planned = config["members"] if config.get("command") == "train-classifiers" else 0
+    if dirs == [folder] and (folder / MODEL_FILE).exists():
+        return  # one checkpoint folder: read_config checks its config.json
+    planned, config = ensemble_plan(folder)
     for i in range(planned):
         member = folder / f"member_{i}"
         if member not in dirs:
