@@ -16,6 +16,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from doll.errors import DollError
@@ -113,18 +114,20 @@ def lock_output(out: str | Path) -> None:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            owner = _owner(path) or before
+            owner = _live_owner(path)
             who = f"process {owner[0]} on {owner[1]}" if owner else "another process"
             raise OutputInUse(f"{out} is in use by {who}; wait for it to finish, or stop it, or choose another "
                             "--out") from None
+        with contextlib.suppress(OSError):  # who holds it, for the message of a refused writer (best effort)
+            path.write_text(f"{os.getpid()} {socket.gethostname()}\n")
         try:  # a lock covers its output's whole tree: no writer inside or above another running writer's output
             _refuse_nested_writer(Path(out).expanduser().resolve())
         except BaseException:
+            with contextlib.suppress(OSError):
+                path.write_text("")
             with contextlib.suppress(Exception):
                 lock.release(force=True)
             raise
-        with contextlib.suppress(OSError):  # who holds it, for the message of a refused writer (best effort)
-            path.write_text(f"{os.getpid()} {socket.gethostname()}\n")
         record_written(path, check=False)  # inside another doll output (the demo's), the lock file is doll's too
     except OSError as exc:  # the folder cannot be written: say so about --out, not about the lock file
         raise type(exc)(exc.errno, exc.strerror, str(out)) from None
@@ -189,6 +192,31 @@ def _owner(path: Path) -> tuple[int, str] | None:
         return int(pid), host
     except (OSError, ValueError):
         return None
+
+
+def _live_owner(path: Path, wait: float = 2.0) -> tuple[int, str] | None:
+    """The holder of the held lock file ``path`` for a refused writer's message: the holder
+    writes its pid just after taking the lock, so a writer refused in between finds the file
+    empty, or naming the process that held it before and died; wait up to ``wait`` seconds
+    for a holder that is alive (one on another host is taken as written). None if none shows."""
+    deadline = time.monotonic() + wait
+    while True:
+        owner = _owner(path)
+        if owner and (owner[1] != socket.gethostname() or _pid_alive(owner[0])):
+            return owner
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def release_outputs(keep=(), thread: int | None = None) -> None:

@@ -205,6 +205,25 @@ def test_two_overwrite_runs_on_one_out_exactly_one_proceeds(phantom, tmp_path):
                 p.wait()
 
 
+def test_writer_refused_before_the_holder_names_itself_still_names_the_holder(tmp_path):
+    # The holder writes its pid a moment after it takes the lock: a writer refused in that
+    # moment named "another process" (CI saw it in the two-runs test above).
+    from doll.outputs import OutputInUse, lock_file_of, lock_output
+
+    out = tmp_path / "c"
+    holder = subprocess.Popen([sys.executable, "-c", "import os, socket, sys, time; from filelock import FileLock; "
+                               "lock = FileLock(sys.argv[1], timeout=0); lock.acquire(); print('locked', flush=True); "
+                               "time.sleep(0.5); open(sys.argv[1], 'w').write(f'{os.getpid()} {socket.gethostname()}'); "
+                               "time.sleep(300)", str(lock_file_of(out))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputInUse, match=rf"is in use by process {holder.pid} on "):
+            lock_output(out)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_label_file_lock_and_takeover_after_kill(pipeline, tmp_path, capsys):
     out = tmp_path / "l.h5"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from doll.outputs import lock_output; "
