@@ -7,7 +7,10 @@
 # training / pretraining / fine-tuning throughput with and without AMP + channels_last and
 # with torch.compile; `doll explain` end to end on 2,560 synthetic images with the GPU's
 # utilisation sampled by nvidia-smi; explain's distillation on CUDA against the CPU's numbers
-# (distill_device.py --synthetic); NCCL DDP with 2 processes where 2 GPUs exist.
+# (distill_device.py --synthetic); NCCL DDP with 2 processes where 2 GPUs exist; and what
+# the GPUs would wait on: the cold read of a JPEG split into decoding and preprocessing beside
+# nvJPEG (jpeg_decode.py), and the data path's loaders on this server's cores (scale.py at
+# 2,000 images), set against the GPUs' training images/s in "bounds".
 # Each part's JSON is kept under $WORK; a part that fails is recorded as such, the rest run.
 #   bash benchmarks/gpu.sh --dry-run [OUT.json]   # every part at toy sizes on the CPU (CI runs it: no rot)
 set -uo pipefail
@@ -25,6 +28,8 @@ if [ "$DRY" = 1 ]; then
   TRAIN_ARGS="--arch resnet18 --encoder resnet18 --image-size 32 --batch-size 2 --steps 1 --warmup 0"
   PIPE_ARGS="--arch resnet18 --image-size 32 --images 16 --members 1 --steps 1"
   DISTILL_ARGS="--synthetic 8 --size 32"
+  JPEG_ARGS="--images 8"
+  SCALE_ARGS="--sizes 40 --workers 0 --stages classify,pretrain"
 else
   if [ "$gpus" -lt 1 ]; then echo "gpu.sh: no CUDA device; this suite is for a GPU server (--dry-run runs it on the CPU at toy sizes)" >&2; exit 2; fi
   DEV=cuda
@@ -32,6 +37,8 @@ else
   TRAIN_ARGS="--compile"
   PIPE_ARGS="--images 2560 --members 3"
   DISTILL_ARGS="--synthetic 1024"
+  JPEG_ARGS="--images 1024 --device cuda"
+  SCALE_ARGS="--sizes 2000 --workers 0,$(nproc) --stages cache,classify,labels,pretrain"
 fi
 echo "gpu.sh: $gpus GPU(s); work in $WORK" >&2
 
@@ -57,6 +64,9 @@ fi
 part explain_pipeline 240 $PY benchmarks/explain_pipeline.py --device $DEV $PIPE_ARGS --work "$WORK/pipe"
 [ -n "$SMI" ] && kill $SMI 2>/dev/null
 part distill_device 120 $PY benchmarks/distill_device.py $DISTILL_ARGS
+part jpeg_decode 60 $PY benchmarks/jpeg_decode.py $JPEG_ARGS
+part server_loaders 240 $PY benchmarks/scale.py $SCALE_ARGS \
+  --server-cores "$(nproc)" --server-gpus "$(( gpus > 0 ? gpus : 1 ))" --out "$WORK/scale"
 if [ "$gpus" -ge 2 ]; then
   $PY -m doll_cli.main data phantom --out "$WORK/ddp_data" --n 2048 --size 224 --quiet >/dev/null 2>&1
   part ddp_2 150 bash -c "t0=\$(date +%s.%N); torchrun --nproc-per-node 2 -m doll_cli.main train-classifiers --root '$WORK/ddp_data' --out '$WORK/ddp_cls' --arch densenet121 --image-size 224 --members 1 --max-steps 100 --batch-size 32 --quiet >&2 && $PY -c \"import json,sys,time; print(json.dumps({'processes': 2, 'steps': 100, 'batch_per_process': 32, 'seconds': round(time.time() - float(sys.argv[1]), 1)}))\" \$t0"
@@ -70,7 +80,8 @@ smi = shutil.which("nvidia-smi")
 suite = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpus": gpus, "dry_run": dry,
          "gpu": subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
                                capture_output=True, text=True).stdout.strip().splitlines() if smi else []}
-for part in ("ig_vs_captum", "train_throughput", "explain_pipeline", "distill_device", "ddp_2"):
+for part in ("ig_vs_captum", "train_throughput", "explain_pipeline", "distill_device", "jpeg_decode",
+             "server_loaders", "ddp_2"):
     f = work / f"{part}.json"
     if f.exists():
         try:
@@ -83,6 +94,32 @@ if util:
     busy = [float(u[0]) for u in util]
     suite["explain_gpu_utilisation"] = {"samples": len(busy), "mean_pct": round(sum(busy) / len(busy), 1),
                                         "max_memory_mb": max(float(u[1]) for u in util)}
+
+def bounds(throughput, loaders, gpus):
+    """Per trained network: the GPUs' images/s (the best of train_throughput's variants, times
+    the GPUs here) against what this server's cores load (scale.py's loader rate per core times
+    the cores), and which of the two bounds training; gpus_fed: how many such GPUs the cores feed."""
+    if not isinstance(throughput, list) or not isinstance(loaders, list) or not loaders:
+        return None
+    stages = loaders[-1].get("stages", {})
+    out = {}
+    for network, stage in (("classifier", "classify_loader"), ("pretrain", "pretrain_loader_w0")):
+        gpu = [r["images_per_s"] for r in throughput if r.get("network") == network]
+        if not gpu or stage not in stages:
+            continue
+        per_gpu, cores = max(gpu), loaders[-1]["server_cores"]
+        load = stages[stage]["images_per_s_on_server"]
+        out[network] = {"gpu_images_per_s": per_gpu, "gpus": max(gpus, 1), "loader_stage": stage,
+                        "loader_images_per_s": load, "cores": cores, "gpus_fed": round(load / per_gpu, 2),
+                        "bound": "loader" if load < per_gpu * max(gpus, 1) else "gpus"}
+    measured = [r for r in loaders if str(r.get("stage", "")).startswith("pretrain_loader_w") and r.get("workers")]
+    if measured and "pretrain" in out:  # the workers' real rate beside the per-core projection
+        out["pretrain"]["loader_images_per_s_measured"] = max(r["images_per_s"] for r in measured)
+        out["pretrain"]["workers_measured"] = max(r["workers"] for r in measured)
+    return out
+
+
+suite["bounds"] = bounds(suite.get("train_throughput"), suite.get("server_loaders"), gpus)
 Path(out).write_text(json.dumps(suite, indent=1) + "\n")
 print(f"gpu.sh: wrote {out}", file=sys.stderr)
 PYEOF

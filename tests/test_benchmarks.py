@@ -224,6 +224,12 @@ def test_gpu_suite_dry_run(tmp_path):
                    timeout=300, capture_output=True)
     suite = json.loads(out.read_text())
     assert suite["dry_run"] is True
-    for part in ("ig_vs_captum", "train_throughput", "explain_pipeline", "distill_device"):
+    for part in ("ig_vs_captum", "train_throughput", "explain_pipeline", "distill_device", "jpeg_decode",
+                 "server_loaders"):
         assert not (isinstance(suite[part], dict) and suite[part].get("failed")), (part, suite[part])
     assert suite["distill_device"]["saliency_max_difference"] <= 1  # torch against OpenCV + NumPy
+    assert 0 < suite["jpeg_decode"]["decode_share"] < 1 and suite["jpeg_decode"]["preprocess_ms"] > 0
+    # what the GPUs would wait on: each trained network's GPU rate against this machine's loaders
+    assert set(suite["bounds"]) == {"classifier", "pretrain"}, suite["bounds"]
+    for b in suite["bounds"].values():
+        assert b["bound"] in ("loader", "gpus") and b["gpus_fed"] == round(b["loader_images_per_s"] / b["gpu_images_per_s"], 2)
