@@ -34,7 +34,8 @@ stage leaves on disk (cache, label file). Stages (``--stages``, comma-separated)
   in explain, runs here on the CPU and is timed apart (``distill_s``, what a run without
   a GPU pays);
 * ``labels``: a label file of 14 classes at 224 px written with ``write_label_file``
-  (smooth random uint8 saliency, every class explained, the cached images:
+  (smooth random uint8 saliency, every class explained, or with ``--targets positive`` the
+  positive labels only, as explain's default, the other maps zero; the cached images:
   ``label_file_write``, with its bytes per image), then, in another process, the rows/s
   that pretraining's ``LabelRows`` reads (image + 14 masks as the loader takes them,
   ``masks.coded``: ``label_file_read``);
@@ -70,6 +71,8 @@ from doll.data.base import CHEXPERT_CLASSES as CLASSES
 CHEXPERT_IMAGES = 224_316
 GPU_S_PER_IMAGE_MEMBER = 0.0168  # one H100, DenseNet-121, 224 px, 16 steps (docs/results.md)
 MEMBERS = ClassifierSettings.__dataclass_fields__["members"].default  # train-classifiers' default ensemble
+EXPLAINED = {"all": "every class explained (--targets all, the worst case)",
+             "positive": "the positive labels explained (explain's default --targets positive)"}
 ALL_STAGES = ["check", "cache", "classify", "explain", "labels", "pretrain", "merge"]
 SIZE = 224
 
@@ -267,13 +270,15 @@ def smooth_maps(k):  # smooth random saliency, like distilled maps (pure noise w
     return (np.stack([cv2.resize(m, (S, S), interpolation=cv2.INTER_CUBIC) for m in low]).clip(0, 1) * 255) \
         .astype(np.uint8).reshape(k, C, S, S)
 maps = [smooth_maps(64) for _ in range(4)]  # made before the clock starts; blocks reuse them
-def pieces():
-    for b, lo in enumerate(range(0, n, 64)):
-        yield lo, maps[b % len(maps)][:min(64, n - lo)]
 ATTRS = {"classes": list(fmt.classes), "method": "ig", "settings": {}, "label_rule": "otsu", "image_size": S,
          "dataset": "chexpert", "classifiers": [], "root": A["root"], "split": "train"}
+explained = np.ones((n, C), bool) if A["targets"] == "all" else raw == 1  # explain's --targets all / positive
+def pieces():
+    for b, lo in enumerate(range(0, n, 64)):
+        hi = min(n, lo + 64)
+        yield lo, maps[b % len(maps)][:hi - lo] * explained[lo:hi, :, None, None]  # unexplained classes: zero maps
 def rows(lo, hi, sal, images):
-    return {"saliency": sal, "targets": np.ones((hi - lo, C), bool), "labels": raw[lo:hi],
+    return {"saliency": sal, "targets": explained[lo:hi], "labels": raw[lo:hi],
             "probs": np.zeros((hi - lo, C), np.float32), "images": images,
             "paths": [it.id for it in arr.items[lo:hi]], "done": np.ones(hi - lo, bool)}
 full = Path(A["out"])
@@ -413,7 +418,8 @@ def doll_cli() -> list[str]:
     return [sys.executable, "-c", "import sys; from doll_cli.main import main; sys.argv[0] = 'doll'; main()"]
 
 
-def run_size(n: int, base: Path, stages: list[str], workers: list[int], cap: int, timeout: float) -> list[dict]:
+def run_size(n: int, base: Path, stages: list[str], workers: list[int], cap: int, timeout: float,
+             targets: str = "all") -> list[dict]:
     rows: list[dict] = []
     t0 = time.perf_counter()
     data_base = base / f"n{n}"
@@ -468,16 +474,17 @@ def run_size(n: int, base: Path, stages: list[str], workers: list[int], cap: int
         out.unlink(missing_ok=True)
     if any(s in stages for s in ("labels", "pretrain", "merge")):
         log(f"n={n}: label file, write (+ 2 shards, untimed)")
-        r, wall, rss, _ = child(LABELS, {**args, "out": str(labels), "shards": 2}, env, timeout)
+        r, wall, rss, _ = child(LABELS, {**args, "out": str(labels), "shards": 2, "targets": targets}, env, timeout)
         if "labels" in stages:
             rows.append(row("label_file_write", r["n"], r["seconds"], r["cpu_s"], rss, du_mb(labels), wall, **memory(r),
-                            bytes_per_image=r["bytes_per_image"],
-                            note="write_label_file, 14 classes all explained, smooth random uint8 saliency, "
+                            bytes_per_image=r["bytes_per_image"], targets=targets,
+                            note=f"write_label_file, 14 classes, {EXPLAINED[targets]}, smooth random uint8 saliency, "
                                  "224 px, gzip level 4 per row; peak RSS includes making the 2 shards"))
             log(f"n={n}: label file, read rate")
             r2, wall, rss, _ = child(LABELS_READ, {"labels": str(labels)}, env, timeout)
             rows.append(row("label_file_read", r2["n"], r2["seconds"], r2["cpu_s"], rss, du_mb(labels), wall, **memory(r2),
                             bytes_per_image=r["bytes_per_image"], explained_maps_per_image=r2["explained_maps_per_image"],
+                            targets=targets,
                             note="LabelRows rows (image + 14 masks as the loader takes them, masks.coded; otsu rule) read in random order, one process"))
     if "pretrain" in stages:
         for w in workers:
@@ -485,6 +492,7 @@ def run_size(n: int, base: Path, stages: list[str], workers: list[int], cap: int
             r, wall, rss, _ = child(PRETRAIN, {"labels": str(labels), "workers": w, "cap": cap}, env, timeout)
             rows.append(row(f"pretrain_loader_w{w}", r["n"], r["seconds"], r["cpu_s"], rss, 0.0, wall, **memory(r),
                             workers=w, classes=r["classes"], per_worker=round(r["n"] / r["seconds"] / max(w, 1), 1),
+                            targets=targets,
                             worker_peak_rss_mb=r["worker_peak_rss_mb"],
                             note="one epoch (at most --loader-cap rows), batch 16, augmented, no model"))
     if "merge" in stages:
@@ -555,6 +563,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--server-cores", type=int, default=16)
     ap.add_argument("--server-gpus", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per stage process")
+    ap.add_argument("--targets", choices=sorted(EXPLAINED), default="all",
+                    help="the label file's explained classes: all (the worst case for size and reads) or positive "
+                         "(explain's default: each image's positive labels; the others are zero maps)")
     args = ap.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
     bad = [s for s in stages if s not in ALL_STAGES]
@@ -574,7 +585,7 @@ def main(argv=None) -> list[dict]:
     rows: list[dict] = []
     try:
         for n in sizes:
-            rows.extend(run_size(n, base, stages, workers, args.loader_cap, args.timeout))
+            rows.extend(run_size(n, base, stages, workers, args.loader_cap, args.timeout, args.targets))
         rows.append(extrapolate(rows, args.server_cores, args.server_gpus))
     finally:
         if tmp:

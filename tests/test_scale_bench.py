@@ -54,3 +54,16 @@ def test_scale_explain_runs_explains_own_block_functions(tmp_path):
     row = json.loads(proc.stdout)[0]
     assert row["stage"] == "explain_cpu" and row["targets"] > 0 and row["disk_mb"] > 0
     assert row["distill_s"] > 0 and 0 < row["cpu_fraction_of_gpu"] and row["parts_mb"] > 0
+
+
+def test_scale_label_file_with_explains_default_targets(tmp_path):
+    """--targets positive: the label file explains each image's positive labels only, as `doll explain`'s
+    default does (the other maps zero), so its size and read rate are a real run's, not the worst case."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "40", "--stages", "labels", "--targets", "positive",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["stage"]: r for r in json.loads(proc.stdout)}
+    read = rows["label_file_read"]
+    assert read["targets"] == rows["label_file_write"]["targets"] == "positive"
+    assert 0 < read["explained_maps_per_image"] < 4  # CheXpert-like: about 12 % of 14 classes positive
