@@ -71,27 +71,35 @@ def _intensity(x: np.ndarray, gamma: float, contrast: float, brightness: float) 
 
 def warp_masks(masks: np.ndarray, m: np.ndarray, s: int) -> np.ndarray:
     """Masks (K, H, W) warped by the affine ``m`` to (K, s, s), nearest neighbour, reflected
-    border (see :func:`augment` for the dtypes)."""
+    border (see :func:`augment` for the dtypes). A mask that is zero everywhere is not warped
+    (every output pixel is some input pixel, so it stays zero): a label row explains few of its
+    classes (explain's default targets: an image's positive labels) and stores zeros for the rest."""
 
     def warp(a):
         return cv2.warpAffine(a, m, (s, s), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)
 
+    nonzero = np.flatnonzero(masks.any(axis=(1, 2)))
+    dtype = np.float32 if masks.dtype == np.float16 else masks.dtype
+    out = np.zeros((len(masks), s, s), dtype)
     if masks.dtype == bool:
         u8 = masks.view(np.uint8)
-        out = np.empty((len(masks), s, s), bool)
         planes, bit = np.empty(masks.shape[1:], np.uint16), np.empty(masks.shape[1:], np.uint16)
-        for lo in range(0, len(masks), 16):
-            group = u8[lo:lo + 16]
-            planes[:] = group[0]
+        for lo in range(0, len(nonzero), 16):
+            group = nonzero[lo:lo + 16]
+            planes[:] = u8[group[0]]
             for k in range(1, len(group)):
-                planes |= np.left_shift(group[k], k, out=bit, dtype=np.uint16)
+                planes |= np.left_shift(u8[group[k]], k, out=bit, dtype=np.uint16)
             moved = warp(planes)
-            for k in range(len(group)):
-                np.bitwise_and(moved >> k, 1, out=out[lo + k].view(np.uint8), casting="unsafe")
+            for k, c in enumerate(group):
+                np.bitwise_and(moved >> k, 1, out=out[c].view(np.uint8), casting="unsafe")
         return out
     if masks.dtype == np.float16:  # the 16-bit patterns moved, then converted: as if warped in float32
-        return np.stack([warp(k) for k in masks.view(np.uint16)]).view(np.float16).astype(np.float32)
-    return np.stack([warp(k) for k in masks])
+        for c in nonzero:
+            out[c] = warp(masks[c].view(np.uint16)).view(np.float16)
+        return out
+    for c in nonzero:
+        out[c] = warp(masks[c])
+    return out
 
 
 def decode_masks(batch: dict) -> dict:
