@@ -13,6 +13,9 @@
 # 2,000 images), set against the GPUs' training images/s in "bounds".
 # Each part's JSON is kept under $WORK; a part that fails is recorded as such, the rest run.
 #   bash benchmarks/gpu.sh --dry-run [OUT.json]   # every part at toy sizes on the CPU (CI runs it: no rot)
+# The parts share a budget of GPU_SUITE_BUDGET seconds (540 by default): a part gets at most what
+# is left, and one that would start with under 15 s left is recorded as skipped. OUT is
+# rewritten after every part.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -42,36 +45,8 @@ else
 fi
 echo "gpu.sh: $gpus GPU(s); work in $WORK" >&2
 
-part() {  # part NAME TIMEOUT_S COMMAND...: stdout of COMMAND -> $WORK/NAME.json, or a failure record
-  local name=$1 limit=$2; shift 2
-  local t0=$(date +%s)
-  if timeout "$limit" "$@" > "$WORK/$name.json" 2> "$WORK/$name.log"; then
-    echo "gpu.sh: $name done in $(( $(date +%s) - t0 )) s" >&2
-  else
-    echo "{\"failed\": true, \"exit\": $?, \"log_tail\": $($PY -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()[-2000:]))' "$WORK/$name.log")}" > "$WORK/$name.json"
-    echo "gpu.sh: $name FAILED (see $WORK/$name.log)" >&2
-  fi
-}
-
-part ig_vs_captum 150 $PY benchmarks/explain_speed.py --device $DEV $IG_ARGS
-part train_throughput 150 $PY benchmarks/train_throughput.py --device $DEV $TRAIN_ARGS
-# explain end to end with nvidia-smi sampling the GPU's utilisation once a second
-SMI=""
-if [ "$DRY" = 0 ]; then
-  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 > "$WORK/util.csv" 2>/dev/null &
-  SMI=$!
-fi
-part explain_pipeline 240 $PY benchmarks/explain_pipeline.py --device $DEV $PIPE_ARGS --work "$WORK/pipe"
-[ -n "$SMI" ] && kill $SMI 2>/dev/null
-part distill_device 120 $PY benchmarks/distill_device.py $DISTILL_ARGS
-part jpeg_decode 60 $PY benchmarks/jpeg_decode.py $JPEG_ARGS
-part server_loaders 240 $PY benchmarks/scale.py $SCALE_ARGS \
-  --server-cores "$(nproc)" --server-gpus "$(( gpus > 0 ? gpus : 1 ))" --out "$WORK/scale"
-if [ "$gpus" -ge 2 ]; then
-  $PY -m doll_cli.main data phantom --out "$WORK/ddp_data" --n 2048 --size 224 --quiet >/dev/null 2>&1
-  part ddp_2 150 bash -c "t0=\$(date +%s.%N); torchrun --nproc-per-node 2 -m doll_cli.main train-classifiers --root '$WORK/ddp_data' --out '$WORK/ddp_cls' --arch densenet121 --image-size 224 --members 1 --max-steps 100 --batch-size 32 --quiet >&2 && $PY -c \"import json,sys,time; print(json.dumps({'processes': 2, 'steps': 100, 'batch_per_process': 32, 'seconds': round(time.time() - float(sys.argv[1]), 1)}))\" \$t0"
-fi
-
+summarise() {  # the suite's JSON from the parts so far: written after every part, so that a suite
+  # stopped from outside (a lent machine's time limit) still leaves what it measured
 $PY - "$WORK" "$OUT" "$gpus" "$DRY" <<'PYEOF'
 import json, shutil, subprocess, sys, time
 from pathlib import Path
@@ -120,6 +95,51 @@ def bounds(throughput, loaders, gpus):
 
 
 suite["bounds"] = bounds(suite.get("train_throughput"), suite.get("server_loaders"), gpus)
-Path(out).write_text(json.dumps(suite, indent=1) + "\n")
-print(f"gpu.sh: wrote {out}", file=sys.stderr)
+tmp = Path(out + ".tmp")  # replaced whole: a suite stopped while writing leaves the previous part's
+tmp.write_text(json.dumps(suite, indent=1) + "\n")
+tmp.replace(out)
 PYEOF
+}
+
+BUDGET=${GPU_SUITE_BUDGET:-540}  # seconds for all the parts: the suite ends within 10 minutes
+START=$(date +%s)
+part() {  # part NAME TIMEOUT_S COMMAND...: stdout of COMMAND -> $WORK/NAME.json, or a failure record
+  local name=$1 limit=$2; shift 2
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  if [ "$left" -lt 15 ]; then
+    echo "{\"skipped\": true, \"reason\": \"the suite's budget of $BUDGET s (GPU_SUITE_BUDGET) was spent\"}" > "$WORK/$name.json"
+    echo "gpu.sh: $name skipped: the budget of $BUDGET s is spent" >&2
+    summarise
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local t0=$(date +%s)
+  if timeout "$limit" "$@" > "$WORK/$name.json" 2> "$WORK/$name.log"; then
+    echo "gpu.sh: $name done in $(( $(date +%s) - t0 )) s" >&2
+  else
+    echo "{\"failed\": true, \"exit\": $?, \"log_tail\": $($PY -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()[-2000:]))' "$WORK/$name.log")}" > "$WORK/$name.json"
+    echo "gpu.sh: $name FAILED (see $WORK/$name.log)" >&2
+  fi
+  summarise
+}
+
+part ig_vs_captum 150 $PY benchmarks/explain_speed.py --device $DEV $IG_ARGS
+part train_throughput 150 $PY benchmarks/train_throughput.py --device $DEV $TRAIN_ARGS
+# explain end to end with nvidia-smi sampling the GPU's utilisation once a second
+SMI=""
+if [ "$DRY" = 0 ]; then
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 > "$WORK/util.csv" 2>/dev/null &
+  SMI=$!
+fi
+part explain_pipeline 240 $PY benchmarks/explain_pipeline.py --device $DEV $PIPE_ARGS --work "$WORK/pipe"
+[ -n "$SMI" ] && kill $SMI 2>/dev/null
+part distill_device 120 $PY benchmarks/distill_device.py $DISTILL_ARGS
+part jpeg_decode 60 $PY benchmarks/jpeg_decode.py $JPEG_ARGS
+part server_loaders 240 $PY benchmarks/scale.py $SCALE_ARGS \
+  --server-cores "$(nproc)" --server-gpus "$(( gpus > 0 ? gpus : 1 ))" --out "$WORK/scale"
+if [ "$gpus" -ge 2 ]; then
+  $PY -m doll_cli.main data phantom --out "$WORK/ddp_data" --n 2048 --size 224 --quiet >/dev/null 2>&1
+  part ddp_2 150 bash -c "t0=\$(date +%s.%N); torchrun --nproc-per-node 2 -m doll_cli.main train-classifiers --root '$WORK/ddp_data' --out '$WORK/ddp_cls' --arch densenet121 --image-size 224 --members 1 --max-steps 100 --batch-size 32 --quiet >&2 && $PY -c \"import json,sys,time; print(json.dumps({'processes': 2, 'steps': 100, 'batch_per_process': 32, 'seconds': round(time.time() - float(sys.argv[1]), 1)}))\" \$t0"
+fi
+summarise
+echo "gpu.sh: wrote $OUT" >&2

@@ -233,3 +233,26 @@ def test_gpu_suite_dry_run(tmp_path):
     assert set(suite["bounds"]) == {"classifier", "pretrain"}, suite["bounds"]
     for b in suite["bounds"].values():
         assert b["bound"] in ("loader", "gpus") and b["gpus_fed"] == round(b["loader_images_per_s"] / b["gpu_images_per_s"], 2)
+
+
+def test_gpu_suite_keeps_to_its_budget_and_writes_what_it_measured(tmp_path):
+    """gpu.sh's parts share GPU_SUITE_BUDGET seconds (a lent GPU machine stops a command at 10 minutes,
+    and a suite stopped before its end wrote nothing): parts past the budget are recorded as skipped, and
+    the JSON is written after every part."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "suite.json"
+    env = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path), GPU_SUITE_BUDGET="17")
+    subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), "--dry-run", str(out)], check=True, env=env,
+                   timeout=120, capture_output=True)
+    suite = json.loads(out.read_text())
+    first = suite["ig_vs_captum"]
+    assert not (isinstance(first, dict) and first.get("skipped"))  # ran (within what was left of the budget)
+    assert suite["server_loaders"] == {"skipped": True,
+                                       "reason": "the suite's budget of 17 s (GPU_SUITE_BUDGET) was spent"}
+    assert not list(tmp_path.glob("*.tmp"))
