@@ -256,3 +256,25 @@ def test_gpu_suite_keeps_to_its_budget_and_writes_what_it_measured(tmp_path):
     assert suite["server_loaders"] == {"skipped": True,
                                        "reason": "the suite's budget of 17 s (GPU_SUITE_BUDGET) was spent"}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_gpu_device_script_runs_doll_from_the_checkout(tmp_path):
+    """benchmarks/gpu_device.sh (the suite on a bare GPU machine): doll and its CLI imported from the
+    checkout, the suite's JSON and log written under $OUT (every part skipped here: a budget of 14 s)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, DOLL_PYTHON=sys.executable, OUT=str(tmp_path / "out"), DOLL_SITE=str(tmp_path / "site"),
+               TMPDIR=str(tmp_path), GPU_SUITE_BUDGET="14")
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu_device.sh"), "--dry-run"], env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    found = proc.stderr.split("doll from ", 1)[1].split(" | ")[0]
+    assert Path(found).resolve() == (root / "doll" / "__init__.py").resolve(), proc.stderr  # the checkout's doll
+    suite = json.loads((tmp_path / "out" / "gpu-suite.json").read_text())
+    assert suite["dry_run"] is True and suite["server_loaders"]["skipped"] is True
+    assert "gpu.sh: wrote" in (tmp_path / "out" / "gpu-suite.log").read_text()
