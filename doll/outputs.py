@@ -172,7 +172,7 @@ def _refuse_nested_writer(out: Path) -> None:
             break
         lock_path = above.parent / f".{above.name}.lock"
         if _held_elsewhere(lock_path):
-            owner = _owner(lock_path)
+            owner = _live_owner(lock_path)
             who = f"process {owner[0]} on {owner[1]}" if owner else "another process"
             raise OutputInUse(f"{out} is inside {above}, which {who} is writing now; wait for it to finish, or "
                               "choose an --out outside it")
@@ -180,7 +180,7 @@ def _refuse_nested_writer(out: Path) -> None:
         for lock_path in out.rglob(".*.lock"):
             if _held_elsewhere(lock_path):
                 inner = lock_path.parent / lock_path.name[1:-len(".lock")]
-                owner = _owner(lock_path)
+                owner = _live_owner(lock_path)
                 who = f"process {owner[0]} on {owner[1]}" if owner else "another process"
                 raise OutputInUse(f"{out} holds {inner}, which {who} is writing now; wait for it to finish, or "
                                   "choose another --out")
