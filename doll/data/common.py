@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 from doll.data.base import SPLIT_ALIASES, DatasetFormat  # noqa: F401 - SPLIT_ALIASES: the formats import it from here
-from doll.data.splits import hold_out  # the one patient hold-out, here for the formats' imports
 from doll.errors import DollError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
