@@ -125,6 +125,10 @@ part() {  # part NAME TIMEOUT_S COMMAND...: stdout of COMMAND -> $WORK/NAME.json
 
 part ig_vs_captum 150 $PY benchmarks/explain_speed.py --device $DEV $IG_ARGS
 part train_throughput 150 $PY benchmarks/train_throughput.py --device $DEV $TRAIN_ARGS
+# what the GPUs would wait on, next to train_throughput's rates ("bounds"): before the long parts
+part jpeg_decode 60 $PY benchmarks/jpeg_decode.py $JPEG_ARGS
+part server_loaders 240 $PY benchmarks/scale.py $SCALE_ARGS \
+  --server-cores "$(nproc)" --server-gpus "$(( gpus > 0 ? gpus : 1 ))" --out "$WORK/scale"
 # explain end to end with nvidia-smi sampling the GPU's utilisation once a second
 SMI=""
 if [ "$DRY" = 0 ]; then
@@ -134,9 +138,6 @@ fi
 part explain_pipeline 240 $PY benchmarks/explain_pipeline.py --device $DEV $PIPE_ARGS --work "$WORK/pipe"
 [ -n "$SMI" ] && kill $SMI 2>/dev/null
 part distill_device 120 $PY benchmarks/distill_device.py $DISTILL_ARGS
-part jpeg_decode 60 $PY benchmarks/jpeg_decode.py $JPEG_ARGS
-part server_loaders 240 $PY benchmarks/scale.py $SCALE_ARGS \
-  --server-cores "$(nproc)" --server-gpus "$(( gpus > 0 ? gpus : 1 ))" --out "$WORK/scale"
 if [ "$gpus" -ge 2 ]; then
   $PY -m doll_cli.main data phantom --out "$WORK/ddp_data" --n 2048 --size 224 --quiet >/dev/null 2>&1
   part ddp_2 150 bash -c "t0=\$(date +%s.%N); torchrun --nproc-per-node 2 -m doll_cli.main train-classifiers --root '$WORK/ddp_data' --out '$WORK/ddp_cls' --arch densenet121 --image-size 224 --members 1 --max-steps 100 --batch-size 32 --quiet >&2 && $PY -c \"import json,sys,time; print(json.dumps({'processes': 2, 'steps': 100, 'batch_per_process': 32, 'seconds': round(time.time() - float(sys.argv[1]), 1)}))\" \$t0"
