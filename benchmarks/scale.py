@@ -3,8 +3,8 @@
 Builds a synthetic data set in CheXpert-v1.0-small's layout (``train.csv``/``valid.csv``
 with the real columns and labels drawn with CheXpert's per-class frequencies, ``Path``
 relative to the folder above the root, JPEGs of the
-small set's sizes: frontal about 320 wide x 390 high, lateral 390 x 320, about 85 %
-frontal as in CheXpert) at each ``--sizes`` (images in train.csv), then times every
+small set's sizes: frontal about 320 wide x 390 high, lateral 390 x 320, about 77 %
+frontal (CheXpert: 85 %)) at each ``--sizes`` (images in train.csv), then times every
 stage's data path, each in a fresh process (``python -c`` or the ``doll`` CLI), and
 prints one JSON list on stdout (progress on stderr), one row per stage and size::
 
