@@ -5,7 +5,8 @@ decoding bounds training").
 Every epoch after the first reads doll's decode cache (memory-mapped uint8 at the training
 size), so JPEGs are decoded once per data set and size: in the cold cache build. This times
 that build's per-image work on one core, through doll's own functions, on synthetic
-chest-film JPEGs of CheXpert-v1.0-small's sizes (``scale.py``'s generator, quality 90):
+chest-film JPEGs of CheXpert-v1.0-small's sizes (``scale.py``'s generator, quality 90;
+``--film 2828x2320`` for the full-resolution set's):
 
 * ``read_raw_ms``: ``doll.data.images.read_raw`` (file read + ``cv2.imdecode``);
 * ``preprocess_ms``: ``doll.data.images.preprocess`` (the robust percentile normalisation
@@ -38,11 +39,11 @@ from doll.data.images import preprocess, read_raw  # noqa: E402
 from scale import _chest  # noqa: E402  (the synthetic chest film of the rehearsal)
 
 
-def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
+def make_jpegs(folder: Path, n: int, seed: int = 0, height: int = 390, width: int = 320) -> list[Path]:
     import cv2
 
     rng = np.random.default_rng(seed)
-    templates = [_chest(rng, 390, 320) for _ in range(4)]
+    templates = [_chest(rng, height, width) for _ in range(4)]
     paths = []
     for i in range(n):
         img = templates[i % len(templates)]
@@ -83,16 +84,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", type=int, default=224, help="the training size the cache stores")
     ap.add_argument("--batch", type=int, default=64, help="files per nvJPEG call")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to time nvJPEG too")
+    ap.add_argument("--film", default="390x320", help="frontal films' HEIGHTxWIDTH (CheXpert-v1.0-small's; "
+                                                    "the full-resolution set's are about 2828x2320)")
     a = ap.parse_args(argv)
     import cv2
 
     cv2.setNumThreads(1)  # one core: the cache build runs one image per core
     with tempfile.TemporaryDirectory(prefix="doll-jpeg-") as tmp:
-        paths = make_jpegs(Path(tmp), a.images)
+        height, width = (int(v) for v in a.film.lower().split("x"))
+        paths = make_jpegs(Path(tmp), a.images, height=height, width=width)
         raws = [read_raw(p) for p in paths]
         read_ms = per_image_ms(read_raw, paths)
         prep_ms = per_image_ms(lambda raw: preprocess(raw, a.size), raws)
-        out = {"images": a.images, "size": a.size, "jpeg_kb": round(sum(p.stat().st_size for p in paths)
+        out = {"images": a.images, "film": a.film, "size": a.size, "jpeg_kb": round(sum(p.stat().st_size for p in paths)
                                                                        / len(paths) / 1024, 1),
                "read_raw_ms": round(read_ms, 3), "preprocess_ms": round(prep_ms, 3),
                "decode_share": round(read_ms / (read_ms + prep_ms), 3),
