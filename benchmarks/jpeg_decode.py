@@ -36,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from doll.data.images import preprocess, read_raw  # noqa: E402
-from scale import _chest  # noqa: E402  (the synthetic chest film of the rehearsal)
+from scale import chest_film  # noqa: E402  (the synthetic chest film of the rehearsal)
 
 
 def make_jpegs(folder: Path, n: int, seed: int = 0, height: int = 390, width: int = 320) -> list[Path]:
     import cv2
 
     rng = np.random.default_rng(seed)
-    templates = [_chest(rng, height, width) for _ in range(4)]
+    templates = [chest_film(rng, height, width) for _ in range(4)]
     paths = []
     for i in range(n):
         img = templates[i % len(templates)]

@@ -109,7 +109,7 @@ def du_mb(path: Path) -> float:
 
 # ---------------------------------------------------------------- the synthetic data set
 
-def _chest(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def chest_film(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A smooth, chest-film-like uint8 image (so that JPEG sizes are realistic)."""
     import cv2
 
@@ -130,7 +130,7 @@ def build_dataset(base: Path, n: int, seed: int = 0) -> Path:
     if (root / "train.csv").exists():
         return root
     rng = np.random.default_rng(seed)
-    templates = [_chest(rng, 390, 320) for _ in range(8)]  # frontal h x w; laterals are transposed
+    templates = [chest_film(rng, 390, 320) for _ in range(8)]  # frontal h x w; laterals are transposed
     header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CLASSES]
     values = np.array(["1.0", "0.0", "-1.0", ""])
     edges = np.cumsum([LABEL_FREQUENCIES[c] for c in CLASSES], axis=1)  # per class: <pos, <pos+neg, <pos+neg+unc

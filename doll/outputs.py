@@ -210,12 +210,13 @@ def _live_owner(path: Path, wait: float = 2.0) -> tuple[int, str] | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one we may not signal exists too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True
+    except OSError:
+        pass
     return True
 
 
